@@ -1,0 +1,207 @@
+//! MySQL connections, database creation and the embedded migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, Executor};
+
+use crate::settings::DatabaseSettings;
+
+/// MySQL allows at most 65,535 placeholders in one prepared statement.
+pub const MAX_PLACEHOLDERS: usize = 65_535;
+
+/// The schema, in order. Each runs once; its number is recorded in `schema_migrations`.
+const MIGRATIONS: &[(u32, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+
+/// Named lock that keeps two `init` runs from migrating at once.
+const MIGRATION_LOCK: &str = "accrual_schema_migrations";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid MySQL URL")]
+    BadUrl(#[source] sqlx::Error),
+    #[error("DATABASE_URL names no database (expected mysql://user@host:port/database)")]
+    NoDatabase,
+    #[error("database name `{0}` may only contain letters, digits and '_'")]
+    BadDatabaseName(String),
+    #[error("could not connect to MySQL")]
+    Connect(#[source] sqlx::Error),
+    #[error("migration {version} ({name}) failed")]
+    Migration {
+        version: u32,
+        name: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database query failed")]
+    Query(#[from] sqlx::Error),
+}
+
+fn options(url: &str) -> Result<MySqlConnectOptions, DbError> {
+    MySqlConnectOptions::from_str(url).map_err(DbError::BadUrl)
+}
+
+/// Opens a pool on the database `settings` names.
+pub async fn connect(settings: &DatabaseSettings) -> Result<MySqlPool, DbError> {
+    MySqlPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options(&settings.database_url)?)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// Creates the database named in `url` if it does not exist (utf8mb4, for `reason`).
+pub async fn create_database_if_absent(url: &str) -> Result<(), DbError> {
+    let name = database_name(url)?;
+    let mut server_url =
+        url::Url::parse(url).map_err(|e| DbError::BadUrl(sqlx::Error::Configuration(e.into())))?;
+    server_url.set_path("/");
+    let mut conn = sqlx::MySqlConnection::connect_with(&options(server_url.as_str())?)
+        .await
+        .map_err(DbError::Connect)?;
+    let sql = format!(
+        "CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    );
+    conn.execute(AssertSqlSafe(sql)).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Drops the database named in `url` (tests clean up with this).
+pub async fn drop_database(url: &str) -> Result<(), DbError> {
+    let name = database_name(url)?;
+    let mut conn = sqlx::MySqlConnection::connect_with(&options(url)?)
+        .await
+        .map_err(DbError::Connect)?;
+    conn.execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// The database name in a MySQL URL, checked so it can be quoted into DDL safely.
+pub fn database_name(url: &str) -> Result<String, DbError> {
+    let name = options(url)?
+        .get_database()
+        .ok_or(DbError::NoDatabase)?
+        .to_owned();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(DbError::BadDatabaseName(name));
+    }
+    Ok(name)
+}
+
+/// Applies the migrations not yet applied. Safe to run concurrently and repeatedly.
+pub async fn migrate(pool: &MySqlPool) -> Result<Vec<u32>, DbError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT GET_LOCK(?, 60)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let result = apply_pending(&mut conn).await;
+    sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    result
+}
+
+async fn apply_pending(conn: &mut sqlx::MySqlConnection) -> Result<Vec<u32>, DbError> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INT UNSIGNED NOT NULL PRIMARY KEY,
+            name VARCHAR(64) NOT NULL,
+            applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
+    )
+    .await?;
+    let applied: Vec<u32> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut newly = Vec::new();
+    for &(version, name, sql) in MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        // DDL is not transactional in MySQL: every statement is written to be re-runnable
+        // (IF NOT EXISTS), so a migration cut short can simply run again.
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .map_err(|source| DbError::Migration {
+                version,
+                name,
+                source,
+            })?;
+        sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)")
+            .bind(version)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        tracing::info!(version, name, "Applied migration");
+        newly.push(version);
+    }
+    Ok(newly)
+}
+
+/// Splits `n` rows into statement sizes that are powers of two no larger than `max`
+/// (itself rounded down to one), largest first.
+///
+/// A multi-row statement is prepared once per distinct size; with these sizes a process
+/// prepares at most `log2(max) + 1` shapes instead of one per odd batch length.
+pub fn statement_sizes(mut n: usize, max: usize) -> Vec<usize> {
+    let max = if max == 0 { 1 } else { 1 << max.ilog2() };
+    let mut sizes = Vec::new();
+    while n > 0 {
+        let size = if n >= max { max } else { 1 << n.ilog2() };
+        sizes.push(size);
+        n -= size;
+    }
+    sizes
+}
+
+/// `(?,?,?),(?,?,?)…`: `rows` groups of `columns` placeholders.
+pub fn placeholders(rows: usize, columns: usize) -> String {
+    let group = format!("({})", vec!["?"; columns].join(","));
+    vec![group.as_str(); rows].join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_sizes_are_powers_of_two_that_add_up() {
+        assert_eq!(statement_sizes(0, 512), Vec::<usize>::new());
+        assert_eq!(statement_sizes(1, 512), vec![1]);
+        assert_eq!(statement_sizes(1_300, 512), vec![512, 512, 256, 16, 4]);
+        assert_eq!(statement_sizes(7, 500), vec![4, 2, 1]);
+        assert_eq!(statement_sizes(600, 500), vec![256, 256, 64, 16, 8]);
+        for n in 0..2_000 {
+            assert_eq!(statement_sizes(n, 512).iter().sum::<usize>(), n);
+        }
+    }
+
+    #[test]
+    fn placeholders_repeat_groups() {
+        assert_eq!(placeholders(2, 3), "(?,?,?),(?,?,?)");
+    }
+
+    #[test]
+    fn database_names_are_checked_before_being_quoted() {
+        assert_eq!(
+            database_name("mysql://root@127.0.0.1:3306/accrual").ok(),
+            Some("accrual".into())
+        );
+        assert!(matches!(
+            database_name("mysql://root@127.0.0.1:3306/a`b"),
+            Err(DbError::BadDatabaseName(_))
+        ));
+        assert!(matches!(
+            database_name("mysql://root@127.0.0.1:3306"),
+            Err(DbError::NoDatabase)
+        ));
+    }
+}

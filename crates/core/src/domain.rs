@@ -1,0 +1,168 @@
+//! Domain newtypes. Each can only be built through `TryFrom`, so a value that exists is valid.
+
+use std::fmt;
+
+/// Why a single field value was refused. The message is meant for the API client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FieldError(pub &'static str);
+
+/// Longest `member_id` the schema stores (`VARCHAR(64)`).
+pub const MEMBER_ID_MAX_LEN: usize = 64;
+/// Longest `point_type` the schema stores (`VARCHAR(32)`).
+pub const POINT_TYPE_MAX_LEN: usize = 32;
+/// Longest `reason`, in characters (`VARCHAR(255)` counts characters, not bytes).
+pub const REASON_MAX_CHARS: usize = 255;
+/// Largest amount one point may carry; keeps sums of many points far from `BIGINT` overflow.
+pub const AMOUNT_MAX: i64 = 1_000_000_000;
+
+/// A CRM member's identifier: 1–64 characters of `[A-Za-z0-9_.-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberId(String);
+
+impl TryFrom<String> for MemberId {
+    type Error = FieldError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        if value.is_empty() || value.len() > MEMBER_ID_MAX_LEN {
+            return Err(FieldError("must be 1 to 64 characters long"));
+        }
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+        if !value.bytes().all(allowed) {
+            return Err(FieldError(
+                "may only contain A-Z, a-z, 0-9, '_', '.' and '-'",
+            ));
+        }
+        Ok(Self(value))
+    }
+}
+
+impl MemberId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A kind of point (`WELFARE`, `BONUS_2026`): 1–32 characters of `[A-Z0-9_]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PointType(String);
+
+impl TryFrom<String> for PointType {
+    type Error = FieldError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        if value.is_empty() || value.len() > POINT_TYPE_MAX_LEN {
+            return Err(FieldError("must be 1 to 32 characters long"));
+        }
+        let allowed = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_';
+        if !value.bytes().all(allowed) {
+            return Err(FieldError("may only contain A-Z, 0-9 and '_'"));
+        }
+        Ok(Self(value))
+    }
+}
+
+impl PointType {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How many points one accrual credits: `1..=1_000_000_000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Amount(i64);
+
+impl TryFrom<i64> for Amount {
+    type Error = FieldError;
+
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        if (1..=AMOUNT_MAX).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(FieldError("must be an integer from 1 to 1000000000"))
+        }
+    }
+}
+
+impl Amount {
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// Free text shown to the member: at most 255 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reason(String);
+
+impl TryFrom<String> for Reason {
+    type Error = FieldError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        // Cheap byte test first: a string of at most 255 bytes has at most 255 characters.
+        if value.len() > REASON_MAX_CHARS && value.chars().count() > REASON_MAX_CHARS {
+            return Err(FieldError("must be at most 255 characters long"));
+        }
+        Ok(Self(value))
+    }
+}
+
+impl Reason {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(MemberId, PointType, Reason);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_id_accepts_the_documented_alphabet_up_to_64_characters() {
+        assert!(MemberId::try_from("Ab-0_9.x".to_owned()).is_ok());
+        assert!(MemberId::try_from("m".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn member_id_rejects_empty_too_long_and_foreign_characters() {
+        for bad in ["", "a b", "ü", "a/b", "a@b"] {
+            assert!(MemberId::try_from(bad.to_owned()).is_err(), "{bad:?}");
+        }
+        assert!(MemberId::try_from("m".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn point_type_is_upper_case_digits_and_underscore() {
+        assert!(PointType::try_from("WELFARE_2026".to_owned()).is_ok());
+        for bad in ["", "welfare", "WEL-FARE", "WELFARE "] {
+            assert!(PointType::try_from(bad.to_owned()).is_err(), "{bad:?}");
+        }
+        assert!(PointType::try_from("P".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn amount_bounds_are_inclusive() {
+        assert!(Amount::try_from(1).is_ok());
+        assert!(Amount::try_from(AMOUNT_MAX).is_ok());
+        for bad in [0, -5, AMOUNT_MAX + 1, i64::MAX, i64::MIN] {
+            assert!(Amount::try_from(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reason_counts_characters_not_bytes() {
+        assert!(Reason::try_from("ポ".repeat(255)).is_ok());
+        assert!(Reason::try_from("ポ".repeat(256)).is_err());
+        assert!(Reason::try_from("a".repeat(256)).is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! SQS client construction and queue set-up.
+
+use std::collections::HashMap;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use crate::settings::SqsSettings;
+
+/// SendMessageBatch and DeleteMessageBatch take at most 10 entries.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+/// ReceiveMessage returns at most 10 messages.
+pub const MAX_RECEIVE_MESSAGES: i32 = 10;
+/// Long polling waits at most 20 seconds.
+pub const MAX_WAIT_TIME_SECS: i32 = 20;
+/// Message attribute on a dead letter: why it could not be written.
+pub const ATTR_REASON: &str = "dead_letter_reason";
+/// Message attribute on a dead letter: the queue it came from.
+pub const ATTR_SOURCE_QUEUE: &str = "source_queue";
+
+/// An SQS call failed; `op` names the call.
+#[derive(Debug, thiserror::Error)]
+#[error("SQS {op} failed")]
+pub struct SqsError {
+    pub op: &'static str,
+    #[source]
+    pub source: aws_sdk_sqs::Error,
+}
+
+impl SqsError {
+    pub fn new(op: &'static str, source: impl Into<aws_sdk_sqs::Error>) -> Self {
+        Self {
+            op,
+            source: source.into(),
+        }
+    }
+}
+
+/// Builds an SQS client from the settings and the SDK's own environment.
+///
+/// When an endpoint override is set (LocalStack) and no credentials are in the environment, static
+/// test credentials are used: otherwise the SDK's credential chain would call the EC2 instance
+/// metadata address, which is unreachable (and slow to time out) on a developer's machine.
+pub async fn client(settings: &SqsSettings) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(settings.aws_region.clone()));
+    if let Some(endpoint) = settings.endpoint() {
+        loader = loader.endpoint_url(endpoint);
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            loader = loader.credentials_provider(Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "static-local",
+            ));
+        }
+    }
+    Client::new(&loader.load().await)
+}
+
+/// URLs of the main queue and its dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct QueueUrls {
+    pub main: String,
+    pub dlq: String,
+}
+
+/// How the main queue is set up by [`ensure_queues`].
+#[derive(Debug, Clone, Copy)]
+pub struct QueueOptions {
+    /// Receives after which SQS moves a message to the dead-letter queue.
+    pub max_receive_count: u32,
+    /// How long a received message stays hidden before it is delivered again.
+    pub visibility_timeout_secs: u32,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            max_receive_count: 5,
+            visibility_timeout_secs: 60,
+        }
+    }
+}
+
+/// Creates (or updates) the dead-letter queue and the main queue with its redrive policy.
+/// Idempotent: an existing queue gets its attributes set to these values.
+pub async fn ensure_queues(
+    client: &Client,
+    main: &str,
+    dlq: &str,
+    options: QueueOptions,
+) -> Result<QueueUrls, SqsError> {
+    let dlq_url = ensure_queue(client, dlq, HashMap::new()).await?;
+    let dlq_arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| SqsError::new("GetQueueAttributes", e))?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap_or_default();
+    let redrive = serde_json::json!({
+        "deadLetterTargetArn": dlq_arn,
+        "maxReceiveCount": options.max_receive_count.to_string(),
+    });
+    let attributes = HashMap::from([
+        (QueueAttributeName::RedrivePolicy, redrive.to_string()),
+        (
+            QueueAttributeName::VisibilityTimeout,
+            options.visibility_timeout_secs.to_string(),
+        ),
+    ]);
+    let main_url = ensure_queue(client, main, attributes).await?;
+    Ok(QueueUrls {
+        main: main_url,
+        dlq: dlq_url,
+    })
+}
+
+async fn ensure_queue(
+    client: &Client,
+    name: &str,
+    attributes: HashMap<QueueAttributeName, String>,
+) -> Result<String, SqsError> {
+    // CreateQueue refuses an existing queue whose attributes differ, so look it up first.
+    if let Ok(out) = client.get_queue_url().queue_name(name).send().await {
+        let url = out.queue_url().unwrap_or_default().to_owned();
+        if !attributes.is_empty() {
+            client
+                .set_queue_attributes()
+                .queue_url(&url)
+                .set_attributes(Some(attributes))
+                .send()
+                .await
+                .map_err(|e| SqsError::new("SetQueueAttributes", e))?;
+        }
+        return Ok(url);
+    }
+    let out = client
+        .create_queue()
+        .queue_name(name)
+        .set_attributes(Some(attributes).filter(|a| !a.is_empty()))
+        .send()
+        .await
+        .map_err(|e| SqsError::new("CreateQueue", e))?;
+    Ok(out.queue_url().unwrap_or_default().to_owned())
+}
+
+/// Looks up a queue's URL by name.
+pub async fn queue_url(client: &Client, name: &str) -> Result<String, SqsError> {
+    let out = client
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(|e| SqsError::new("GetQueueUrl", e))?;
+    Ok(out.queue_url().unwrap_or_default().to_owned())
+}
+
+/// Approximate number of messages visible plus in flight (for progress and tests).
+pub async fn approximate_depth(client: &Client, url: &str) -> Result<u64, SqsError> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .map_err(|e| SqsError::new("GetQueueAttributes", e))?;
+    let attrs = out.attributes();
+    let get = |name: QueueAttributeName| {
+        attrs
+            .and_then(|a| a.get(&name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(get(QueueAttributeName::ApproximateNumberOfMessages)
+        + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+}
