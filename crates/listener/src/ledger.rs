@@ -1,0 +1,128 @@
+//! Writes points to `point_accruals`: one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per statement
+//! size, all of a batch in one transaction.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use accrual_core::db::{placeholders, statement_sizes};
+use accrual_core::message::PointRecord;
+use accrual_core::domain::Reason;
+use sqlx::{AssertSqlSafe, MySqlPool};
+use uuid::Uuid;
+
+const INSERT_COLUMNS: usize = 8;
+
+/// What a batch did to the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteOutcome {
+    /// Points newly stored.
+    pub written: usize,
+    /// Points that were already stored (or repeated within the batch).
+    pub duplicates: usize,
+}
+
+/// The ledger table, with its statements prepared once per shape.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    pool: MySqlPool,
+    max_rows: usize,
+    /// `insert_sql[k]` inserts `2^k` rows; `select_sql[k]` looks up `2^k` accrual ids.
+    insert_sql: Arc<Vec<Arc<str>>>,
+    select_sql: Arc<Vec<Arc<str>>>,
+}
+
+impl Ledger {
+    pub fn new(pool: MySqlPool, max_rows: usize) -> Self {
+        let max_rows = max_rows.max(1);
+        let shapes = max_rows.ilog2() as usize + 1;
+        let insert_sql = (0..shapes)
+            .map(|k| {
+                format!(
+                    "INSERT INTO point_accruals \
+                     (accrual_id, job_id, member_id, point_type, amount, reason, expires_at, accepted_at) \
+                     VALUES {} ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
+                    placeholders(1 << k, INSERT_COLUMNS)
+                )
+                .into()
+            })
+            .collect();
+        let select_sql = (0..shapes)
+            .map(|k| {
+                format!(
+                    "SELECT accrual_id FROM point_accruals WHERE accrual_id IN ({})",
+                    vec!["?"; 1 << k].join(",")
+                )
+                .into()
+            })
+            .collect();
+        Self {
+            pool,
+            max_rows,
+            insert_sql: Arc::new(insert_sql),
+            select_sql: Arc::new(select_sql),
+        }
+    }
+
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// Stores the points not yet in the ledger; counts the others as duplicates.
+    ///
+    /// The look-up of existing ids only serves the duplicate count: the unique key on
+    /// `accrual_id` is what keeps a point from being stored twice, even when two listeners
+    /// write the same point at the same moment.
+    pub async fn write(&self, records: &[PointRecord]) -> Result<WriteOutcome, sqlx::Error> {
+        let mut seen = HashSet::with_capacity(records.len());
+        let unique: Vec<&PointRecord> = records.iter().filter(|r| seen.insert(r.accrual_id)).collect();
+        let existing = self.existing(&unique).await?;
+        let fresh: Vec<&PointRecord> = unique
+            .into_iter()
+            .filter(|r| !existing.contains(&r.accrual_id))
+            .collect();
+        if !fresh.is_empty() {
+            let mut tx = self.pool.begin().await?;
+            let mut rest = &fresh[..];
+            for size in statement_sizes(fresh.len(), self.max_rows) {
+                let (chunk, tail) = rest.split_at(size);
+                rest = tail;
+                let sql = self.insert_sql[size.ilog2() as usize].clone();
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for r in chunk {
+                    let a = &r.accrual;
+                    query = query
+                        .bind(r.accrual_id)
+                        .bind(r.job_id)
+                        .bind(a.member_id.as_str())
+                        .bind(a.point_type.as_str())
+                        .bind(a.amount.get())
+                        .bind(a.reason.as_ref().map(Reason::as_str))
+                        .bind(a.expires_at)
+                        .bind(r.accepted_at);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(WriteOutcome {
+            written: fresh.len(),
+            duplicates: records.len() - fresh.len(),
+        })
+    }
+
+    async fn existing(&self, records: &[&PointRecord]) -> Result<HashSet<Uuid>, sqlx::Error> {
+        let mut found = HashSet::new();
+        let mut rest = records;
+        for size in statement_sizes(records.len(), self.max_rows) {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let sql = self.select_sql[size.ilog2() as usize].clone();
+            let mut query = sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(sql));
+            for r in chunk {
+                query = query.bind(r.accrual_id);
+            }
+            found.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,95 @@
+//! The listener's side of SQS: deleting handled messages and dead-lettering poison.
+
+use accrual_core::sqs::{ATTR_REASON, ATTR_SOURCE_QUEUE, MAX_BATCH_ENTRIES, SqsError};
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageAttributeValue};
+use futures_util::{StreamExt, stream};
+
+/// SQS message attribute values are at most 256 KiB; reasons are kept far shorter.
+const MAX_REASON_CHARS: usize = 1_000;
+/// Attempts for the entries of one DeleteMessageBatch call.
+const DELETE_ATTEMPTS: u32 = 3;
+/// DeleteMessageBatch calls in flight per flush.
+const DELETE_CONCURRENCY: usize = 8;
+
+/// The main queue and its dead-letter queue.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    pub client: Client,
+    pub main_url: String,
+    pub dlq_url: String,
+    /// Name of the main queue, recorded on every dead letter.
+    pub main_name: String,
+}
+
+impl Queue {
+    /// Deletes handled messages; returns how many could not be deleted (they will be delivered
+    /// again after the visibility timeout and then count as duplicates, which is harmless).
+    pub async fn delete(&self, receipt_handles: Vec<String>) -> usize {
+        let chunks: Vec<Vec<String>> = receipt_handles
+            .chunks(MAX_BATCH_ENTRIES)
+            .map(<[String]>::to_vec)
+            .collect();
+        stream::iter(chunks)
+            .map(|chunk| self.delete_chunk(chunk))
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .fold(0, |failed, n| async move { failed + n })
+            .await
+    }
+
+    async fn delete_chunk(&self, mut handles: Vec<String>) -> usize {
+        for attempt in 1..=DELETE_ATTEMPTS {
+            let entries = handles.iter().enumerate().filter_map(|(i, h)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(h)
+                    .build()
+                    .ok()
+            });
+            let result = self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.main_url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await;
+            match result {
+                Ok(out) if out.failed().is_empty() => return 0,
+                Ok(out) => {
+                    let failed: Vec<usize> = out.failed().iter().filter_map(|f| f.id().parse().ok()).collect();
+                    tracing::warn!(attempt, failed = failed.len(), "DeleteMessageBatch entries failed");
+                    handles = failed.into_iter().filter_map(|i| handles.get(i).cloned()).collect();
+                }
+                Err(e) => tracing::warn!(attempt, error = %e, "DeleteMessageBatch failed"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+        }
+        handles.len()
+    }
+
+    /// Sends `body` to the dead-letter queue with the reason, then deletes it from the main queue.
+    /// If the dead-letter send fails, the message is left alone: it will be delivered again.
+    pub async fn dead_letter(&self, body: &str, receipt_handle: &str, reason: &str) -> Result<(), SqsError> {
+        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        let attr = |value: &str| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+        };
+        let mut send = self.client.send_message().queue_url(&self.dlq_url).message_body(body);
+        if let (Ok(r), Ok(q)) = (attr(&reason), attr(&self.main_name)) {
+            send = send.message_attributes(ATTR_REASON, r).message_attributes(ATTR_SOURCE_QUEUE, q);
+        }
+        send.send().await.map_err(|e| SqsError::new("SendMessage", e))?;
+        self.client
+            .delete_message()
+            .queue_url(&self.main_url)
+            .receipt_handle(receipt_handle)
+            .send()
+            .await
+            .map_err(|e| SqsError::new("DeleteMessage", e))?;
+        tracing::warn!(%reason, "Dead-lettered a message");
+        Ok(())
+    }
+}

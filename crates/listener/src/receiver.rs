@@ -1,0 +1,86 @@
+//! Long-poll receive loop: decodes each message, hands good points to the batcher and sends poison
+//! straight to the dead-letter queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use accrual_core::message::PointRecord;
+use accrual_core::sqs::MAX_RECEIVE_MESSAGES;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::Queue;
+use crate::stats::ListenerStats;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A decoded point and the handle that deletes its message once the point is committed.
+#[derive(Debug)]
+pub struct Inbound {
+    pub record: PointRecord,
+    pub receipt_handle: String,
+}
+
+/// Receives until `shutdown` is cancelled or the batcher is gone.
+pub async fn run(
+    queue: Queue,
+    wait_secs: i32,
+    to_batcher: mpsc::Sender<Inbound>,
+    stats: Arc<ListenerStats>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let receive = queue
+            .client
+            .receive_message()
+            .queue_url(&queue.main_url)
+            .max_number_of_messages(MAX_RECEIVE_MESSAGES)
+            .wait_time_seconds(wait_secs)
+            .send();
+        // Cancelling here drops at most one in-flight receive; its messages reappear after the
+        // visibility timeout.
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = receive => r,
+        };
+        let out = match result {
+            Ok(out) => {
+                backoff = FIRST_BACKOFF;
+                out
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "ReceiveMessage failed; backing off");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        ListenerStats::add(&stats.received, out.messages().len());
+        for message in out.messages.unwrap_or_default() {
+            let (Some(body), Some(handle)) = (message.body, message.receipt_handle) else {
+                continue;
+            };
+            match PointRecord::decode(&body) {
+                Ok(record) => {
+                    let inbound = Inbound {
+                        record,
+                        receipt_handle: handle,
+                    };
+                    // Waits while the batcher is busy: back-pressure instead of an unbounded buffer.
+                    if to_batcher.send(inbound).await.is_err() {
+                        return;
+                    }
+                }
+                Err(reason) => match queue.dead_letter(&body, &handle, &reason.to_string()).await {
+                    Ok(()) => ListenerStats::add(&stats.dead_lettered, 1),
+                    Err(e) => tracing::warn!(error = ?anyhow::Error::new(e), "Dead-lettering failed; the message will be delivered again"),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Listener settings: environment variables and the matching CLI flags.
+
+use std::time::Duration;
+
+use accrual_core::settings::{DatabaseSettings, SqsSettings, parse_duration};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "accrual-listener", version, about = "Consumes point accruals from SQS into MySQL")]
+pub struct ListenerSettings {
+    /// Concurrent long-poll receive tasks (each asks for 10 messages a call).
+    #[arg(long, env = "RECEIVE_TASKS", default_value_t = 8)]
+    pub receive_tasks: usize,
+
+    /// Long-poll wait per ReceiveMessage call, 0-20 seconds.
+    #[arg(long, env = "RECEIVE_WAIT_SECS", default_value_t = 20, value_parser = clap::value_parser!(i32).range(0..=20))]
+    pub receive_wait_secs: i32,
+
+    /// A batch is written when it holds this many points...
+    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch_max_rows: u32,
+
+    /// ...or when its first point has waited this long (e.g. 200ms).
+    #[arg(long, env = "BATCH_LINGER", default_value = "200ms", value_parser = parse_duration)]
+    pub batch_linger: Duration,
+
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+
+    #[command(flatten)]
+    pub sqs: SqsSettings,
+}

@@ -1,0 +1,55 @@
+//! Members are upserted before any of their points is queued, in multi-row statements.
+
+use std::collections::BTreeSet;
+
+use accrual_core::accrual::Accrual;
+use accrual_core::db::{placeholders, statement_sizes};
+use chrono::Utc;
+use sqlx::{AssertSqlSafe, MySqlPool};
+
+/// Rows per upsert statement (2 placeholders each, far below MySQL's 65,535).
+const UPSERT_ROWS: usize = 1_024;
+/// InnoDB error for a deadlock; the transaction is safe to run again.
+const ER_LOCK_DEADLOCK: &str = "1213";
+const DEADLOCK_RETRIES: u32 = 3;
+
+/// Upserts the distinct members of `accruals`; returns how many distinct members there were.
+///
+/// Members are written in sorted order so that concurrent requests with overlapping members take
+/// their row locks in the same order, which keeps deadlocks rare; one that happens anyway is retried.
+pub async fn upsert(pool: &MySqlPool, accruals: &[Accrual]) -> Result<usize, sqlx::Error> {
+    let distinct: BTreeSet<&str> = accruals.iter().map(|a| a.member_id.as_str()).collect();
+    let members: Vec<&str> = distinct.into_iter().collect();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match upsert_once(pool, &members).await {
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some(ER_LOCK_DEADLOCK) && attempt < DEADLOCK_RETRIES =>
+            {
+                tracing::warn!(attempt, "Deadlock while upserting members; retrying");
+            }
+            other => return other.map(|()| members.len()),
+        }
+    }
+}
+
+async fn upsert_once(pool: &MySqlPool, members: &[&str]) -> Result<(), sqlx::Error> {
+    let now = Utc::now();
+    let mut tx = pool.begin().await?;
+    let mut rest = members;
+    for size in statement_sizes(members.len(), UPSERT_ROWS) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO members (member_id, created_at) VALUES {} ON DUPLICATE KEY UPDATE member_id = member_id",
+            placeholders(size, 2)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for member in chunk {
+            query = query.bind(*member).bind(now);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}

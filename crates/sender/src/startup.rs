@@ -1,0 +1,78 @@
+//! `Application::build` connects and binds; `run_until_stopped` serves until the token is cancelled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use accrual_core::{db, sqs};
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, auth::ApiKeys};
+use crate::dispatcher::Dispatcher;
+use crate::fanout::Fanout;
+use crate::settings::SenderSettings;
+use crate::state::AppState;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    /// Background fan-outs, waited for on shutdown.
+    tracker: TaskTracker,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Connects to MySQL and SQS and binds the HTTP listener (port 0 picks a free port).
+    pub async fn build(settings: SenderSettings) -> anyhow::Result<Self> {
+        let api_keys = ApiKeys::parse(&settings.accrual_api_keys)
+            .map_err(anyhow::Error::msg)
+            .context("Invalid ACCRUAL_API_KEYS")?;
+        let pool = db::connect(&settings.database)
+            .await
+            .context("Failed to connect to MySQL")?;
+        let client = sqs::client(&settings.sqs).await;
+        let queue_url = sqs::queue_url(&client, &settings.sqs.accrual_queue)
+            .await
+            .with_context(|| format!("Failed to find queue `{}` (run `accrualctl init`)", settings.sqs.accrual_queue))?;
+        let tracker = TaskTracker::new();
+        let fanout = Fanout::new(client, queue_url, settings.send_concurrency);
+        let state = AppState {
+            pool,
+            api_keys: Arc::new(api_keys),
+            dispatcher: Dispatcher::new(fanout, tracker.clone()),
+        };
+        let listener = TcpListener::bind(settings.sender_addr)
+            .await
+            .with_context(|| format!("Failed to bind {}", settings.sender_addr))?;
+        Ok(Self {
+            listener,
+            state,
+            tracker,
+            shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+        })
+    }
+
+    /// The bound port (useful when built with port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets running fan-outs finish within the grace time.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, "Sender listening");
+        let router = api::router(self.state);
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("HTTP server failed")?;
+        self.tracker.close();
+        if tokio::time::timeout(self.shutdown_grace, self.tracker.wait()).await.is_err() {
+            tracing::error!(grace_secs = self.shutdown_grace.as_secs(), "Fan-outs still running at shutdown; their unsent points are lost");
+        }
+        tracing::info!("Sender stopped");
+        Ok(())
+    }
+}
