@@ -7,7 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "accrualctl", version, about = "Operate the bulk point-accrual pipeline")]
+#[command(
+    name = "accrualctl",
+    version,
+    about = "Operate the bulk point-accrual pipeline"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,16 +53,25 @@ async fn main() -> anyhow::Result<()> {
             db::create_database_if_absent(&database.database_url)
                 .await
                 .context("Failed to create the database")?;
-            let pool = db::connect(&database).await.context("Failed to connect to MySQL")?;
-            let applied = db::migrate(&pool).await.context("Failed to run migrations")?;
+            let pool = db::connect(&database)
+                .await
+                .context("Failed to connect to MySQL")?;
+            let applied = db::migrate(&pool)
+                .await
+                .context("Failed to run migrations")?;
             let client = sqs::client(&sqs_settings).await;
             let options = QueueOptions {
                 max_receive_count,
                 visibility_timeout_secs,
             };
-            let urls = sqs::ensure_queues(&client, &sqs_settings.accrual_queue, &sqs_settings.accrual_dlq, options)
-                .await
-                .context("Failed to create the queues")?;
+            let urls = sqs::ensure_queues(
+                &client,
+                &sqs_settings.accrual_queue,
+                &sqs_settings.accrual_dlq,
+                options,
+            )
+            .await
+            .context("Failed to create the queues")?;
             println!(
                 "{}",
                 serde_json::json!({
@@ -71,13 +84,19 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Job { job_id, database } => {
-            let pool = db::connect(&database).await.context("Failed to connect to MySQL")?;
-            let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM point_accruals WHERE job_id = ?")
-                .bind(job_id)
-                .fetch_one(&pool)
+            let pool = db::connect(&database)
                 .await
-                .context("Failed to count the job's points")?;
-            println!("{}", serde_json::json!({ "job_id": job_id, "written": written }));
+                .context("Failed to connect to MySQL")?;
+            let written: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM point_accruals WHERE job_id = ?")
+                    .bind(job_id)
+                    .fetch_one(&pool)
+                    .await
+                    .context("Failed to count the job's points")?;
+            println!(
+                "{}",
+                serde_json::json!({ "job_id": job_id, "written": written })
+            );
         }
     }
     Ok(())

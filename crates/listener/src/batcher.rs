@@ -43,8 +43,10 @@ impl Batcher {
     /// Writes one batch and deletes its messages after the commit. If the write keeps failing,
     /// nothing is deleted: the messages are delivered again after the visibility timeout.
     pub async fn process_batch(&self, batch: Vec<Inbound>) {
-        let (records, handles): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|i| (i.record, i.receipt_handle)).unzip();
+        let (records, handles): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|i| (i.record, i.receipt_handle))
+            .unzip();
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=WRITE_ATTEMPTS {
             match self.ledger.write(&records).await {
@@ -53,7 +55,12 @@ impl Batcher {
                     ListenerStats::add(&self.stats.duplicates, outcome.duplicates);
                     ListenerStats::add(&self.stats.batches, 1);
                     let undeleted = self.queue.delete(handles).await;
-                    tracing::debug!(written = outcome.written, duplicates = outcome.duplicates, undeleted, "Batch committed");
+                    tracing::debug!(
+                        written = outcome.written,
+                        duplicates = outcome.duplicates,
+                        undeleted,
+                        "Batch committed"
+                    );
                     return;
                 }
                 Err(e) => {
@@ -63,6 +70,9 @@ impl Batcher {
                 }
             }
         }
-        tracing::error!(rows = records.len(), "Batch not written after retries; its messages will be delivered again");
+        tracing::error!(
+            rows = records.len(),
+            "Batch not written after retries; its messages will be delivered again"
+        );
     }
 }

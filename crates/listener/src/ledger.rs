@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use accrual_core::db::{placeholders, statement_sizes};
-use accrual_core::message::PointRecord;
 use accrual_core::domain::Reason;
+use accrual_core::message::PointRecord;
 use sqlx::{AssertSqlSafe, MySqlPool};
 use uuid::Uuid;
 
@@ -74,7 +74,10 @@ impl Ledger {
     /// write the same point at the same moment.
     pub async fn write(&self, records: &[PointRecord]) -> Result<WriteOutcome, sqlx::Error> {
         let mut seen = HashSet::with_capacity(records.len());
-        let unique: Vec<&PointRecord> = records.iter().filter(|r| seen.insert(r.accrual_id)).collect();
+        let unique: Vec<&PointRecord> = records
+            .iter()
+            .filter(|r| seen.insert(r.accrual_id))
+            .collect();
         let existing = self.existing(&unique).await?;
         let fresh: Vec<&PointRecord> = unique
             .into_iter()

@@ -7,7 +7,9 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     accrual_core::telemetry::init();
     let settings = ListenerSettings::parse();
-    let listener = Listener::build(settings).await.context("Failed to start the listener")?;
+    let listener = Listener::build(settings)
+        .await
+        .context("Failed to start the listener")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(accrual_core::telemetry::cancel_on_signal(shutdown.clone()));
     listener.run(shutdown).await

@@ -56,9 +56,20 @@ impl Queue {
             match result {
                 Ok(out) if out.failed().is_empty() => return 0,
                 Ok(out) => {
-                    let failed: Vec<usize> = out.failed().iter().filter_map(|f| f.id().parse().ok()).collect();
-                    tracing::warn!(attempt, failed = failed.len(), "DeleteMessageBatch entries failed");
-                    handles = failed.into_iter().filter_map(|i| handles.get(i).cloned()).collect();
+                    let failed: Vec<usize> = out
+                        .failed()
+                        .iter()
+                        .filter_map(|f| f.id().parse().ok())
+                        .collect();
+                    tracing::warn!(
+                        attempt,
+                        failed = failed.len(),
+                        "DeleteMessageBatch entries failed"
+                    );
+                    handles = failed
+                        .into_iter()
+                        .filter_map(|i| handles.get(i).cloned())
+                        .collect();
                 }
                 Err(e) => tracing::warn!(attempt, error = %e, "DeleteMessageBatch failed"),
             }
@@ -69,7 +80,12 @@ impl Queue {
 
     /// Sends `body` to the dead-letter queue with the reason, then deletes it from the main queue.
     /// If the dead-letter send fails, the message is left alone: it will be delivered again.
-    pub async fn dead_letter(&self, body: &str, receipt_handle: &str, reason: &str) -> Result<(), SqsError> {
+    pub async fn dead_letter(
+        &self,
+        body: &str,
+        receipt_handle: &str,
+        reason: &str,
+    ) -> Result<(), SqsError> {
         let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
         let attr = |value: &str| {
             MessageAttributeValue::builder()
@@ -77,11 +93,19 @@ impl Queue {
                 .string_value(value)
                 .build()
         };
-        let mut send = self.client.send_message().queue_url(&self.dlq_url).message_body(body);
+        let mut send = self
+            .client
+            .send_message()
+            .queue_url(&self.dlq_url)
+            .message_body(body);
         if let (Ok(r), Ok(q)) = (attr(&reason), attr(&self.main_name)) {
-            send = send.message_attributes(ATTR_REASON, r).message_attributes(ATTR_SOURCE_QUEUE, q);
+            send = send
+                .message_attributes(ATTR_REASON, r)
+                .message_attributes(ATTR_SOURCE_QUEUE, q);
         }
-        send.send().await.map_err(|e| SqsError::new("SendMessage", e))?;
+        send.send()
+            .await
+            .map_err(|e| SqsError::new("SendMessage", e))?;
         self.client
             .delete_message()
             .queue_url(&self.main_url)

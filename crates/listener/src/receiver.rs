@@ -78,7 +78,9 @@ pub async fn run(
                 }
                 Err(reason) => match queue.dead_letter(&body, &handle, &reason.to_string()).await {
                     Ok(()) => ListenerStats::add(&stats.dead_lettered, 1),
-                    Err(e) => tracing::warn!(error = ?anyhow::Error::new(e), "Dead-lettering failed; the message will be delivered again"),
+                    Err(e) => {
+                        tracing::warn!(error = ?anyhow::Error::new(e), "Dead-lettering failed; the message will be delivered again")
+                    }
                 },
             }
         }

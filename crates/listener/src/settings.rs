@@ -5,7 +5,11 @@ use std::time::Duration;
 use accrual_core::settings::{DatabaseSettings, SqsSettings, parse_duration};
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "accrual-listener", version, about = "Consumes point accruals from SQS into MySQL")]
+#[command(
+    name = "accrual-listener",
+    version,
+    about = "Consumes point accruals from SQS into MySQL"
+)]
 pub struct ListenerSettings {
     /// Concurrent long-poll receive tasks (each asks for 10 messages a call).
     #[arg(long, env = "RECEIVE_TASKS", default_value_t = 8)]

@@ -31,10 +31,20 @@ impl Listener {
         let client = sqs::client(&settings.sqs).await;
         let main_url = sqs::queue_url(&client, &settings.sqs.accrual_queue)
             .await
-            .with_context(|| format!("Failed to find queue `{}` (run `accrualctl init`)", settings.sqs.accrual_queue))?;
+            .with_context(|| {
+                format!(
+                    "Failed to find queue `{}` (run `accrualctl init`)",
+                    settings.sqs.accrual_queue
+                )
+            })?;
         let dlq_url = sqs::queue_url(&client, &settings.sqs.accrual_dlq)
             .await
-            .with_context(|| format!("Failed to find queue `{}` (run `accrualctl init`)", settings.sqs.accrual_dlq))?;
+            .with_context(|| {
+                format!(
+                    "Failed to find queue `{}` (run `accrualctl init`)",
+                    settings.sqs.accrual_dlq
+                )
+            })?;
         let queue = Queue {
             client,
             main_url,
@@ -78,7 +88,11 @@ impl Listener {
             max_rows,
             linger: self.settings.batch_linger,
         };
-        tracing::info!(receive_tasks = self.settings.receive_tasks, max_rows, "Listener running");
+        tracing::info!(
+            receive_tasks = self.settings.receive_tasks,
+            max_rows,
+            "Listener running"
+        );
         tracker.spawn(batcher.run(inbound));
         tracker.close();
         tracker.wait().await;

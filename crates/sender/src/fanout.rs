@@ -124,7 +124,9 @@ impl Fanout {
 /// True for failures that a later attempt may not meet: network, timeouts, throttling, 5xx.
 pub fn is_retriable<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     match err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
         SdkError::ServiceError(e) => {
             let code = e.err().code().unwrap_or_default();
             code.contains("Throttl")
@@ -143,7 +145,9 @@ fn batches(bodies: Vec<String>) -> Vec<Vec<(usize, String)>> {
     let mut current: Vec<(usize, String)> = Vec::with_capacity(MAX_BATCH_ENTRIES);
     let mut bytes = 0;
     for body in bodies {
-        if current.len() == MAX_BATCH_ENTRIES || (bytes + body.len() > MAX_BATCH_BYTES && !current.is_empty()) {
+        if current.len() == MAX_BATCH_ENTRIES
+            || (bytes + body.len() > MAX_BATCH_BYTES && !current.is_empty())
+        {
             out.push(std::mem::take(&mut current));
             bytes = 0;
         }

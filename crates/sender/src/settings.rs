@@ -5,14 +5,23 @@ use std::net::SocketAddr;
 use accrual_core::settings::{DatabaseSettings, SqsSettings};
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "accrual-sender", version, about = "HTTP API that accepts bulk point accruals")]
+#[command(
+    name = "accrual-sender",
+    version,
+    about = "HTTP API that accepts bulk point accruals"
+)]
 pub struct SenderSettings {
     /// Address the HTTP API listens on.
     #[arg(long, env = "SENDER_ADDR", default_value = "127.0.0.1:8080")]
     pub sender_addr: SocketAddr,
 
     /// Clients and their keys: `client_a:key_a,client_b:key_b`.
-    #[arg(long, env = "ACCRUAL_API_KEYS", default_value = "client_a:key_a,client_b:key_b", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ACCRUAL_API_KEYS",
+        default_value = "client_a:key_a,client_b:key_b",
+        hide_env_values = true
+    )]
     pub accrual_api_keys: String,
 
     /// Most SendMessageBatch calls in flight per job fan-out.

@@ -35,7 +35,12 @@ impl Application {
         let client = sqs::client(&settings.sqs).await;
         let queue_url = sqs::queue_url(&client, &settings.sqs.accrual_queue)
             .await
-            .with_context(|| format!("Failed to find queue `{}` (run `accrualctl init`)", settings.sqs.accrual_queue))?;
+            .with_context(|| {
+                format!(
+                    "Failed to find queue `{}` (run `accrualctl init`)",
+                    settings.sqs.accrual_queue
+                )
+            })?;
         let tracker = TaskTracker::new();
         let fanout = Fanout::new(client, queue_url, settings.send_concurrency);
         let state = AppState {
@@ -56,7 +61,10 @@ impl Application {
 
     /// The bound port (useful when built with port 0).
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
     }
 
     /// Serves until `shutdown` is cancelled, then lets running fan-outs finish within the grace time.
@@ -69,8 +77,14 @@ impl Application {
             .await
             .context("HTTP server failed")?;
         self.tracker.close();
-        if tokio::time::timeout(self.shutdown_grace, self.tracker.wait()).await.is_err() {
-            tracing::error!(grace_secs = self.shutdown_grace.as_secs(), "Fan-outs still running at shutdown; their unsent points are lost");
+        if tokio::time::timeout(self.shutdown_grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                grace_secs = self.shutdown_grace.as_secs(),
+                "Fan-outs still running at shutdown; their unsent points are lost"
+            );
         }
         tracing::info!("Sender stopped");
         Ok(())

@@ -64,7 +64,9 @@ pub async fn post(
 }
 
 /// Runs CPU-heavy work (parsing a 100 MiB body, encoding 500,000 messages) off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(e.into()))
@@ -76,7 +78,11 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if is_json { Ok(()) } else { Err(ApiError::UnsupportedMediaType) }
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
 }
 
 fn too_large() -> ApiError {
@@ -151,22 +157,36 @@ mod tests {
     fn json_content_types_are_recognised_with_parameters() {
         let mut h = HeaderMap::new();
         assert!(require_json(&h).is_err());
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("Application/JSON; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
         assert!(require_json(&h).is_ok());
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        assert!(matches!(require_json(&h), Err(ApiError::UnsupportedMediaType)));
+        assert!(matches!(
+            require_json(&h),
+            Err(ApiError::UnsupportedMediaType)
+        ));
     }
 
     #[test]
     fn an_empty_array_is_refused() {
-        assert!(matches!(parse_and_validate(b"[]"), Err(ApiError::EmptyRequest)));
+        assert!(matches!(
+            parse_and_validate(b"[]"),
+            Err(ApiError::EmptyRequest)
+        ));
     }
 
     #[test]
     fn five_hundred_thousand_items_pass_and_one_more_is_too_large() {
         let item = r#"{"member_id":"m","point_type":"P","amount":1}"#;
         let body = |n: usize| format!("[{}]", vec![item; n].join(","));
-        assert_eq!(parse_and_validate(body(500_000).as_bytes()).map(|v| v.len()).ok(), Some(500_000));
+        assert_eq!(
+            parse_and_validate(body(500_000).as_bytes())
+                .map(|v| v.len())
+                .ok(),
+            Some(500_000)
+        );
         assert!(matches!(
             parse_and_validate(body(500_001).as_bytes()),
             Err(ApiError::PayloadTooLarge(_))

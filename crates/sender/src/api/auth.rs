@@ -20,7 +20,9 @@ impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut clients: Vec<&String> = self.by_digest.values().collect();
         clients.sort();
-        f.debug_struct("ApiKeys").field("clients", &clients).finish()
+        f.debug_struct("ApiKeys")
+            .field("clients", &clients)
+            .finish()
     }
 }
 
@@ -38,12 +40,18 @@ impl ApiKeys {
                 .ok_or_else(|| format!("`{pair}` is not client:key"))?;
             let valid_client = !client.is_empty()
                 && client.len() <= 64
-                && client.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+                && client
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
             if !valid_client {
-                return Err(format!("client id `{client}` must be 1-64 characters of [A-Za-z0-9_.-]"));
+                return Err(format!(
+                    "client id `{client}` must be 1-64 characters of [A-Za-z0-9_.-]"
+                ));
             }
             if key.len() < 4 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(format!("the key of `{client}` must be at least 4 visible characters"));
+                return Err(format!(
+                    "the key of `{client}` must be at least 4 visible characters"
+                ));
             }
             if by_digest.insert(digest(key), client.to_owned()).is_some() {
                 return Err(format!("the key of `{client}` is given twice"));
@@ -77,23 +85,35 @@ mod tests {
 
     fn headers(auth: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_str(auth).expect("header"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(auth).expect("header"),
+        );
         h
     }
 
     #[test]
     fn a_known_key_names_its_client() {
         let keys = ApiKeys::parse("client_a:key_a, client_b:key_b").expect("valid");
-        assert_eq!(keys.authenticate(&headers("Bearer key_b")).ok(), Some("client_b".into()));
+        assert_eq!(
+            keys.authenticate(&headers("Bearer key_b")).ok(),
+            Some("client_b".into())
+        );
     }
 
     #[test]
     fn unknown_missing_or_non_bearer_keys_are_refused() {
         let keys = ApiKeys::parse("client_a:key_a").expect("valid");
         for auth in ["Bearer nope", "Basic key_a", "key_a"] {
-            assert!(matches!(keys.authenticate(&headers(auth)), Err(ApiError::Unauthorized)));
+            assert!(matches!(
+                keys.authenticate(&headers(auth)),
+                Err(ApiError::Unauthorized)
+            ));
         }
-        assert!(matches!(keys.authenticate(&HeaderMap::new()), Err(ApiError::Unauthorized)));
+        assert!(matches!(
+            keys.authenticate(&HeaderMap::new()),
+            Err(ApiError::Unauthorized)
+        ));
     }
 
     #[test]

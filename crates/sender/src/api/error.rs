@@ -27,7 +27,10 @@ pub enum ApiError {
     #[error("the array holds no accrual items")]
     EmptyRequest,
     #[error("{total} invalid field(s); nothing was stored")]
-    Validation { errors: Vec<ItemError>, total: usize },
+    Validation {
+        errors: Vec<ItemError>,
+        total: usize,
+    },
     #[error("a dependency is unavailable: {dependency}")]
     DependencyUnavailable {
         dependency: &'static str,
@@ -49,14 +52,24 @@ impl ApiError {
     /// Status, problem type slug and title: the stable part of each problem.
     fn kind(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Missing or invalid API key"),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Missing or invalid API key",
+            ),
             Self::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 "Unsupported media type",
             ),
-            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
-            Self::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
+            Self::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            Self::MalformedJson { .. } => {
+                (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
+            }
             Self::EmptyRequest => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "empty-request",
@@ -72,7 +85,11 @@ impl ApiError {
                 "dependency-unavailable",
                 "Service temporarily unavailable",
             ),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
         }
     }
 }
@@ -90,7 +107,8 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             // The cause goes to the log only; the client gets the request id to quote.
             tracing::error!(error = ?anyhow::Error::new(self), %request_id, "Request failed");
-            body["detail"] = json!("the request could not be completed; quote the request_id when reporting it");
+            body["detail"] =
+                json!("the request could not be completed; quote the request_id when reporting it");
         } else {
             body["detail"] = json!(self.to_string());
             match self {

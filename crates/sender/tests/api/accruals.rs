@@ -1,0 +1,225 @@
+//! `POST /v1/accruals`: acceptance, and every refusal storing and queueing nothing.
+
+use std::time::Duration;
+
+use accrual_testkit::eventually;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{TestApp, item, problem, spawn_app};
+
+/// Nothing from earlier refused requests is in `members` or on the queue: after a valid one-point
+/// request, the queue holds exactly that one message.
+async fn assert_nothing_stored_or_queued(app: &TestApp) {
+    assert_eq!(app.env.member_rows().await, 0, "members were stored");
+    let sentinel = app
+        .post_accruals(format!("[{}]", item("sentinel", "P", 1)))
+        .await;
+    assert_eq!(sentinel.status().as_u16(), 202);
+    let main = app.env.queues.main.clone();
+    eventually(Duration::from_secs(10), "the sentinel message", || async {
+        app.env.depth(&main).await >= 1
+    })
+    .await;
+    assert_eq!(
+        app.env.depth(&main).await,
+        1,
+        "refused requests queued messages"
+    );
+}
+
+#[tokio::test]
+async fn post_returns_202_with_the_job_and_upserts_members_before_queueing() {
+    let app = spawn_app().await;
+    let body = format!(
+        "[{},{},{}]",
+        item("alice", "WELFARE", 10),
+        item("alice", "BONUS", 5),
+        item("bob", "WELFARE", 7)
+    );
+
+    let response = app.post_accruals(body).await;
+
+    assert_eq!(response.status().as_u16(), 202);
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["accepted"], 3);
+    assert_eq!(json["members"], 2);
+    assert_eq!(json["status"], "dispatching");
+    assert!(
+        json["job_id"]
+            .as_str()
+            .unwrap()
+            .parse::<uuid::Uuid>()
+            .is_ok()
+    );
+    assert_eq!(app.env.member_rows().await, 2);
+    let main = app.env.queues.main.clone();
+    eventually(
+        Duration::from_secs(10),
+        "3 messages on the queue",
+        || async { app.env.depth(&main).await == 3 },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_json_returns_400_with_line_and_column() {
+    let app = spawn_app().await;
+
+    let response = app
+        .post_accruals(format!("[\n{},\n{{\"amount\": }}]", item("a", "P", 1)))
+        .await;
+
+    let body = problem(response, 400).await;
+    assert_eq!(body["type"], "/problems/malformed-json");
+    assert_eq!(
+        (body["line"].as_u64(), body["column"].as_u64()),
+        (Some(3), Some(12))
+    );
+    assert_nothing_stored_or_queued(&app).await;
+}
+
+#[tokio::test]
+async fn a_non_json_content_type_returns_415() {
+    let app = spawn_app().await;
+
+    let response = app
+        .post_accruals_as(
+            format!("[{}]", item("a", "P", 1)),
+            Some("key_a"),
+            "text/plain",
+        )
+        .await;
+
+    assert_eq!(
+        problem(response, 415).await["type"],
+        "/problems/unsupported-media-type"
+    );
+    assert_nothing_stored_or_queued(&app).await;
+}
+
+#[tokio::test]
+async fn a_missing_or_unknown_key_returns_401() {
+    let app = spawn_app().await;
+    let body = format!("[{}]", item("a", "P", 1));
+
+    for key in [None, Some("not-a-key")] {
+        let response = app
+            .post_accruals_as(body.clone(), key, "application/json")
+            .await;
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_eq!(
+            problem(response, 401).await["type"],
+            "/problems/unauthorized"
+        );
+    }
+    assert_nothing_stored_or_queued(&app).await;
+}
+
+#[tokio::test]
+async fn invalid_items_return_422_listing_each_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let mut items: Vec<String> = (0..1_000)
+        .map(|i| item(&format!("m{i}"), "WELFARE", 1))
+        .collect();
+    items[3] = item("bad member", "WELFARE", 1);
+    items[500] = r#"{"member_id":"m","point_type":"P","amount":-5,"colour":"red"}"#.into();
+
+    let response = app.post_accruals(format!("[{}]", items.join(","))).await;
+
+    let body = problem(response, 422).await;
+    assert_eq!(body["type"], "/problems/validation-failed");
+    assert_eq!(body["total_errors"], 3);
+    let errors: Vec<(u64, &str)> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        errors,
+        vec![(3, "member_id"), (500, "amount"), (500, "colour")]
+    );
+    assert_nothing_stored_or_queued(&app).await;
+}
+
+#[tokio::test]
+async fn more_than_500000_items_returns_413() {
+    let app = spawn_app().await;
+    let one = item("m", "P", 1);
+    let body = format!("[{}]", vec![one.as_str(); 500_001].join(","));
+
+    let response = app.post_accruals(body).await;
+
+    assert_eq!(
+        problem(response, 413).await["type"],
+        "/problems/payload-too-large"
+    );
+    assert_nothing_stored_or_queued(&app).await;
+}
+
+/// Sends a raw HTTP/1.1 request head, then `body_bytes` of filler (ignoring a closed connection),
+/// and returns the status code of the answer.
+async fn raw_post(app: &TestApp, head_extra: &str, body_bytes: usize, chunked: bool) -> u16 {
+    let addr = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/accruals HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer key_a\r\n\
+         Content-Type: application/json\r\n{head_extra}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let feeder = tokio::spawn(async move {
+        let block = vec![b' '; 1024 * 1024];
+        let mut sent = 0;
+        while sent < body_bytes {
+            let n = block.len().min(body_bytes - sent);
+            let ok = if chunked {
+                let chunk = [format!("{n:x}\r\n").as_bytes(), &block[..n], b"\r\n"].concat();
+                writer.write_all(&chunk).await.is_ok()
+            } else {
+                writer.write_all(&block[..n]).await.is_ok()
+            };
+            if !ok {
+                return;
+            }
+            sent += n;
+        }
+    });
+    let mut answer = vec![0u8; 12];
+    reader.read_exact(&mut answer).await.unwrap();
+    feeder.abort();
+    String::from_utf8_lossy(&answer[9..12]).parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_declared_body_over_100_mib_returns_413_before_it_is_read() {
+    let app = spawn_app().await;
+
+    let status = raw_post(
+        &app,
+        &format!("Content-Length: {}\r\n", 100 * 1024 * 1024 + 1),
+        1024,
+        false,
+    )
+    .await;
+
+    assert_eq!(status, 413);
+    assert_nothing_stored_or_queued(&app).await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_100_mib_returns_413_while_streaming() {
+    let app = spawn_app().await;
+
+    let status = raw_post(
+        &app,
+        "Transfer-Encoding: chunked\r\n",
+        101 * 1024 * 1024,
+        true,
+    )
+    .await;
+
+    assert_eq!(status, 413);
+    assert_nothing_stored_or_queued(&app).await;
+}

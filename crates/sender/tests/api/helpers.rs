@@ -1,0 +1,104 @@
+use std::sync::Arc;
+
+use accrual_listener::stats::ListenerStats;
+use accrual_listener::{Listener, ListenerSettings};
+use accrual_sender::{Application, SenderSettings};
+use accrual_testkit::TestEnv;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const KEY_A: &str = "key_a";
+
+/// A sender on a free port with its own database and queues; a listener on demand.
+pub struct TestApp {
+    pub env: TestEnv,
+    pub address: String,
+    pub http: reqwest::Client,
+    /// Stops the sender and any listener when the test ends.
+    shutdown: CancellationToken,
+}
+
+pub async fn spawn_app() -> TestApp {
+    accrual_core::telemetry::init();
+    let env = TestEnv::new().await;
+    let settings = SenderSettings {
+        sender_addr: "127.0.0.1:0".parse().unwrap(),
+        accrual_api_keys: "client_a:key_a,client_b:key_b".into(),
+        send_concurrency: 16,
+        shutdown_grace_secs: 5,
+        database: env.database.clone(),
+        sqs: env.sqs.clone(),
+    };
+    let app = Application::build(settings).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        env,
+        address,
+        http: reqwest::Client::new(),
+        shutdown,
+    }
+}
+
+impl TestApp {
+    /// Starts a listener on this app's queue and database.
+    pub async fn spawn_listener(&self) -> Arc<ListenerStats> {
+        let settings = ListenerSettings {
+            receive_tasks: 4,
+            receive_wait_secs: 1,
+            batch_max_rows: 512,
+            batch_linger: std::time::Duration::from_millis(100),
+            database: self.env.database.clone(),
+            sqs: self.env.sqs.clone(),
+        };
+        let listener = Listener::build(settings).await.unwrap();
+        let stats = listener.stats();
+        tokio::spawn(listener.run(self.shutdown.clone()));
+        stats
+    }
+
+    /// `POST /v1/accruals` as client_a with a JSON content type.
+    pub async fn post_accruals(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.post_accruals_as(body, Some(KEY_A), "application/json")
+            .await
+    }
+
+    pub async fn post_accruals_as(
+        &self,
+        body: impl Into<reqwest::Body>,
+        key: Option<&str>,
+        content_type: &str,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/accruals", self.address))
+            .header("Content-Type", content_type)
+            .body(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Reads a problem+json response, checking its content type and status.
+pub async fn problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    response.json().await.unwrap()
+}
+
+/// One item as JSON text.
+pub fn item(member: &str, point_type: &str, amount: i64) -> String {
+    format!(r#"{{"member_id":"{member}","point_type":"{point_type}","amount":{amount}}}"#)
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the sender, alone and with a listener, on real MariaDB and LocalStack SQS.
+#![allow(clippy::unwrap_used)]
+
+mod accruals;
+mod helpers;
+mod pipeline;

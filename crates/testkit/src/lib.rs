@@ -1,0 +1,143 @@
+//! Test support shared by the service crates' integration tests.
+//!
+//! [`TestEnv::new`] creates a database and a main/dead-letter queue pair with names of their own,
+//! so tests run in parallel against the real MariaDB and LocalStack; dropping it removes them.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use accrual_core::settings::{DatabaseSettings, SqsSettings};
+use accrual_core::sqs::{QueueOptions, QueueUrls};
+use accrual_core::{db, sqs};
+use aws_sdk_sqs::Client;
+use sqlx::MySqlPool;
+use uuid::Uuid;
+
+/// MySQL server the tests use: `TEST_MYSQL_URL`, or root on 127.0.0.1:3306.
+fn server_url() -> String {
+    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// A database and queues for one test.
+pub struct TestEnv {
+    pub database: DatabaseSettings,
+    pub sqs: SqsSettings,
+    pub pool: MySqlPool,
+    pub client: Client,
+    pub queues: QueueUrls,
+}
+
+impl TestEnv {
+    /// Creates and migrates a fresh database and creates fresh queues (max receive count 5).
+    pub async fn new() -> Self {
+        Self::with_queue_options(QueueOptions::default()).await
+    }
+
+    pub async fn with_queue_options(options: QueueOptions) -> Self {
+        // The tail of a v7 UUID is random; its head is the clock, shared by tests started together.
+        let uuid = Uuid::now_v7().simple().to_string();
+        let id = &uuid[16..];
+        let database = DatabaseSettings {
+            database_url: format!("{}/accrual_test_{}", server_url(), id),
+            database_max_connections: 8,
+        };
+        db::create_database_if_absent(&database.database_url)
+            .await
+            .unwrap();
+        let pool = db::connect(&database).await.unwrap();
+        db::migrate(&pool).await.unwrap();
+        let sqs = SqsSettings {
+            aws_endpoint_url: std::env::var("AWS_ENDPOINT_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:4566".into()),
+            aws_region: "us-east-1".into(),
+            accrual_queue: format!("test-{}", id),
+            accrual_dlq: format!("test-{}-dlq", id),
+        };
+        let client = sqs::client(&sqs).await;
+        let queues = sqs::ensure_queues(&client, &sqs.accrual_queue, &sqs.accrual_dlq, options)
+            .await
+            .unwrap();
+        Self {
+            database,
+            sqs,
+            pool,
+            client,
+            queues,
+        }
+    }
+
+    /// Rows in the ledger.
+    pub async fn ledger_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM point_accruals")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Rows in `members`.
+    pub async fn member_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM members")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Messages visible or in flight on a queue.
+    pub async fn depth(&self, url: &str) -> u64 {
+        sqs::approximate_depth(&self.client, url).await.unwrap()
+    }
+
+    /// Puts a raw body on the main queue, as a misbehaving producer would.
+    pub async fn send_raw(&self, body: &str) {
+        self.client
+            .send_message()
+            .queue_url(&self.queues.main)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for TestEnv {
+    /// Drops the database and deletes the queues. Runs on a thread of its own with its own runtime,
+    /// because `Drop` cannot await and the test's runtime may be shutting down.
+    fn drop(&mut self) {
+        let url = self.database.database_url.clone();
+        let client = self.client.clone();
+        let queues = [self.queues.main.clone(), self.queues.dlq.clone()];
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let _ = db::drop_database(&url).await;
+                for q in queues {
+                    let _ = client.delete_queue().queue_url(q).send().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns true; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
