@@ -105,7 +105,7 @@ impl Drop for TestEnv {
     /// because `Drop` cannot await and the test's runtime may be shutting down.
     fn drop(&mut self) {
         let url = self.database.database_url.clone();
-        let client = self.client.clone();
+        let settings = self.sqs.clone();
         let queues = [self.queues.main.clone(), self.queues.dlq.clone()];
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -114,6 +114,9 @@ impl Drop for TestEnv {
                 .unwrap();
             rt.block_on(async {
                 let _ = db::drop_database(&url).await;
+                // A client of this runtime: the test's client has connections tied to the test's
+                // runtime, which is blocked while this thread runs.
+                let client = sqs::client(&settings).await;
                 for q in queues {
                     let _ = client.delete_queue().queue_url(q).send().await;
                 }

@@ -1,0 +1,6 @@
+//! Integration tests of the listener on real MariaDB and LocalStack SQS.
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+mod idempotency;
+mod poison;

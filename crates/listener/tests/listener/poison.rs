@@ -1,0 +1,52 @@
+//! Messages that cannot become a ledger row go to the dead-letter queue at once, with the reason.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use accrual_core::sqs::{ATTR_REASON, ATTR_SOURCE_QUEUE};
+use accrual_listener::stats::ListenerStats;
+use accrual_testkit::eventually;
+
+use crate::helpers::{point, spawn_listener};
+
+#[tokio::test]
+async fn undecodable_messages_go_to_the_dlq_with_their_reason_and_good_ones_are_written() {
+    let app = spawn_listener().await;
+    let good = point("member-1", 10).encode();
+    let negative = good.replace(r#""amount":10"#, r#""amount":-5"#);
+    let poison = ["not json at all", negative.as_str()];
+    for body in poison {
+        app.env.send_raw(body).await;
+    }
+    for i in 0..20 {
+        app.env.send_raw(&point(&format!("m{i}"), 1).encode()).await;
+    }
+
+    eventually(Duration::from_secs(30), "good points written and poison dead-lettered", || async {
+        ListenerStats::get(&app.stats.written) == 20 && ListenerStats::get(&app.stats.dead_lettered) == 2
+    })
+    .await;
+    assert_eq!(app.env.ledger_rows().await, 20);
+
+    let mut reasons = HashMap::new();
+    let out = app
+        .env
+        .client
+        .receive_message()
+        .queue_url(&app.env.queues.dlq)
+        .max_number_of_messages(10)
+        .message_attribute_names("All")
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap();
+    for m in out.messages() {
+        let attrs = m.message_attributes().unwrap();
+        let reason = attrs[ATTR_REASON].string_value().unwrap().to_owned();
+        assert_eq!(attrs[ATTR_SOURCE_QUEUE].string_value(), Some(app.env.sqs.accrual_queue.as_str()));
+        reasons.insert(m.body().unwrap().to_owned(), reason);
+    }
+    assert_eq!(reasons.len(), 2);
+    assert!(reasons["not json at all"].starts_with("body is not a valid accrual message"), "{reasons:?}");
+    assert_eq!(reasons[&negative], "field `amount` must be an integer from 1 to 1000000000");
+}
