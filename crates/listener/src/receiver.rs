@@ -31,20 +31,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = FIRST_BACKOFF;
-    loop {
-        let receive = queue
+    while !shutdown.is_cancelled() {
+        // An in-flight receive is never abandoned: SQS (and LocalStack) would still hand messages
+        // to the dropped call, and they would stay invisible for a whole visibility timeout.
+        // Shutdown therefore waits for at most one long poll (`wait_secs`).
+        let result = queue
             .client
             .receive_message()
             .queue_url(&queue.main_url)
             .max_number_of_messages(MAX_RECEIVE_MESSAGES)
             .wait_time_seconds(wait_secs)
-            .send();
-        // Cancelling here drops at most one in-flight receive; its messages reappear after the
-        // visibility timeout.
-        let result = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = receive => r,
-        };
+            .send()
+            .await;
         let out = match result {
             Ok(out) => {
                 backoff = FIRST_BACKOFF;
@@ -73,6 +71,9 @@ pub async fn run(
                     };
                     // Waits while the batcher is busy: back-pressure instead of an unbounded buffer.
                     if to_batcher.send(inbound).await.is_err() {
+                        tracing::error!(
+                            "Batcher stopped before the receivers; the rest of this receive will be delivered again"
+                        );
                         return;
                     }
                 }

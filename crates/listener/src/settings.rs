@@ -15,8 +15,8 @@ pub struct ListenerSettings {
     #[arg(long, env = "RECEIVE_TASKS", default_value_t = 8)]
     pub receive_tasks: usize,
 
-    /// Long-poll wait per ReceiveMessage call, 0-20 seconds.
-    #[arg(long, env = "RECEIVE_WAIT_SECS", default_value_t = 20, value_parser = clap::value_parser!(i32).range(0..=20))]
+    /// Long-poll wait per ReceiveMessage call, 0-20 seconds. Shutdown waits for at most one.
+    #[arg(long, env = "RECEIVE_WAIT_SECS", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=20))]
     pub receive_wait_secs: i32,
 
     /// A batch is written when it holds this many points...

@@ -98,6 +98,7 @@ impl Listener {
         tracker.wait().await;
         let s = &self.stats;
         tracing::info!(
+            received = ListenerStats::get(&s.received),
             written = ListenerStats::get(&s.written),
             duplicates = ListenerStats::get(&s.duplicates),
             dead_lettered = ListenerStats::get(&s.dead_lettered),

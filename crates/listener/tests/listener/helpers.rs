@@ -33,7 +33,11 @@ pub async fn spawn_listener() -> TestListener {
     let stats = listener.stats();
     let shutdown = CancellationToken::new();
     tokio::spawn(listener.run(shutdown.clone()));
-    TestListener { env, stats, shutdown }
+    TestListener {
+        env,
+        stats,
+        shutdown,
+    }
 }
 
 impl Drop for TestListener {

@@ -15,9 +15,13 @@ async fn the_same_message_body_delivered_twice_writes_one_row() {
     app.env.send_raw(&body).await;
     app.env.send_raw(&body).await;
 
-    eventually(Duration::from_secs(30), "both deliveries handled", || async {
-        ListenerStats::get(&app.stats.written) + ListenerStats::get(&app.stats.duplicates) == 2
-    })
+    eventually(
+        Duration::from_secs(30),
+        "both deliveries handled",
+        || async {
+            ListenerStats::get(&app.stats.written) + ListenerStats::get(&app.stats.duplicates) == 2
+        },
+    )
     .await;
     assert_eq!(ListenerStats::get(&app.stats.written), 1);
     assert_eq!(ListenerStats::get(&app.stats.duplicates), 1);
@@ -47,10 +51,11 @@ async fn a_point_already_in_the_ledger_is_counted_as_a_duplicate_on_redelivery()
     })
     .await;
     assert_eq!(app.env.ledger_rows().await, 1);
-    let stored: (i64, String) = sqlx::query_as("SELECT amount, member_id FROM point_accruals WHERE accrual_id = ?")
-        .bind(record.accrual_id)
-        .fetch_one(&app.env.pool)
-        .await
-        .unwrap();
+    let stored: (i64, String) =
+        sqlx::query_as("SELECT amount, member_id FROM point_accruals WHERE accrual_id = ?")
+            .bind(record.accrual_id)
+            .fetch_one(&app.env.pool)
+            .await
+            .unwrap();
     assert_eq!(stored, (5, "member-2".to_owned()));
 }

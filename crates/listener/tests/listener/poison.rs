@@ -22,9 +22,14 @@ async fn undecodable_messages_go_to_the_dlq_with_their_reason_and_good_ones_are_
         app.env.send_raw(&point(&format!("m{i}"), 1).encode()).await;
     }
 
-    eventually(Duration::from_secs(30), "good points written and poison dead-lettered", || async {
-        ListenerStats::get(&app.stats.written) == 20 && ListenerStats::get(&app.stats.dead_lettered) == 2
-    })
+    eventually(
+        Duration::from_secs(30),
+        "good points written and poison dead-lettered",
+        || async {
+            ListenerStats::get(&app.stats.written) == 20
+                && ListenerStats::get(&app.stats.dead_lettered) == 2
+        },
+    )
     .await;
     assert_eq!(app.env.ledger_rows().await, 20);
 
@@ -43,10 +48,19 @@ async fn undecodable_messages_go_to_the_dlq_with_their_reason_and_good_ones_are_
     for m in out.messages() {
         let attrs = m.message_attributes().unwrap();
         let reason = attrs[ATTR_REASON].string_value().unwrap().to_owned();
-        assert_eq!(attrs[ATTR_SOURCE_QUEUE].string_value(), Some(app.env.sqs.accrual_queue.as_str()));
+        assert_eq!(
+            attrs[ATTR_SOURCE_QUEUE].string_value(),
+            Some(app.env.sqs.accrual_queue.as_str())
+        );
         reasons.insert(m.body().unwrap().to_owned(), reason);
     }
     assert_eq!(reasons.len(), 2);
-    assert!(reasons["not json at all"].starts_with("body is not a valid accrual message"), "{reasons:?}");
-    assert_eq!(reasons[&negative], "field `amount` must be an integer from 1 to 1000000000");
+    assert!(
+        reasons["not json at all"].starts_with("body is not a valid accrual message"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons[&negative],
+        "field `amount` must be an integer from 1 to 1000000000"
+    );
 }
