@@ -2,14 +2,14 @@
 //! codec, settings, schema and the MySQL and SQS helpers both services use.
 //!
 //! # Layout
-//! - [`domain`]: newtypes (`MemberId`, `PointType`, `Amount`, `Reason`) that can only hold valid values.
-//! - [`wire`]: lenient parse of a request body into raw items, with the item limit.
-//! - [`accrual`]: all-or-nothing validation of raw items into [`accrual::Accrual`]s.
-//! - [`message`]: the v1 SQS message body, encode and decode.
-//! - [`settings`]: environment variables / CLI flags shared by every binary.
-//! - [`db`]: MySQL pool, database creation, embedded migrations, statement shapes.
-//! - [`sqs`]: SQS client, queue creation with the redrive policy.
-//! - [`telemetry`]: tracing set-up.
+//! - [`domain`] — newtypes (`MemberId`, `PointType`, `Amount`, `Reason`) that can only hold valid values.
+//! - [`wire`] — lenient parse of a request body into raw items, with the item limit.
+//! - [`accrual`] — all-or-nothing validation of raw items into [`accrual::Accrual`]s.
+//! - [`message`] — the v1 SQS message body, encode and decode.
+//! - [`settings`] — environment variables / CLI flags shared by every binary.
+//! - [`db`] — MySQL pool, database creation, embedded migrations, statement shapes.
+//! - [`sqs`] — SQS client, queue creation with the redrive policy.
+//! - [`telemetry`] — tracing set-up.
 
 pub mod accrual;
 pub mod db;

@@ -2,13 +2,13 @@
 //! batches with `accrual_id` as the idempotency key, and dead-letters what cannot be written.
 //!
 //! # Layout
-//! - [`startup`]: `Listener::build` (connect) and `run` (until cancelled).
-//! - [`settings`]: environment variables / CLI flags.
-//! - [`receiver`]: long-poll receive tasks; decode; poison to the DLQ.
-//! - [`batcher`]: batches by size or linger; write, then delete.
-//! - [`ledger`]: the multi-row insert with fixed statement shapes and the duplicate count.
-//! - [`queue`]: DeleteMessageBatch and dead-lettering.
-//! - [`stats`]: counters.
+//! - [`startup`] — `Listener::build` (connect) and `run` (until cancelled).
+//! - [`settings`] — environment variables / CLI flags.
+//! - [`receiver`] — long-poll receive tasks; decode; poison to the DLQ.
+//! - [`batcher`] — batches by size or linger; write, then delete.
+//! - [`ledger`] — the multi-row insert with fixed statement shapes and the duplicate count.
+//! - [`queue`] — DeleteMessageBatch and dead-lettering.
+//! - [`stats`] — counters.
 
 pub mod batcher;
 pub mod ledger;

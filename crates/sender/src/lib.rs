@@ -2,12 +2,12 @@
 //! members, and fans each point out as one SQS message.
 //!
 //! # Layout
-//! - [`startup`]: `Application::build` (connect, bind) and `run_until_stopped`.
-//! - [`settings`]: environment variables / CLI flags.
-//! - [`api`]: routes, the `POST /v1/accruals` handler, API keys, request ids, the one `ApiError`.
-//! - [`members`]: multi-row member upserts.
-//! - [`dispatcher`]: background fan-out of accepted jobs.
-//! - [`fanout`]: `SendMessageBatch` with bounded concurrency and retries.
+//! - [`startup`] — `Application::build` (connect, bind) and `run_until_stopped`.
+//! - [`settings`] — environment variables / CLI flags.
+//! - [`api`] — routes, the `POST /v1/accruals` handler, API keys, request ids, the one `ApiError`.
+//! - [`members`] — multi-row member upserts.
+//! - [`dispatcher`] — background fan-out of accepted jobs.
+//! - [`fanout`] — `SendMessageBatch` with bounded concurrency and retries.
 
 pub mod api;
 pub mod dispatcher;
