@@ -1,4 +1,4 @@
--- Initial schema: members, the append-only ledger, durable jobs and their chunks.
+-- Initial schema: members, the append-only ledger, durable jobs and their chunks, dead letters.
 -- member_id and point_type are ASCII with a binary collation: the API restricts them to ASCII,
 -- and "Alice" and "alice" are different members.
 
@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS accrual_jobs (
     idempotency_key VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
     body_sha256     BINARY(32) NOT NULL,
     total           INT UNSIGNED NOT NULL,
+    members         INT UNSIGNED NOT NULL,
     status          VARCHAR(32) CHARACTER SET ascii NOT NULL,
     reserve_at      DATETIME(6) NULL,
     created_at      DATETIME(6) NOT NULL,
@@ -45,8 +46,18 @@ CREATE TABLE IF NOT EXISTS accrual_chunks (
     item_count    INT UNSIGNED NOT NULL,
     due_at        DATETIME(6) NOT NULL,
     dispatched_at DATETIME(6) NULL,
+    dispatched_by VARCHAR(64) NULL,
     lease_owner   VARCHAR(64) NULL,
     lease_until   DATETIME(6) NULL,
     PRIMARY KEY (job_id, seq),
     KEY ix_accrual_chunks_due (dispatched_at, due_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
+
+-- Points the listener dead-lettered, so a job's final state can be computed from MySQL alone.
+CREATE TABLE IF NOT EXISTS accrual_dead_letters (
+    accrual_id BINARY(16) NOT NULL PRIMARY KEY,
+    job_id     BINARY(16) NOT NULL,
+    reason     VARCHAR(1000) NOT NULL,
+    created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    KEY ix_accrual_dead_letters_job_id (job_id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;

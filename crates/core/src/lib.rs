@@ -5,16 +5,20 @@
 //! - [`domain`] — newtypes (`MemberId`, `PointType`, `Amount`, `Reason`) that can only hold valid values.
 //! - [`wire`] — lenient parse of a request body into raw items, with the item limit.
 //! - [`accrual`] — all-or-nothing validation of raw items into [`accrual::Accrual`]s.
+//! - [`chunk`] — stored form of a chunk of points (compressed message bodies).
 //! - [`message`] — the v1 SQS message body, encode and decode.
+//! - [`progress`] — live job progress counters in Redis.
 //! - [`settings`] — environment variables / CLI flags shared by every binary.
 //! - [`db`] — MySQL pool, database creation, embedded migrations, statement shapes.
 //! - [`sqs`] — SQS client, queue creation with the redrive policy.
 //! - [`telemetry`] — tracing set-up.
 
 pub mod accrual;
+pub mod chunk;
 pub mod db;
 pub mod domain;
 pub mod message;
+pub mod progress;
 pub mod settings;
 pub mod sqs;
 pub mod telemetry;

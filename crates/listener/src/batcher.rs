@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use accrual_core::progress::Progress;
+
 use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::receiver::Inbound;
@@ -19,6 +21,7 @@ pub struct Batcher {
     pub ledger: Ledger,
     pub queue: Queue,
     pub stats: Arc<ListenerStats>,
+    pub progress: Progress,
     pub max_rows: usize,
     pub linger: Duration,
 }
@@ -55,6 +58,14 @@ impl Batcher {
                     ListenerStats::add(&self.stats.duplicates, outcome.duplicates);
                     ListenerStats::add(&self.stats.batches, 1);
                     let undeleted = self.queue.delete(handles).await;
+                    for (job_id, (written, duplicates)) in &outcome.by_job {
+                        self.progress
+                            .add(
+                                *job_id,
+                                &[("written", *written), ("duplicates", *duplicates)],
+                            )
+                            .await;
+                    }
                     tracing::debug!(
                         written = outcome.written,
                         duplicates = outcome.duplicates,

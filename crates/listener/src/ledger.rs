@@ -1,7 +1,7 @@
 //! Writes points to `point_accruals`: one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per statement
 //! size, all of a batch in one transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use accrual_core::db::{placeholders, statement_sizes};
@@ -13,12 +13,14 @@ use uuid::Uuid;
 const INSERT_COLUMNS: usize = 8;
 
 /// What a batch did to the ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WriteOutcome {
     /// Points newly stored.
     pub written: usize,
     /// Points that were already stored (or repeated within the batch).
     pub duplicates: usize,
+    /// The same two counts per job, for progress counters.
+    pub by_job: HashMap<Uuid, (u64, u64)>,
 }
 
 /// The ledger table, with its statements prepared once per shape.
@@ -107,10 +109,40 @@ impl Ledger {
             }
             tx.commit().await?;
         }
+        let mut by_job: HashMap<Uuid, (u64, u64)> = HashMap::new();
+        for r in records {
+            by_job.entry(r.job_id).or_default().1 += 1;
+        }
+        for r in &fresh {
+            let counts = by_job.entry(r.job_id).or_default();
+            counts.0 += 1;
+            counts.1 -= 1;
+        }
         Ok(WriteOutcome {
             written: fresh.len(),
             duplicates: records.len() - fresh.len(),
+            by_job,
         })
+    }
+
+    /// Records that a point of a job went to the dead-letter queue, so the job can complete.
+    pub async fn record_dead_letter(
+        &self,
+        accrual_id: Uuid,
+        job_id: Uuid,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
+        let reason: String = reason.chars().take(1_000).collect();
+        sqlx::query(
+            "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
+        )
+        .bind(accrual_id)
+        .bind(job_id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn existing(&self, records: &[&PointRecord]) -> Result<HashSet<Uuid>, sqlx::Error> {

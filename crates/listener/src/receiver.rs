@@ -9,6 +9,7 @@ use accrual_core::sqs::MAX_RECEIVE_MESSAGES;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::stats::ListenerStats;
 
@@ -25,6 +26,7 @@ pub struct Inbound {
 /// Receives until `shutdown` is cancelled or the batcher is gone.
 pub async fn run(
     queue: Queue,
+    dead_letters: DeadLetterLog,
     wait_secs: i32,
     to_batcher: mpsc::Sender<Inbound>,
     stats: Arc<ListenerStats>,
@@ -77,13 +79,47 @@ pub async fn run(
                         return;
                     }
                 }
-                Err(reason) => match queue.dead_letter(&body, &handle, &reason.to_string()).await {
-                    Ok(()) => ListenerStats::add(&stats.dead_lettered, 1),
-                    Err(e) => {
-                        tracing::warn!(error = ?anyhow::Error::new(e), "Dead-lettering failed; the message will be delivered again")
+                Err(reason) => {
+                    let reason = reason.to_string();
+                    if let Err(e) = dead_letters.record(&body, &reason).await {
+                        tracing::warn!(error = %e, "Recording a dead letter failed; the message will be delivered again");
+                        continue;
                     }
-                },
+                    match queue.dead_letter(&body, &handle, &reason).await {
+                        Ok(()) => ListenerStats::add(&stats.dead_lettered, 1),
+                        Err(e) => {
+                            tracing::warn!(error = ?anyhow::Error::new(e), "Dead-lettering failed; the message will be delivered again")
+                        }
+                    }
+                }
             }
         }
+    }
+}
+
+/// Where dead letters of known jobs are recorded, so those jobs can still complete.
+#[derive(Clone, Debug)]
+pub struct DeadLetterLog {
+    pub ledger: Ledger,
+    pub progress: accrual_core::progress::Progress,
+}
+
+#[derive(serde::Deserialize)]
+struct Ids {
+    accrual_id: uuid::Uuid,
+    job_id: uuid::Uuid,
+}
+
+impl DeadLetterLog {
+    /// If the body names its point and job, records the dead letter in MySQL and the job's counter.
+    async fn record(&self, body: &str, reason: &str) -> Result<(), sqlx::Error> {
+        let Ok(ids) = serde_json::from_str::<Ids>(body) else {
+            return Ok(());
+        };
+        self.ledger
+            .record_dead_letter(ids.accrual_id, ids.job_id, reason)
+            .await?;
+        self.progress.add(ids.job_id, &[("dead_lettered", 1)]).await;
+        Ok(())
     }
 }

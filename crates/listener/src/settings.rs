@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use accrual_core::progress::RedisSettings;
 use accrual_core::settings::{DatabaseSettings, SqsSettings, parse_duration};
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -32,4 +33,7 @@ pub struct ListenerSettings {
 
     #[command(flatten)]
     pub sqs: SqsSettings,
+
+    #[command(flatten)]
+    pub redis: RedisSettings,
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use accrual_core::progress::Progress;
 use accrual_core::{db, sqs};
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -11,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::batcher::Batcher;
 use crate::ledger::Ledger;
 use crate::queue::Queue;
-use crate::receiver;
+use crate::receiver::{self, DeadLetterLog};
 use crate::settings::ListenerSettings;
 use crate::stats::ListenerStats;
 
@@ -19,6 +20,7 @@ pub struct Listener {
     settings: ListenerSettings,
     ledger: Ledger,
     queue: Queue,
+    progress: Progress,
     stats: Arc<ListenerStats>,
 }
 
@@ -51,8 +53,10 @@ impl Listener {
             dlq_url,
             main_name: settings.sqs.accrual_queue.clone(),
         };
+        let progress = Progress::connect(&settings.redis).await;
         Ok(Self {
             ledger: Ledger::new(pool, settings.batch_max_rows as usize),
+            progress,
             queue,
             stats: Arc::new(ListenerStats::default()),
             settings,
@@ -74,6 +78,10 @@ impl Listener {
         for _ in 0..self.settings.receive_tasks.max(1) {
             tracker.spawn(receiver::run(
                 self.queue.clone(),
+                DeadLetterLog {
+                    ledger: self.ledger.clone(),
+                    progress: self.progress.clone(),
+                },
                 self.settings.receive_wait_secs,
                 to_batcher.clone(),
                 self.stats.clone(),
@@ -85,6 +93,7 @@ impl Listener {
             ledger: self.ledger,
             queue: self.queue,
             stats: self.stats.clone(),
+            progress: self.progress,
             max_rows,
             linger: self.settings.batch_linger,
         };

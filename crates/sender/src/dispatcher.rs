@@ -1,35 +1,256 @@
-//! Runs accepted jobs' fan-outs in the background, tracked so shutdown can wait for them.
+//! Dispatcher tasks: claim due chunks by lease, fan them out to SQS, mark them dispatched.
 //!
-//! Jobs live only in this process's memory until sent; the durable job store (MySQL chunks claimed
-//! by lease) replaces this in-memory hand-off.
+//! Every sender replica runs these tasks against the same tables. A claim is a row lock taken with
+//! `FOR UPDATE SKIP LOCKED` and turned into a lease (`lease_owner`, `lease_until`) before the
+//! transaction ends, so replicas never wait on each other and a replica that dies loses its chunk
+//! when the lease runs out. Re-sending part of a chunk is harmless: its points keep their
+//! `accrual_id`s and the listener stores each once.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use accrual_core::chunk;
+use accrual_core::progress::Progress;
+use sqlx::MySqlPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::fanout::Fanout;
 
+/// How long to wait before retrying a chunk whose fan-out failed (SQS down, say).
+const FAILED_CHUNK_RETRY: Duration = Duration::from_secs(5);
+
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
+    pool: MySqlPool,
     fanout: Fanout,
-    /// Every running fan-out; `close` + `wait` on shutdown lets them finish.
-    tracker: TaskTracker,
+    progress: Progress,
+    /// This replica's name in `lease_owner` and `dispatched_by`.
+    owner: String,
+    lease: Duration,
+    /// How often idle tasks look for due chunks (reserved jobs become due without a wake-up).
+    poll: Duration,
+    /// Woken when a request stores a job, so idle tasks start at once.
+    wake: Arc<Notify>,
+}
+
+/// A chunk this replica holds the lease on.
+struct Claimed {
+    job_id: Uuid,
+    seq: u32,
+    items: Vec<u8>,
 }
 
 impl Dispatcher {
-    pub fn new(fanout: Fanout, tracker: TaskTracker) -> Self {
-        Self { fanout, tracker }
+    pub fn new(
+        pool: MySqlPool,
+        fanout: Fanout,
+        progress: Progress,
+        lease: Duration,
+        poll: Duration,
+    ) -> Self {
+        let owner = format!(
+            "{}-{}",
+            std::process::id(),
+            &Uuid::now_v7().simple().to_string()[20..]
+        );
+        Self {
+            pool,
+            fanout,
+            progress,
+            owner,
+            lease,
+            poll,
+            wake: Arc::new(Notify::new()),
+        }
     }
 
-    /// Starts sending a job's message bodies.
-    pub fn dispatch(&self, job_id: Uuid, bodies: Vec<String>) {
-        let fanout = self.fanout.clone();
-        self.tracker.spawn(async move {
-            let total = bodies.len();
-            let started = std::time::Instant::now();
-            match fanout.send_all(bodies).await {
-                Ok(sent) => tracing::info!(%job_id, sent, elapsed_ms = started.elapsed().as_millis() as u64, "Job enqueued"),
-                Err(error) => tracing::error!(%job_id, total, error = ?anyhow::Error::new(error), "Job fan-out failed; points not sent are lost"),
+    /// Tells idle tasks that a job was stored.
+    pub fn wake(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Starts `tasks` dispatcher loops on `tracker`; they stop when `shutdown` is cancelled.
+    pub fn spawn(&self, tasks: usize, tracker: &TaskTracker, shutdown: &CancellationToken) {
+        tracing::info!(owner = %self.owner, tasks, "Dispatcher starting");
+        for _ in 0..tasks.max(1) {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move { this.run(shutdown).await });
+        }
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            // Register interest before looking, so a wake-up between the look and the wait is kept.
+            let notified = self.wake.notified();
+            match self.claim().await {
+                Ok(Some(chunk)) => {
+                    backoff = Duration::from_millis(200);
+                    self.dispatch(chunk, &shutdown).await;
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = notified => {}
+                        () = tokio::time::sleep(self.poll) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "Claiming a chunk failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
             }
-        });
+        }
+    }
+
+    /// Takes the lease on the oldest due chunk nobody holds.
+    async fn claim(&self) -> Result<Option<Claimed>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(Uuid, u32)> = sqlx::query_as(
+            "SELECT job_id, seq FROM accrual_chunks \
+             WHERE dispatched_at IS NULL AND due_at <= NOW(6) AND (lease_until IS NULL OR lease_until < NOW(6)) \
+             ORDER BY due_at, job_id, seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((job_id, seq)) = row else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE accrual_chunks SET lease_owner = ?, lease_until = NOW(6) + INTERVAL ? MICROSECOND \
+             WHERE job_id = ? AND seq = ?",
+        )
+        .bind(&self.owner)
+        .bind(self.lease.as_micros() as u64)
+        .bind(job_id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        let items: Vec<u8> =
+            sqlx::query_scalar("SELECT items FROM accrual_chunks WHERE job_id = ? AND seq = ?")
+                .bind(job_id)
+                .bind(seq)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query("UPDATE accrual_jobs SET status = 'dispatching' WHERE job_id = ? AND status = 'reserved'")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(Claimed { job_id, seq, items }))
+    }
+
+    /// Sends a claimed chunk, renewing the lease while it goes; on shutdown, hands it back.
+    async fn dispatch(&self, chunk: Claimed, shutdown: &CancellationToken) {
+        let (job_id, seq) = (chunk.job_id, chunk.seq);
+        let bodies = match tokio::task::spawn_blocking(move || chunk::decode(&chunk.items)).await {
+            Ok(Ok(bodies)) => bodies,
+            Ok(Err(e)) => {
+                tracing::error!(%job_id, seq, error = %e, "Stored chunk is unreadable; leaving it leased for an operator");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%job_id, seq, error = %e, "Decoding a chunk panicked");
+                return;
+            }
+        };
+        let count = bodies.len();
+        let send = self.fanout.send_all(bodies);
+        tokio::pin!(send);
+        let mut renew = tokio::time::interval(self.lease / 3);
+        renew.tick().await;
+        let result = loop {
+            tokio::select! {
+                r = &mut send => break r,
+                _ = renew.tick() => {
+                    if let Err(e) = self.set_lease(job_id, seq, Some(self.lease)).await {
+                        tracing::warn!(%job_id, seq, error = %e, "Renewing a lease failed");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    // Hand the chunk back so another replica takes it over at once.
+                    match self.set_lease(job_id, seq, None).await {
+                        Ok(()) => tracing::info!(%job_id, seq, "Released a chunk at shutdown"),
+                        Err(e) => tracing::warn!(%job_id, seq, error = %e, "Releasing a chunk failed; it is taken over when its lease ends"),
+                    }
+                    return;
+                }
+            }
+        };
+        match result {
+            Ok(sent) => {
+                if let Err(e) = self.mark_dispatched(job_id, seq).await {
+                    // The chunk will be sent again after its lease ends; harmless, only slower.
+                    tracing::warn!(%job_id, seq, error = %e, "Marking a chunk dispatched failed");
+                    return;
+                }
+                self.progress
+                    .add(job_id, &[("enqueued", sent as u64)])
+                    .await;
+                tracing::debug!(%job_id, seq, sent = count, "Chunk dispatched");
+            }
+            Err(e) => {
+                tracing::error!(%job_id, seq, error = ?anyhow::Error::new(e), "Chunk fan-out failed; retrying it later");
+                let _ = self.set_lease(job_id, seq, Some(FAILED_CHUNK_RETRY)).await;
+            }
+        }
+    }
+
+    /// Extends (`Some`) or releases (`None`) this replica's lease on a chunk.
+    async fn set_lease(
+        &self,
+        job_id: Uuid,
+        seq: u32,
+        lease: Option<Duration>,
+    ) -> Result<(), sqlx::Error> {
+        let query = match lease {
+            Some(lease) => sqlx::query(
+                "UPDATE accrual_chunks SET lease_until = NOW(6) + INTERVAL ? MICROSECOND \
+                 WHERE job_id = ? AND seq = ? AND lease_owner = ?",
+            )
+            .bind(lease.as_micros() as u64),
+            None => sqlx::query(
+                "UPDATE accrual_chunks SET lease_owner = NULL, lease_until = NULL \
+                 WHERE job_id = ? AND seq = ? AND lease_owner = ?",
+            ),
+        };
+        query
+            .bind(job_id)
+            .bind(seq)
+            .bind(&self.owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_dispatched(&self, job_id: Uuid, seq: u32) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE accrual_chunks SET dispatched_at = NOW(6), dispatched_by = ?, lease_owner = NULL, lease_until = NULL \
+             WHERE job_id = ? AND seq = ? AND dispatched_at IS NULL",
+        )
+        .bind(&self.owner)
+        .bind(job_id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE accrual_jobs SET status = 'enqueued' WHERE job_id = ? AND status = 'dispatching' \
+             AND NOT EXISTS (SELECT 1 FROM accrual_chunks WHERE job_id = ? AND dispatched_at IS NULL)",
+        )
+        .bind(job_id)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
     }
 }

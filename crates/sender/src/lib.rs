@@ -1,17 +1,20 @@
 //! The accrual sender: an HTTP API that validates bulk point accruals all-or-nothing, upserts their
-//! members, and fans each point out as one SQS message.
+//! members, stores the job durably in MySQL, and has dispatcher tasks fan each point out as one
+//! SQS message.
 //!
 //! # Layout
 //! - [`startup`] — `Application::build` (connect, bind) and `run_until_stopped`.
 //! - [`settings`] — environment variables / CLI flags.
 //! - [`api`] — routes, the `POST /v1/accruals` handler, API keys, request ids, the one `ApiError`.
 //! - [`members`] — multi-row member upserts.
-//! - [`dispatcher`] — background fan-out of accepted jobs.
+//! - [`jobs`] — durable jobs (`accrual_jobs` + compressed `accrual_chunks`), status and progress.
+//! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
 //! - [`fanout`] — `SendMessageBatch` with bounded concurrency and retries.
 
 pub mod api;
 pub mod dispatcher;
 pub mod fanout;
+pub mod jobs;
 pub mod members;
 pub mod settings;
 pub mod startup;

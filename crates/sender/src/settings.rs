@@ -2,7 +2,10 @@
 
 use std::net::SocketAddr;
 
-use accrual_core::settings::{DatabaseSettings, SqsSettings};
+use std::time::Duration;
+
+use accrual_core::progress::RedisSettings;
+use accrual_core::settings::{DatabaseSettings, SqsSettings, parse_duration};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -24,11 +27,27 @@ pub struct SenderSettings {
     )]
     pub accrual_api_keys: String,
 
-    /// Most SendMessageBatch calls in flight per job fan-out.
-    #[arg(long, env = "SEND_CONCURRENCY", default_value_t = 16)]
+    /// Most SendMessageBatch calls in flight per dispatcher task.
+    #[arg(long, env = "SEND_CONCURRENCY", default_value_t = 8)]
     pub send_concurrency: usize,
 
-    /// Seconds to let running fan-outs finish after SIGTERM before exiting anyway.
+    /// Dispatcher tasks in this replica (each fans out one chunk at a time).
+    #[arg(long, env = "DISPATCH_TASKS", default_value_t = 2)]
+    pub dispatch_tasks: usize,
+
+    /// Points per stored chunk: the unit a dispatcher claims and re-sends after a crash.
+    #[arg(long, env = "CHUNK_ITEMS", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub chunk_items: u32,
+
+    /// How long a claimed chunk stays with its replica without renewal (e.g. 60s).
+    #[arg(long, env = "DISPATCH_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub dispatch_lease: Duration,
+
+    /// How often idle dispatchers look for due chunks, e.g. reserved jobs coming due (e.g. 1s).
+    #[arg(long, env = "DISPATCH_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub dispatch_poll: Duration,
+
+    /// Seconds to let requests and dispatchers finish after SIGTERM before exiting anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
@@ -37,4 +56,7 @@ pub struct SenderSettings {
 
     #[command(flatten)]
     pub sqs: SqsSettings,
+
+    #[command(flatten)]
+    pub redis: RedisSettings,
 }

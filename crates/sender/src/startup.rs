@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use accrual_core::progress::Progress;
 use accrual_core::{db, sqs};
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -18,8 +19,7 @@ use crate::state::AppState;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    /// Background fan-outs, waited for on shutdown.
-    tracker: TaskTracker,
+    dispatch_tasks: usize,
     shutdown_grace: Duration,
 }
 
@@ -41,12 +41,21 @@ impl Application {
                     settings.sqs.accrual_queue
                 )
             })?;
-        let tracker = TaskTracker::new();
+        let progress = Progress::connect(&settings.redis).await;
         let fanout = Fanout::new(client, queue_url, settings.send_concurrency);
+        let dispatcher = Dispatcher::new(
+            pool.clone(),
+            fanout,
+            progress.clone(),
+            settings.dispatch_lease,
+            settings.dispatch_poll,
+        );
         let state = AppState {
             pool,
             api_keys: Arc::new(api_keys),
-            dispatcher: Dispatcher::new(fanout, tracker.clone()),
+            dispatcher,
+            progress,
+            chunk_items: settings.chunk_items as usize,
         };
         let listener = TcpListener::bind(settings.sender_addr)
             .await
@@ -54,7 +63,7 @@ impl Application {
         Ok(Self {
             listener,
             state,
-            tracker,
+            dispatch_tasks: settings.dispatch_tasks,
             shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
         })
     }
@@ -67,25 +76,33 @@ impl Application {
             .unwrap_or_default()
     }
 
-    /// Serves until `shutdown` is cancelled, then lets running fan-outs finish within the grace time.
+    /// Serves and dispatches until `shutdown` is cancelled; then stops accepting, hands back the
+    /// chunks in hand (another replica takes them over at once) and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "Sender listening");
+        let tracker = TaskTracker::new();
+        self.state
+            .dispatcher
+            .spawn(self.dispatch_tasks, &tracker, &shutdown);
+        tracker.close();
         let router = api::router(self.state);
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
-            .context("HTTP server failed")?;
-        self.tracker.close();
-        if tokio::time::timeout(self.shutdown_grace, self.tracker.wait())
+            .context("HTTP server failed");
+        // If the server stopped on its own, stop the dispatchers too.
+        shutdown.cancel();
+        if tokio::time::timeout(self.shutdown_grace, tracker.wait())
             .await
             .is_err()
         {
-            tracing::error!(
+            tracing::warn!(
                 grace_secs = self.shutdown_grace.as_secs(),
-                "Fan-outs still running at shutdown; their unsent points are lost"
+                "Dispatchers still busy at shutdown; their leases expire and another replica takes over"
             );
         }
+        served?;
         tracing::info!("Sender stopped");
         Ok(())
     }

@@ -1,5 +1,8 @@
 //! What request handlers share.
 
+use std::sync::Arc;
+
+use accrual_core::progress::Progress;
 use sqlx::MySqlPool;
 
 use crate::api::auth::ApiKeys;
@@ -9,6 +12,10 @@ use crate::dispatcher::Dispatcher;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub pool: MySqlPool,
-    pub api_keys: std::sync::Arc<ApiKeys>,
+    pub api_keys: Arc<ApiKeys>,
+    /// Woken when a job is stored.
     pub dispatcher: Dispatcher,
+    pub progress: Progress,
+    /// Points per stored chunk.
+    pub chunk_items: usize,
 }

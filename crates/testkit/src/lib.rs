@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use accrual_core::progress::RedisSettings;
 use accrual_core::settings::{DatabaseSettings, SqsSettings};
 use accrual_core::sqs::{QueueOptions, QueueUrls};
 use accrual_core::{db, sqs};
@@ -23,6 +24,8 @@ fn server_url() -> String {
 pub struct TestEnv {
     pub database: DatabaseSettings,
     pub sqs: SqsSettings,
+    /// Redis with a key prefix of this test's own.
+    pub redis: RedisSettings,
     pub pool: MySqlPool,
     pub client: Client,
     pub queues: QueueUrls,
@@ -58,9 +61,15 @@ impl TestEnv {
         let queues = sqs::ensure_queues(&client, &sqs.accrual_queue, &sqs.accrual_dlq, options)
             .await
             .unwrap();
+        let redis = RedisSettings {
+            redis_url: std::env::var("REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            redis_key_prefix: format!("accrual-test:{id}:"),
+        };
         Self {
             database,
             sqs,
+            redis,
             pool,
             client,
             queues,
@@ -106,6 +115,7 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         let url = self.database.database_url.clone();
         let settings = self.sqs.clone();
+        let redis = self.redis.clone();
         let queues = [self.queues.main.clone(), self.queues.dlq.clone()];
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -120,6 +130,7 @@ impl Drop for TestEnv {
                 for q in queues {
                     let _ = client.delete_queue().queue_url(q).send().await;
                 }
+                let _ = delete_keys(&redis).await;
             });
         });
         let _ = cleanup.join();
@@ -143,4 +154,21 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Deletes every Redis key under the test's prefix.
+async fn delete_keys(settings: &RedisSettings) -> redis::RedisResult<()> {
+    let client = redis::Client::open(settings.redis_url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", settings.redis_key_prefix))
+        .query_async(&mut conn)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    Ok(())
 }

@@ -28,6 +28,7 @@ pub async fn spawn_listener() -> TestListener {
         batch_linger: Duration::from_millis(50),
         database: env.database.clone(),
         sqs: env.sqs.clone(),
+        redis: env.redis.clone(),
     };
     let listener = Listener::build(settings).await.unwrap();
     let stats = listener.stats();

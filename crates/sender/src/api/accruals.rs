@@ -1,66 +1,179 @@
 //! `POST /v1/accruals`: validate all items, upsert their members, hand the points to the fan-out.
 
 use accrual_core::accrual::{self, Accrual};
+use accrual_core::chunk;
 use accrual_core::message::PointRecord;
 use accrual_core::wire::{self, BodyError, MAX_ITEMS_PER_REQUEST};
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use crate::jobs::store::{self, JobRow, NewJob, StoreError};
 use crate::members;
 use crate::state::AppState;
 
 /// Largest request body accepted: 100 MiB, enforced while reading.
 pub const MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
+/// Furthest ahead a reserved accrual may be booked.
+pub const MAX_RESERVE_DAYS: i64 = 90;
 
-/// The 202 answer.
+/// The answer: 202 for a new job, 200 when an `Idempotency-Key` names an existing one.
 #[derive(Debug, Serialize)]
 pub struct Accepted {
     pub job_id: Uuid,
     /// Points accepted (the number of items).
-    pub accepted: usize,
+    pub accepted: u64,
     /// Distinct members among the items, all present in `members` before any point was queued.
-    pub members: usize,
-    pub status: &'static str,
+    pub members: u64,
+    pub status: String,
     pub reserve_at: Option<DateTime<Utc>>,
+    pub status_url: String,
+}
+
+impl From<JobRow> for Accepted {
+    fn from(job: JobRow) -> Self {
+        Self {
+            job_id: job.job_id,
+            accepted: u64::from(job.total),
+            members: u64::from(job.members),
+            status: job.status,
+            reserve_at: job.reserve_at,
+            status_url: format!("/v1/jobs/{}", job.job_id),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PostParams {
+    /// RFC 3339 instant: makes the job a reserved accrual released at that time.
+    reserve_at: Option<String>,
 }
 
 pub async fn post(
     State(state): State<AppState>,
+    Query(params): Query<PostParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let client_id = state.api_keys.authenticate(&headers)?;
     require_json(&headers)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let now = Utc::now();
+    let reserve_at = params
+        .reserve_at
+        .as_deref()
+        .map(|r| parse_reserve_at(r, now))
+        .transpose()?;
     let bytes = read_limited(&headers, body).await?;
-    let accruals = blocking(move || parse_and_validate(&bytes)).await??;
+
+    let (body_sha256, parsed) = blocking(move || {
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        (digest, parse_and_validate(&bytes))
+    })
+    .await?;
+    if let Some(key) = &idempotency_key {
+        if let Some(existing) = store::find_by_key(&state.pool, &client_id, key)
+            .await
+            .map_err(ApiError::database)?
+        {
+            return replay(existing, &body_sha256);
+        }
+    }
+    let accruals = parsed?;
     let members = members::upsert(&state.pool, &accruals)
         .await
         .map_err(ApiError::database)?;
 
     let job_id = Uuid::now_v7();
-    let accepted = accruals.len();
-    let accepted_at = Utc::now();
-    let bodies = blocking(move || encode(job_id, accepted_at, accruals)).await?;
-    tracing::info!(%job_id, %client_id, points = accepted, members, "Accepted accrual job");
-    state.dispatcher.dispatch(job_id, bodies);
-
+    let total = accruals.len();
+    let chunk_items = state.chunk_items;
+    let chunks = blocking(move || encode_chunks(job_id, now, accruals, chunk_items)).await?;
+    let job = NewJob {
+        job_id,
+        client_id: client_id.clone(),
+        idempotency_key: idempotency_key.clone(),
+        body_sha256,
+        total,
+        members,
+        reserve_at,
+        created_at: now,
+        chunks,
+    };
+    match store::insert(&state.pool, &job).await {
+        Ok(()) => {}
+        Err(StoreError::DuplicateKey) => {
+            // Another request with the same key won the race; answer as its retry.
+            let key = idempotency_key.unwrap_or_default();
+            let existing = store::find_by_key(&state.pool, &client_id, &key)
+                .await
+                .map_err(ApiError::database)?
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
+            return replay(existing, &body_sha256);
+        }
+        Err(StoreError::Db(e)) => return Err(ApiError::database(e)),
+    }
+    tracing::info!(%job_id, %client_id, points = total, members, reserve_at = ?reserve_at, "Accepted accrual job");
+    state.dispatcher.wake();
+    let status = if reserve_at.is_some() {
+        "reserved"
+    } else {
+        "dispatching"
+    };
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
             job_id,
-            accepted,
-            members,
-            status: "dispatching",
-            reserve_at: None,
+            accepted: total as u64,
+            members: members as u64,
+            status: status.to_owned(),
+            reserve_at,
+            status_url: format!("/v1/jobs/{job_id}"),
         }),
     ))
+}
+
+/// A retry of a request already stored: the original job, or 409 if the body differs.
+fn replay(
+    existing: JobRow,
+    body_sha256: &[u8; 32],
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    if existing.body_sha256 != body_sha256 {
+        return Err(ApiError::Conflict(
+            "this Idempotency-Key was used with a different body".into(),
+        ));
+    }
+    Ok((StatusCode::OK, Json(Accepted::from(existing))))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default();
+    if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::InvalidParameter(
+            "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn parse_reserve_at(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    let at = accrual::future_instant(value, now)
+        .map_err(|e| ApiError::InvalidParameter(format!("reserve_at {e}")))?;
+    if at > now + chrono::Duration::days(MAX_RESERVE_DAYS) {
+        return Err(ApiError::InvalidParameter(format!(
+            "reserve_at must be at most {MAX_RESERVE_DAYS} days ahead"
+        )));
+    }
+    Ok(at)
 }
 
 /// Runs CPU-heavy work (parsing a 100 MiB body, encoding 500,000 messages) off the async workers.
@@ -132,20 +245,30 @@ fn parse_and_validate(body: &[u8]) -> Result<Vec<Accrual>, ApiError> {
     })
 }
 
-/// Gives every point its `accrual_id` (UUID v7) and renders its SQS message body.
-fn encode(job_id: Uuid, accepted_at: DateTime<Utc>, accruals: Vec<Accrual>) -> Vec<String> {
-    accruals
-        .into_iter()
-        .map(|accrual| {
-            PointRecord {
-                accrual_id: Uuid::now_v7(),
-                job_id,
-                accrual,
-                accepted_at,
-            }
-            .encode()
-        })
-        .collect()
+/// Gives every point its `accrual_id` (UUID v7) and stores the points in compressed chunks of
+/// `chunk_items`, each with its item count.
+fn encode_chunks(
+    job_id: Uuid,
+    accepted_at: DateTime<Utc>,
+    accruals: Vec<Accrual>,
+    chunk_items: usize,
+) -> Vec<(Vec<u8>, usize)> {
+    let mut chunks = Vec::with_capacity(accruals.len().div_ceil(chunk_items.max(1)));
+    let mut records = Vec::with_capacity(chunk_items.min(accruals.len()));
+    let mut accruals = accruals.into_iter().peekable();
+    while let Some(accrual) = accruals.next() {
+        records.push(PointRecord {
+            accrual_id: Uuid::now_v7(),
+            job_id,
+            accrual,
+            accepted_at,
+        });
+        if records.len() == chunk_items.max(1) || accruals.peek().is_none() {
+            chunks.push((chunk::encode(&records), records.len()));
+            records.clear();
+        }
+    }
+    chunks
 }
 
 #[cfg(test)]
@@ -194,14 +317,52 @@ mod tests {
     }
 
     #[test]
-    fn every_encoded_point_has_its_own_accrual_id() {
-        let accruals = parse_and_validate(br#"[{"member_id":"m","point_type":"P","amount":1},{"member_id":"m","point_type":"P","amount":1}]"#)
-            .expect("valid");
-        let bodies = encode(Uuid::now_v7(), Utc::now(), accruals);
-        let ids: Vec<Uuid> = bodies
+    fn every_point_gets_its_own_accrual_id_and_chunks_hold_all_points() {
+        let one = r#"{"member_id":"m","point_type":"P","amount":1}"#;
+        let accruals =
+            parse_and_validate(format!("[{}]", vec![one; 25].join(",")).as_bytes()).expect("valid");
+        let chunks = encode_chunks(Uuid::now_v7(), Utc::now(), accruals, 10);
+        assert_eq!(
+            chunks.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
+        let ids: std::collections::HashSet<Uuid> = chunks
             .iter()
-            .map(|b| PointRecord::decode(b).expect("decodes").accrual_id)
+            .flat_map(|(blob, _)| chunk::decode(blob).expect("decodes"))
+            .map(|b| PointRecord::decode(&b).expect("body").accrual_id)
             .collect();
-        assert_ne!(ids[0], ids[1]);
+        assert_eq!(ids.len(), 25);
+    }
+
+    #[test]
+    fn reserve_at_must_be_future_and_within_ninety_days() {
+        let now = Utc::now();
+        let at = |d: chrono::Duration| (now + d).to_rfc3339();
+        assert!(parse_reserve_at(&at(chrono::Duration::seconds(5)), now).is_ok());
+        assert!(
+            parse_reserve_at(
+                &at(chrono::Duration::days(90) - chrono::Duration::seconds(1)),
+                now
+            )
+            .is_ok()
+        );
+        assert!(parse_reserve_at(&at(chrono::Duration::days(91)), now).is_err());
+        assert!(parse_reserve_at(&at(-chrono::Duration::seconds(1)), now).is_err());
+        assert!(parse_reserve_at("tomorrow", now).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_one_to_128_visible_characters() {
+        let mut h = HeaderMap::new();
+        assert_eq!(idempotency_key(&h).ok(), Some(None));
+        h.insert("idempotency-key", HeaderValue::from_static("order-42"));
+        assert_eq!(idempotency_key(&h).ok(), Some(Some("order-42".into())));
+        h.insert(
+            "idempotency-key",
+            HeaderValue::from_str(&"k".repeat(129)).expect("header"),
+        );
+        assert!(idempotency_key(&h).is_err());
+        h.insert("idempotency-key", HeaderValue::from_static("a b"));
+        assert!(idempotency_key(&h).is_err());
     }
 }

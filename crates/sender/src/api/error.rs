@@ -24,6 +24,12 @@ pub enum ApiError {
         line: usize,
         column: usize,
     },
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("no such job")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
     #[error("the array holds no accrual items")]
     EmptyRequest,
     #[error("{total} invalid field(s); nothing was stored")]
@@ -70,6 +76,13 @@ impl ApiError {
             Self::MalformedJson { .. } => {
                 (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
             }
+            Self::InvalidParameter(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-parameter",
+                "Invalid parameter",
+            ),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             Self::EmptyRequest => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "empty-request",

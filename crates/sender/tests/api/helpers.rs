@@ -24,10 +24,15 @@ pub async fn spawn_app() -> TestApp {
     let settings = SenderSettings {
         sender_addr: "127.0.0.1:0".parse().unwrap(),
         accrual_api_keys: "client_a:key_a,client_b:key_b".into(),
-        send_concurrency: 16,
+        send_concurrency: 8,
+        dispatch_tasks: 2,
+        chunk_items: 2_000,
+        dispatch_lease: std::time::Duration::from_secs(10),
+        dispatch_poll: std::time::Duration::from_millis(200),
         shutdown_grace_secs: 5,
         database: env.database.clone(),
         sqs: env.sqs.clone(),
+        redis: env.redis.clone(),
     };
     let app = Application::build(settings).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -51,6 +56,7 @@ impl TestApp {
             batch_linger: std::time::Duration::from_millis(100),
             database: self.env.database.clone(),
             sqs: self.env.sqs.clone(),
+            redis: self.env.redis.clone(),
         };
         let listener = Listener::build(settings).await.unwrap();
         let stats = listener.stats();

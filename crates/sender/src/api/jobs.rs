@@ -1,0 +1,135 @@
+//! `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/events` (SSE) and `DELETE /v1/jobs/{id}`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::jobs::status::{self, JobView};
+use crate::jobs::store::{self, CancelError};
+use crate::state::AppState;
+
+/// How often an SSE stream looks for changes.
+const EVENT_POLL: Duration = Duration::from_millis(500);
+/// Every this many polls, an SSE stream reconciles against MySQL even if Redis says nothing changed
+/// (Redis may have been flushed).
+const RECONCILE_EVERY: u32 = 10;
+
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job_id): Path<Uuid>,
+) -> Result<Json<JobView>, ApiError> {
+    let client_id = state.api_keys.authenticate(&headers)?;
+    let view = status::view(&state.pool, &state.progress, job_id, &client_id, true)
+        .await
+        .map_err(ApiError::database)?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(view))
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job_id): Path<Uuid>,
+) -> Result<Json<JobView>, ApiError> {
+    let client_id = state.api_keys.authenticate(&headers)?;
+    store::cancel(&state.pool, job_id, &client_id)
+        .await
+        .map_err(|e| match e {
+            CancelError::NotFound => ApiError::NotFound,
+            CancelError::NotCancellable(status) => ApiError::Conflict(format!(
+                "the job is {status}; only a reserved job not yet released can be cancelled"
+            )),
+            CancelError::Db(e) => ApiError::database(e),
+        })?;
+    tracing::info!(%job_id, %client_id, "Cancelled reserved job");
+    get(State(state), headers, Path(job_id)).await
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job_id): Path<Uuid>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let client_id = state.api_keys.authenticate(&headers)?;
+    let first = status::view(&state.pool, &state.progress, job_id, &client_id, true)
+        .await
+        .map_err(ApiError::database)?
+        .ok_or(ApiError::NotFound)?;
+
+    let follow = Follow {
+        state,
+        client_id,
+        job_id,
+        pending: Some(first),
+        last: None,
+        polls: 0,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(follow, |mut f| async move {
+        let event = f.next_event().await?;
+        Some((Ok(event), f))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The state of one SSE stream.
+struct Follow {
+    state: AppState,
+    client_id: String,
+    job_id: Uuid,
+    /// A view read but not yet compared with the last one sent.
+    pending: Option<JobView>,
+    last: Option<JobView>,
+    polls: u32,
+    /// Set once the final view has been sent: the stream then ends.
+    done: bool,
+}
+
+impl Follow {
+    /// The next event to send, or `None` when the stream ends.
+    async fn next_event(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some(view) = self.pending.take() {
+                if self.last.as_ref() != Some(&view) {
+                    self.done = view.is_final();
+                    let event = Event::default()
+                        .event(if self.done { "final" } else { "progress" })
+                        .json_data(&view)
+                        .ok()?;
+                    self.last = Some(view);
+                    return Some(event);
+                }
+            }
+            tokio::time::sleep(EVENT_POLL).await;
+            self.polls += 1;
+            let reconcile = self.polls % RECONCILE_EVERY == 0;
+            let s = &self.state;
+            match status::view(
+                &s.pool,
+                &s.progress,
+                self.job_id,
+                &self.client_id,
+                reconcile,
+            )
+            .await
+            {
+                Ok(Some(view)) => self.pending = Some(view),
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(job_id = %self.job_id, error = %e, "Reading job progress failed")
+                }
+            }
+        }
+    }
+}

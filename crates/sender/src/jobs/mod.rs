@@ -1,0 +1,4 @@
+//! Durable jobs: storage, status and progress.
+
+pub mod status;
+pub mod store;
