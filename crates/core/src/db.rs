@@ -146,6 +146,21 @@ async fn apply_pending(conn: &mut sqlx::MySqlConnection) -> Result<Vec<u32>, DbE
     Ok(newly)
 }
 
+/// MySQL error: duplicate entry for a unique key.
+pub const ER_DUP_ENTRY: u16 = 1062;
+/// MySQL error: deadlock; the transaction was rolled back and may be run again.
+pub const ER_LOCK_DEADLOCK: u16 = 1213;
+
+/// The MySQL error number (not the SQLSTATE) of a database error.
+pub fn error_number(e: &sqlx::Error) -> Option<u16> {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|m| m.number()),
+        _ => None,
+    }
+}
+
 /// Splits `n` rows into statement sizes that are powers of two no larger than `max`
 /// (itself rounded down to one), largest first.
 ///

@@ -3,14 +3,12 @@
 use std::collections::BTreeSet;
 
 use accrual_core::accrual::Accrual;
-use accrual_core::db::{placeholders, statement_sizes};
+use accrual_core::db::{ER_LOCK_DEADLOCK, error_number, placeholders, statement_sizes};
 use chrono::Utc;
 use sqlx::{AssertSqlSafe, MySqlPool};
 
 /// Rows per upsert statement (2 placeholders each, far below MySQL's 65,535).
 const UPSERT_ROWS: usize = 1_024;
-/// InnoDB error for a deadlock; the transaction is safe to run again.
-const ER_LOCK_DEADLOCK: &str = "1213";
 const DEADLOCK_RETRIES: u32 = 3;
 
 /// Upserts the distinct members of `accruals`; returns how many distinct members there were.
@@ -24,9 +22,7 @@ pub async fn upsert(pool: &MySqlPool, accruals: &[Accrual]) -> Result<usize, sql
     loop {
         attempt += 1;
         match upsert_once(pool, &members).await {
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some(ER_LOCK_DEADLOCK) && attempt < DEADLOCK_RETRIES =>
-            {
+            Err(e) if error_number(&e) == Some(ER_LOCK_DEADLOCK) && attempt < DEADLOCK_RETRIES => {
                 tracing::warn!(attempt, "Deadlock while upserting members; retrying");
             }
             other => return other.map(|()| members.len()),

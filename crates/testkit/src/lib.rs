@@ -123,7 +123,7 @@ impl Drop for TestEnv {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let _ = db::drop_database(&url).await;
+                let _ = drop_database(&url).await;
                 // A client of this runtime: the test's client has connections tied to the test's
                 // runtime, which is blocked while this thread runs.
                 let client = sqs::client(&settings).await;
@@ -171,4 +171,29 @@ async fn delete_keys(settings: &RedisSettings) -> redis::RedisResult<()> {
             .await?;
     }
     Ok(())
+}
+
+/// Drops the test database after killing the test's own connections to it: a connection frozen
+/// inside a transaction (its runtime is blocked while this runs) would hold a metadata lock and
+/// make `DROP DATABASE` wait forever.
+async fn drop_database(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::{Connection, Executor};
+    let name = db::database_name(url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
+    let mut conn = sqlx::MySqlConnection::connect(url).await?;
+    let others: Vec<u64> = sqlx::query_scalar(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+    )
+    .bind(&name)
+    .fetch_all(&mut conn)
+    .await?;
+    for id in others {
+        let _ = conn
+            .execute(sqlx::AssertSqlSafe(format!("KILL {id}")))
+            .await;
+    }
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS `{name}`"
+    )))
+    .await?;
+    conn.close().await
 }

@@ -1,11 +1,9 @@
 //! Durable jobs: the `accrual_jobs` row and its `accrual_chunks`, written in one transaction.
 
+use accrual_core::db::{ER_DUP_ENTRY, error_number};
 use chrono::{DateTime, Utc};
 use sqlx::MySqlPool;
 use uuid::Uuid;
-
-/// MySQL's error for a duplicate key: here, the same client and `Idempotency-Key` at once.
-const ER_DUP_ENTRY: &str = "1062";
 
 /// A job to store.
 #[derive(Debug)]
@@ -100,7 +98,8 @@ pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
     .execute(&mut *tx)
     .await;
     match inserted {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(ER_DUP_ENTRY) => {
+        // The same client and Idempotency-Key at once: the other request's job stands.
+        Err(e) if error_number(&e) == Some(ER_DUP_ENTRY) => {
             return Err(StoreError::DuplicateKey);
         }
         other => {

@@ -3,4 +3,6 @@
 
 mod accruals;
 mod helpers;
+mod jobs;
 mod pipeline;
+mod process;

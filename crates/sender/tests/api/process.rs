@@ -1,0 +1,64 @@
+//! The sender as a separate OS process, for tests that kill it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use accrual_testkit::{TestEnv, eventually};
+
+/// A running `accrual-sender` process; killed when dropped.
+pub struct SenderProcess {
+    child: Child,
+    pub address: String,
+}
+
+impl SenderProcess {
+    /// Starts the binary on a free port against the test's database, queues and Redis prefix.
+    pub async fn spawn(env: &TestEnv) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_accrual-sender"))
+            .env("SENDER_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &env.database.database_url)
+            .env("AWS_ENDPOINT_URL", &env.sqs.aws_endpoint_url)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("ACCRUAL_QUEUE", &env.sqs.accrual_queue)
+            .env("ACCRUAL_DLQ", &env.sqs.accrual_dlq)
+            .env("REDIS_URL", &env.redis.redis_url)
+            .env("REDIS_KEY_PREFIX", &env.redis.redis_key_prefix)
+            .env("CHUNK_ITEMS", "2000")
+            .env("DISPATCH_LEASE", "3s")
+            .env("DISPATCH_POLL", "200ms")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let address = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let health = format!("{address}/healthz");
+        eventually(
+            Duration::from_secs(30),
+            "the sender process to listen",
+            || async { http.get(&health).send().await.is_ok() },
+        )
+        .await;
+        Self { child, address }
+    }
+
+    /// SIGKILL: no chance to release leases or finish anything.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for SenderProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
