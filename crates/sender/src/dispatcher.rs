@@ -73,9 +73,10 @@ impl Dispatcher {
     }
 
     /// Starts `tasks` dispatcher loops on `tracker`; they stop when `shutdown` is cancelled.
+    /// With 0 tasks this replica only accepts jobs; others dispatch them.
     pub fn spawn(&self, tasks: usize, tracker: &TaskTracker, shutdown: &CancellationToken) {
         tracing::info!(owner = %self.owner, tasks, "Dispatcher starting");
-        for _ in 0..tasks.max(1) {
+        for _ in 0..tasks {
             let this = self.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move { this.run(shutdown).await });

@@ -31,7 +31,8 @@ pub struct SenderSettings {
     #[arg(long, env = "SEND_CONCURRENCY", default_value_t = 8)]
     pub send_concurrency: usize,
 
-    /// Dispatcher tasks in this replica (each fans out one chunk at a time).
+    /// Dispatcher tasks in this replica (each fans out one chunk at a time); 0 makes an
+    /// accept-only replica.
     #[arg(long, env = "DISPATCH_TASKS", default_value_t = 2)]
     pub dispatch_tasks: usize,
 

@@ -123,7 +123,9 @@ impl Drop for TestEnv {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let _ = drop_database(&url).await;
+                if let Err(e) = drop_database(&url).await {
+                    eprintln!("could not drop the test database: {e}");
+                }
                 // A client of this runtime: the test's client has connections tied to the test's
                 // runtime, which is blocked while this thread runs.
                 let client = sqs::client(&settings).await;
@@ -180,12 +182,13 @@ async fn drop_database(url: &str) -> Result<(), sqlx::Error> {
     use sqlx::{Connection, Executor};
     let name = db::database_name(url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
     let mut conn = sqlx::MySqlConnection::connect(url).await?;
-    let others: Vec<u64> = sqlx::query_scalar(
-        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+    let others: Vec<i64> = sqlx::query_scalar(
+        "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
     )
     .bind(&name)
     .fetch_all(&mut conn)
-    .await?;
+    .await
+    .unwrap_or_default();
     for id in others {
         let _ = conn
             .execute(sqlx::AssertSqlSafe(format!("KILL {id}")))

@@ -19,13 +19,19 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_dispatchers(2).await
+}
+
+/// An app whose in-process sender runs `dispatch_tasks` dispatchers (0: it only accepts, and
+/// sender processes started by the test dispatch).
+pub async fn spawn_app_with_dispatchers(dispatch_tasks: usize) -> TestApp {
     accrual_core::telemetry::init();
     let env = TestEnv::new().await;
     let settings = SenderSettings {
         sender_addr: "127.0.0.1:0".parse().unwrap(),
         accrual_api_keys: "client_a:key_a,client_b:key_b".into(),
         send_concurrency: 8,
-        dispatch_tasks: 2,
+        dispatch_tasks,
         chunk_items: 2_000,
         dispatch_lease: std::time::Duration::from_secs(10),
         dispatch_poll: std::time::Duration::from_millis(200),

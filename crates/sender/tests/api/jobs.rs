@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{KEY_A, TestApp, spawn_app};
+use crate::helpers::{KEY_A, TestApp, spawn_app, spawn_app_with_dispatchers};
 use crate::process::SenderProcess;
 
 /// A JSON body of `n` points over `n / 3` members.
@@ -77,7 +77,7 @@ async fn assert_ledger_holds_exactly(app: &TestApp, job_id: Uuid, n: i64, timeou
 
 #[tokio::test]
 async fn a_sender_killed_mid_dispatch_leaves_exactly_every_point_in_the_ledger() {
-    let app = spawn_app().await;
+    let app = spawn_app_with_dispatchers(0).await;
     app.spawn_listener().await;
     let mut first = SenderProcess::spawn(&app.env).await;
     let response = post(&app.http, &first.address, job_body(200_000), "", None).await;
@@ -100,11 +100,20 @@ async fn a_sender_killed_mid_dispatch_leaves_exactly_every_point_in_the_ledger()
 
     assert_ledger_holds_exactly(&app, job_id, 200_000, Duration::from_secs(900)).await;
     assert_eq!(dispatched_chunks(&app.env, job_id).await, 100);
+    let by_second: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM accrual_chunks WHERE job_id = ? AND dispatched_by <> (SELECT dispatched_by FROM accrual_chunks WHERE job_id = ? AND seq = 0)",
+    )
+    .bind(job_id)
+    .bind(job_id)
+    .fetch_one(&app.env.pool)
+    .await
+    .unwrap();
+    assert!(by_second > 0, "the second sender took over no chunk");
 }
 
 #[tokio::test]
 async fn two_sender_processes_dispatch_one_job_together_without_doubling() {
-    let app = spawn_app().await;
+    let app = spawn_app_with_dispatchers(0).await;
     app.spawn_listener().await;
     let a = SenderProcess::spawn(&app.env).await;
     let _b = SenderProcess::spawn(&app.env).await;
