@@ -162,6 +162,14 @@ pub async fn queue_url(client: &Client, name: &str) -> Result<String, SqsError> 
     Ok(out.queue_url().unwrap_or_default().to_owned())
 }
 
+/// Looks up a queue the service needs, with a hint for the operator when it is missing.
+pub async fn find_queue(client: &Client, name: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    queue_url(client, name)
+        .await
+        .with_context(|| format!("Failed to find queue `{name}` (run `accrualctl init`)"))
+}
+
 /// Approximate number of messages visible plus in flight (for progress and tests).
 pub async fn approximate_depth(client: &Client, url: &str) -> Result<u64, SqsError> {
     let out = client

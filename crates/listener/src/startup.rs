@@ -31,22 +31,8 @@ impl Listener {
             .await
             .context("Failed to connect to MySQL")?;
         let client = sqs::client(&settings.sqs).await;
-        let main_url = sqs::queue_url(&client, &settings.sqs.accrual_queue)
-            .await
-            .with_context(|| {
-                format!(
-                    "Failed to find queue `{}` (run `accrualctl init`)",
-                    settings.sqs.accrual_queue
-                )
-            })?;
-        let dlq_url = sqs::queue_url(&client, &settings.sqs.accrual_dlq)
-            .await
-            .with_context(|| {
-                format!(
-                    "Failed to find queue `{}` (run `accrualctl init`)",
-                    settings.sqs.accrual_dlq
-                )
-            })?;
+        let main_url = sqs::find_queue(&client, &settings.sqs.accrual_queue).await?;
+        let dlq_url = sqs::find_queue(&client, &settings.sqs.accrual_dlq).await?;
         let queue = Queue {
             client,
             main_url,

@@ -33,14 +33,7 @@ impl Application {
             .await
             .context("Failed to connect to MySQL")?;
         let client = sqs::client(&settings.sqs).await;
-        let queue_url = sqs::queue_url(&client, &settings.sqs.accrual_queue)
-            .await
-            .with_context(|| {
-                format!(
-                    "Failed to find queue `{}` (run `accrualctl init`)",
-                    settings.sqs.accrual_queue
-                )
-            })?;
+        let queue_url = sqs::find_queue(&client, &settings.sqs.accrual_queue).await?;
         let progress = Progress::connect(&settings.redis).await;
         let fanout = Fanout::new(client, queue_url, settings.send_concurrency);
         let dispatcher = Dispatcher::new(

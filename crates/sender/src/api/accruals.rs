@@ -78,13 +78,12 @@ pub async fn post(
         (digest, parse_and_validate(&bytes))
     })
     .await?;
-    if let Some(key) = &idempotency_key {
-        if let Some(existing) = store::find_by_key(&state.pool, &client_id, key)
+    if let Some(key) = &idempotency_key
+        && let Some(existing) = store::find_by_key(&state.pool, &client_id, key)
             .await
             .map_err(ApiError::database)?
-        {
-            return replay(existing, &body_sha256);
-        }
+    {
+        return replay(existing, &body_sha256);
     }
     let accruals = parsed?;
     let members = members::upsert(&state.pool, &accruals)

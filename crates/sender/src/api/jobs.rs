@@ -100,20 +100,20 @@ impl Follow {
             return None;
         }
         loop {
-            if let Some(view) = self.pending.take() {
-                if self.last.as_ref() != Some(&view) {
-                    self.done = view.is_final();
-                    let event = Event::default()
-                        .event(if self.done { "final" } else { "progress" })
-                        .json_data(&view)
-                        .ok()?;
-                    self.last = Some(view);
-                    return Some(event);
-                }
+            if let Some(view) = self.pending.take()
+                && self.last.as_ref() != Some(&view)
+            {
+                self.done = view.is_final();
+                let event = Event::default()
+                    .event(if self.done { "final" } else { "progress" })
+                    .json_data(&view)
+                    .ok()?;
+                self.last = Some(view);
+                return Some(event);
             }
             tokio::time::sleep(EVENT_POLL).await;
             self.polls += 1;
-            let reconcile = self.polls % RECONCILE_EVERY == 0;
+            let reconcile = self.polls.is_multiple_of(RECONCILE_EVERY);
             let s = &self.state;
             match status::view(
                 &s.pool,

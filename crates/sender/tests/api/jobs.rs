@@ -57,6 +57,21 @@ async fn dispatched_chunks(env: &TestEnv, job_id: Uuid) -> i64 {
     .unwrap()
 }
 
+async fn delete_job(app: &TestApp, job_id: Uuid) -> reqwest::Response {
+    let url = format!("{}/v1/jobs/{job_id}", app.address);
+    app.http
+        .delete(url)
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_job(app: &TestApp, job_id: Uuid, key: &str) -> reqwest::Response {
+    let url = format!("{}/v1/jobs/{job_id}", app.address);
+    app.http.get(url).bearer_auth(key).send().await.unwrap()
+}
+
 fn job_id_of(body: &Value) -> Uuid {
     body["job_id"].as_str().unwrap().parse().unwrap()
 }
@@ -188,13 +203,7 @@ async fn a_cancelled_reserved_job_never_writes_a_row_and_cannot_be_cancelled_twi
     let response = post(&app.http, &app.address, job_body(300), &query, None).await;
     let job_id = job_id_of(&response.json().await.unwrap());
 
-    let cancel = || {
-        app.http
-            .delete(format!("{}/v1/jobs/{job_id}", app.address))
-            .bearer_auth(KEY_A)
-            .send()
-    };
-    let cancelled = cancel().await.unwrap();
+    let cancelled = delete_job(&app, job_id).await;
     assert_eq!(cancelled.status().as_u16(), 200);
     assert_eq!(
         cancelled.json::<Value>().await.unwrap()["status"],
@@ -204,7 +213,7 @@ async fn a_cancelled_reserved_job_never_writes_a_row_and_cannot_be_cancelled_twi
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(rows_of(&app.env, job_id).await.0, 0);
     assert_eq!(app.env.depth(&app.env.queues.main).await, 0);
-    assert_eq!(cancel().await.unwrap().status().as_u16(), 409);
+    assert_eq!(delete_job(&app, job_id).await.status().as_u16(), 409);
 }
 
 #[tokio::test]
@@ -213,13 +222,7 @@ async fn a_job_already_dispatched_cannot_be_cancelled() {
     let response = post(&app.http, &app.address, job_body(30), "", None).await;
     let job_id = job_id_of(&response.json().await.unwrap());
 
-    let answer = app
-        .http
-        .delete(format!("{}/v1/jobs/{job_id}", app.address))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap();
+    let answer = delete_job(&app, job_id).await;
 
     assert_eq!(answer.status().as_u16(), 409);
 }
@@ -334,16 +337,7 @@ async fn sse_reports_progress_and_a_final_completed_event() {
     assert_eq!(last["total"], 50_000);
     assert!(last["completed_at"].is_string());
 
-    let get: Value = app
-        .http
-        .get(format!("{}/v1/jobs/{job_id}", app.address))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get: Value = get_job(&app, job_id, KEY_A).await.json().await.unwrap();
     assert_eq!(get["status"], "completed");
     assert_eq!(get["enqueued"], 50_000);
 }
@@ -354,13 +348,7 @@ async fn another_clients_job_is_not_found() {
     let response = post(&app.http, &app.address, job_body(30), "", None).await;
     let job_id = job_id_of(&response.json().await.unwrap());
 
-    let as_b = app
-        .http
-        .get(format!("{}/v1/jobs/{job_id}", app.address))
-        .bearer_auth("key_b")
-        .send()
-        .await
-        .unwrap();
+    let as_b = get_job(&app, job_id, "key_b").await;
 
     assert_eq!(as_b.status().as_u16(), 404);
 }
