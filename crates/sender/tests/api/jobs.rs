@@ -127,6 +127,34 @@ async fn a_sender_killed_mid_dispatch_leaves_exactly_every_point_in_the_ledger()
 }
 
 #[tokio::test]
+async fn a_sender_stopped_with_sigterm_hands_its_chunks_back_and_another_finishes_the_job() {
+    let app = spawn_app_with_dispatchers(0).await;
+    app.spawn_listener().await;
+    let mut first = SenderProcess::spawn(&app.env).await;
+    let response = post(&app.http, &first.address, job_body(20_000), "", None).await;
+    let job_id = job_id_of(&response.json().await.unwrap());
+    eventually(Duration::from_secs(60), "a chunk dispatched", || async {
+        dispatched_chunks(&app.env, job_id).await >= 1
+    })
+    .await;
+
+    let (status, took) = first.terminate();
+
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
+    let leased: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM accrual_chunks WHERE job_id = ? AND dispatched_at IS NULL AND lease_owner IS NOT NULL",
+    )
+    .bind(job_id)
+    .fetch_one(&app.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(leased, 0, "chunks still leased by the stopped sender");
+    let _second = SenderProcess::spawn(&app.env).await;
+    assert_ledger_holds_exactly(&app, job_id, 20_000, Duration::from_secs(300)).await;
+}
+
+#[tokio::test]
 async fn two_sender_processes_dispatch_one_job_together_without_doubling() {
     let app = spawn_app_with_dispatchers(0).await;
     app.spawn_listener().await;

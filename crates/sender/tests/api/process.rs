@@ -56,6 +56,20 @@ impl SenderProcess {
     }
 }
 
+impl SenderProcess {
+    /// SIGTERM, then waits for the exit; returns the exit status and how long the exit took.
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let started = std::time::Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = self.child.wait().unwrap();
+        (status, started.elapsed())
+    }
+}
+
 impl Drop for SenderProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
