@@ -2,6 +2,7 @@
 //! codec, settings, schema and the MySQL and SQS helpers both services use.
 //!
 //! # Layout
+//! - [`dlq`] — list and redrive the dead-letter queue.
 //! - [`domain`] — newtypes (`MemberId`, `PointType`, `Amount`, `Reason`) that can only hold valid values.
 //! - [`wire`] — lenient parse of a request body into raw items, with the item limit.
 //! - [`accrual`] — all-or-nothing validation of raw items into [`accrual::Accrual`]s.
@@ -16,6 +17,7 @@
 pub mod accrual;
 pub mod chunk;
 pub mod db;
+pub mod dlq;
 pub mod domain;
 pub mod message;
 pub mod progress;

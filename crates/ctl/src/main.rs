@@ -2,7 +2,7 @@
 
 use accrual_core::settings::{DatabaseSettings, SqsSettings};
 use accrual_core::sqs::QueueOptions;
-use accrual_core::{db, sqs};
+use accrual_core::{db, dlq, sqs};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -32,11 +32,34 @@ enum Command {
         #[arg(long, env = "VISIBILITY_TIMEOUT_SECS", default_value_t = 60)]
         visibility_timeout_secs: u32,
     },
+    /// Inspect or empty the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+        #[command(flatten)]
+        sqs: SqsSettings,
+    },
     /// Show how many of a job's points are in the ledger, as JSON.
     Job {
         job_id: uuid::Uuid,
         #[command(flatten)]
         database: DatabaseSettings,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Print dead letters (body, reason, source queue) as JSON lines; they stay in the queue.
+    List {
+        /// Most dead letters to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move dead letters back to the main queue, each deleted from the DLQ only once re-sent.
+    Redrive {
+        /// Most dead letters to move (all by default).
+        #[arg(long)]
+        limit: Option<usize>,
     },
 }
 
@@ -82,6 +105,31 @@ async fn main() -> anyhow::Result<()> {
                     "max_receive_count": max_receive_count,
                 })
             );
+        }
+        Command::Dlq {
+            command,
+            sqs: settings,
+        } => {
+            let client = sqs::client(&settings).await;
+            let dlq_url = sqs::find_queue(&client, &settings.accrual_dlq).await?;
+            match command {
+                DlqCommand::List { limit } => {
+                    for letter in dlq::list(&client, &dlq_url, limit)
+                        .await
+                        .context("Failed to read the DLQ")?
+                    {
+                        println!("{}", serde_json::to_string(&letter)?);
+                    }
+                }
+                DlqCommand::Redrive { limit } => {
+                    let main_url = sqs::find_queue(&client, &settings.accrual_queue).await?;
+                    let moved =
+                        dlq::redrive(&client, &dlq_url, &main_url, limit.unwrap_or(usize::MAX))
+                            .await
+                            .context("Failed to redrive the DLQ")?;
+                    println!("{}", serde_json::json!({ "redriven": moved }));
+                }
+            }
         }
         Command::Job { job_id, database } => {
             let pool = db::connect(&database)

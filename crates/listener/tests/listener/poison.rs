@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use accrual_core::dlq;
 use accrual_core::sqs::{ATTR_REASON, ATTR_SOURCE_QUEUE};
 use accrual_listener::stats::ListenerStats;
 use accrual_testkit::eventually;
@@ -63,4 +64,76 @@ async fn undecodable_messages_go_to_the_dlq_with_their_reason_and_good_ones_are_
         reasons[&negative],
         "field `amount` must be an integer from 1 to 1000000000"
     );
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_with_their_reason_and_redriven_to_the_main_queue() {
+    let app = spawn_listener().await;
+    let negative = point("member-1", 10)
+        .encode()
+        .replace(r#""amount":10"#, r#""amount":-5"#);
+    app.env.send_raw("{not json").await;
+    app.env.send_raw(&negative).await;
+    eventually(
+        Duration::from_secs(30),
+        "both poison messages dead-lettered",
+        || async { ListenerStats::get(&app.stats.dead_lettered) == 2 },
+    )
+    .await;
+
+    let letters = dlq::list(&app.env.client, &app.env.queues.dlq, 10)
+        .await
+        .unwrap();
+
+    assert_eq!(letters.len(), 2);
+    let reason_of = |body: &str| {
+        letters
+            .iter()
+            .find(|l| l.body == body)
+            .and_then(|l| l.reason.clone())
+            .unwrap()
+    };
+    assert!(reason_of("{not json").starts_with("body is not a valid accrual message"));
+    assert_eq!(
+        reason_of(&negative),
+        "field `amount` must be an integer from 1 to 1000000000"
+    );
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.source_queue.as_deref() == Some(app.env.sqs.accrual_queue.as_str()))
+    );
+    // Listing leaves them in place.
+    assert_eq!(
+        dlq::list(&app.env.client, &app.env.queues.dlq, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let moved = dlq::redrive(
+        &app.env.client,
+        &app.env.queues.dlq,
+        &app.env.queues.main,
+        10,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(moved, 2);
+    // Back on the main queue, the listener receives them again; still poison, they return.
+    eventually(
+        Duration::from_secs(30),
+        "the redriven messages received again",
+        || async { ListenerStats::get(&app.stats.dead_lettered) == 4 },
+    )
+    .await;
+    let dlq_url = app.env.queues.dlq.clone();
+    eventually(
+        Duration::from_secs(10),
+        "two dead letters again",
+        || async { app.env.depth(&dlq_url).await == 2 },
+    )
+    .await;
 }

@@ -1,0 +1,139 @@
+//! Operator access to the dead-letter queue: list what is there and why, move it back.
+
+use std::collections::HashSet;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
+
+use crate::sqs::{ATTR_REASON, ATTR_SOURCE_QUEUE, MAX_RECEIVE_MESSAGES, SqsError};
+
+/// Receives that return nothing new before a listing stops.
+const EMPTY_RECEIVES_TO_STOP: u32 = 3;
+/// How long a message being redriven stays hidden from other readers of the DLQ.
+const REDRIVE_VISIBILITY_SECS: i32 = 60;
+
+/// One message in the dead-letter queue.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub body: String,
+    /// Why the listener dead-lettered it; `None` when SQS moved it after too many receives.
+    pub reason: Option<String>,
+    pub source_queue: Option<String>,
+    /// Receives from the DLQ so far (listing counts as one).
+    pub receive_count: Option<u32>,
+}
+
+impl From<Message> for DeadLetter {
+    fn from(m: Message) -> Self {
+        let attr = |name: &str| {
+            m.message_attributes()
+                .and_then(|a| a.get(name))
+                .and_then(|v| v.string_value())
+                .map(str::to_owned)
+        };
+        Self {
+            reason: attr(ATTR_REASON),
+            source_queue: attr(ATTR_SOURCE_QUEUE),
+            receive_count: m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                .and_then(|v| v.parse().ok()),
+            message_id: m.message_id().unwrap_or_default().to_owned(),
+            body: m.body().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+async fn receive(
+    client: &Client,
+    url: &str,
+    visibility_secs: i32,
+) -> Result<Vec<Message>, SqsError> {
+    let out = client
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(MAX_RECEIVE_MESSAGES)
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .visibility_timeout(visibility_secs)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .map_err(|e| SqsError::new("ReceiveMessage", e))?;
+    Ok(out.messages.unwrap_or_default())
+}
+
+/// Lists up to `limit` dead letters without removing them (they are received with a visibility
+/// timeout of 0, so they stay available).
+pub async fn list(
+    client: &Client,
+    dlq_url: &str,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, SqsError> {
+    let mut seen = HashSet::new();
+    let mut letters = Vec::new();
+    let mut empty = 0;
+    while letters.len() < limit && empty < EMPTY_RECEIVES_TO_STOP {
+        let before = letters.len();
+        for m in receive(client, dlq_url, 0).await? {
+            if letters.len() < limit && seen.insert(m.message_id().unwrap_or_default().to_owned()) {
+                letters.push(DeadLetter::from(m));
+            }
+        }
+        empty = if letters.len() == before {
+            empty + 1
+        } else {
+            0
+        };
+    }
+    Ok(letters)
+}
+
+/// Moves up to `limit` dead letters back to the main queue (body unchanged, without the
+/// dead-letter attributes); each is deleted from the DLQ only after it was sent. Returns how
+/// many moved.
+pub async fn redrive(
+    client: &Client,
+    dlq_url: &str,
+    main_url: &str,
+    limit: usize,
+) -> Result<usize, SqsError> {
+    // At most the messages in the DLQ when the redrive starts are moved: one that is still poison
+    // comes straight back from a running listener and must not go round and round.
+    let limit = limit.min(crate::sqs::approximate_depth(client, dlq_url).await? as usize);
+    let mut moved = 0;
+    while moved < limit {
+        let batch = receive(client, dlq_url, REDRIVE_VISIBILITY_SECS).await?;
+        if batch.is_empty() {
+            break;
+        }
+        let mut done = Vec::new();
+        for m in batch.iter().take(limit - moved) {
+            client
+                .send_message()
+                .queue_url(main_url)
+                .message_body(m.body().unwrap_or_default())
+                .send()
+                .await
+                .map_err(|e| SqsError::new("SendMessage", e))?;
+            done.push(m);
+        }
+        let entries = done.iter().enumerate().filter_map(|(i, m)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .build()
+                .ok()
+        });
+        client
+            .delete_message_batch()
+            .queue_url(dlq_url)
+            .set_entries(Some(entries.collect()))
+            .send()
+            .await
+            .map_err(|e| SqsError::new("DeleteMessageBatch", e))?;
+        moved += done.len();
+    }
+    Ok(moved)
+}
