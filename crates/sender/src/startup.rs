@@ -16,6 +16,9 @@ use crate::fanout::Fanout;
 use crate::settings::SenderSettings;
 use crate::state::AppState;
 
+/// A lease is renewed every third of its length; shorter than this, renewals would be all it does.
+const MIN_DISPATCH_LEASE: Duration = Duration::from_secs(1);
+
 pub struct Application {
     listener: TcpListener,
     state: AppState,
@@ -26,6 +29,11 @@ pub struct Application {
 impl Application {
     /// Connects to MySQL and SQS and binds the HTTP listener (port 0 picks a free port).
     pub async fn build(settings: SenderSettings) -> anyhow::Result<Self> {
+        if settings.dispatch_lease < MIN_DISPATCH_LEASE || settings.dispatch_poll.is_zero() {
+            anyhow::bail!(
+                "DISPATCH_LEASE must be at least {MIN_DISPATCH_LEASE:?} and DISPATCH_POLL above zero"
+            );
+        }
         let api_keys = ApiKeys::parse(&settings.accrual_api_keys)
             .map_err(anyhow::Error::msg)
             .context("Invalid ACCRUAL_API_KEYS")?;
