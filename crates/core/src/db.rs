@@ -70,18 +70,6 @@ pub async fn create_database_if_absent(url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Drops the database named in `url` (tests clean up with this).
-pub async fn drop_database(url: &str) -> Result<(), DbError> {
-    let name = database_name(url)?;
-    let mut conn = sqlx::MySqlConnection::connect_with(&options(url)?)
-        .await
-        .map_err(DbError::Connect)?;
-    conn.execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
-        .await?;
-    conn.close().await?;
-    Ok(())
-}
-
 /// The database name in a MySQL URL, checked so it can be quoted into DDL safely.
 pub fn database_name(url: &str) -> Result<String, DbError> {
     let name = options(url)?

@@ -65,10 +65,6 @@ impl Ledger {
         }
     }
 
-    pub fn pool(&self) -> &MySqlPool {
-        &self.pool
-    }
-
     /// Stores the points not yet in the ledger; counts the others as duplicates.
     ///
     /// The look-up of existing ids only serves the duplicate count: the unique key on
