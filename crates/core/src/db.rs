@@ -139,6 +139,44 @@ pub const ER_DUP_ENTRY: u16 = 1062;
 /// MySQL error: deadlock; the transaction was rolled back and may be run again.
 pub const ER_LOCK_DEADLOCK: u16 = 1213;
 
+/// MySQL error: a row lock was not granted in time; the statement may be run again.
+pub const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// MariaDB error: a CHECK constraint failed.
+pub const ER_CONSTRAINT_FAILED: u16 = 4025;
+/// MySQL error: a CHECK constraint was violated.
+pub const ER_CHECK_CONSTRAINT_VIOLATED: u16 = 3819;
+
+/// Whether the database refused the rows themselves (a value out of range, too long, a failed
+/// constraint), as opposed to failing to run the statement at all (connection lost, server down,
+/// locks). Running the same rows again cannot succeed after a data error; it can after the other
+/// kind.
+pub fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            // SQLSTATE class 22 is "data exception", 23 "integrity constraint violation".
+            let class_data = db
+                .code()
+                .is_some_and(|state| state.starts_with("22") || state.starts_with("23"));
+            class_data
+                || matches!(
+                    error_number(e),
+                    Some(ER_CONSTRAINT_FAILED | ER_CHECK_CONSTRAINT_VIOLATED)
+                )
+        }
+        sqlx::Error::Encode(_) | sqlx::Error::InvalidArgument(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether a failed statement lost a lock race (deadlock, lock wait timeout): the database works,
+/// and running the statement again is expected to succeed.
+pub fn is_lock_conflict(e: &sqlx::Error) -> bool {
+    matches!(
+        error_number(e),
+        Some(ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT)
+    )
+}
+
 /// The MySQL error number (not the SQLSTATE) of a database error.
 pub fn error_number(e: &sqlx::Error) -> Option<u16> {
     match e {

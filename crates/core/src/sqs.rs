@@ -170,6 +170,27 @@ pub async fn find_queue(client: &Client, name: &str) -> anyhow::Result<String> {
         .with_context(|| format!("Failed to find queue `{name}` (run `accrualctl init`)"))
 }
 
+/// The queue's visibility timeout: how long a received message stays hidden from other consumers.
+pub async fn visibility_timeout(
+    client: &Client,
+    url: &str,
+) -> Result<std::time::Duration, SqsError> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .send()
+        .await
+        .map_err(|e| SqsError::new("GetQueueAttributes", e))?;
+    let secs = out
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
+        .and_then(|v| v.parse::<u64>().ok())
+        // SQS's own default when the attribute is somehow absent.
+        .unwrap_or(30);
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 /// Approximate number of messages visible plus in flight (for progress and tests).
 pub async fn approximate_depth(client: &Client, url: &str) -> Result<u64, SqsError> {
     let out = client

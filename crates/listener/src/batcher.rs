@@ -1,34 +1,65 @@
 //! Collects points into batches (by size or linger time), writes each batch in one transaction and
 //! deletes its messages only after the commit.
+//!
+//! A batch the database refuses because of its rows is split in halves until the bad rows stand
+//! alone; the good rows commit and each bad one goes to the dead-letter queue with the database's
+//! error. A batch that fails for any other reason (connection lost, server down, lock conflicts)
+//! is kept and written again with back-off, while the [`DatabaseGate`] stops the receivers, and its
+//! messages' visibility is extended so SQS does not hand them to anyone else meanwhile.
 
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use accrual_core::db;
+use accrual_core::message::PointRecord;
+use accrual_core::progress::Progress;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use accrual_core::progress::Progress;
-
-use crate::ledger::Ledger;
+use crate::gate::DatabaseGate;
+use crate::ledger::{Ledger, WriteOutcome};
+use crate::metrics::ListenerMetrics;
 use crate::queue::Queue;
-use crate::receiver::Inbound;
-use crate::stats::ListenerStats;
+use crate::receiver::{DeadLetterLog, Inbound};
 
-const WRITE_ATTEMPTS: u32 = 5;
+/// First pause after a failed write; doubled per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between two attempts: how late the listener may notice that MySQL is back.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Lock conflicts (deadlock, lock wait timeout) retried before the database counts as down.
+const LOCK_RETRIES: u32 = 5;
+/// Visibility is never extended more often than this, however short the queue's timeout.
+const MIN_EXTEND_EVERY: Duration = Duration::from_millis(500);
 
 pub struct Batcher {
     pub ledger: Ledger,
     pub queue: Queue,
-    pub stats: Arc<ListenerStats>,
+    pub dead_letters: DeadLetterLog,
+    pub metrics: Arc<ListenerMetrics>,
     pub progress: Progress,
+    pub gate: DatabaseGate,
     pub max_rows: usize,
     pub linger: Duration,
+    /// The main queue's visibility timeout; held messages are extended at half of it.
+    pub visibility_timeout: Duration,
+}
+
+/// A batch after writing: what the ledger did, and the rows it refused with the reason.
+#[derive(Debug, Default)]
+struct Written {
+    outcome: WriteOutcome,
+    rejected: Vec<(usize, String)>,
 }
 
 impl Batcher {
-    /// Runs until every receiver has dropped its sender, flushing what is left.
-    pub async fn run(self, mut inbound: mpsc::Receiver<Inbound>) {
+    /// Runs until every receiver has dropped its sender, flushing what is left. Once `abandon` is
+    /// cancelled (the shutdown deadline), a batch that cannot be written is handed back to SQS
+    /// instead of waiting for MySQL.
+    pub async fn run(self, mut inbound: mpsc::Receiver<Inbound>, abandon: CancellationToken) {
         while let Some(first) = inbound.recv().await {
             let mut batch = Vec::with_capacity(self.max_rows);
             batch.push(first);
@@ -39,51 +70,205 @@ impl Batcher {
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.process_batch(batch).await;
+            self.process_batch(batch, &abandon).await;
         }
     }
 
-    /// Writes one batch and deletes its messages after the commit. If the write keeps failing,
-    /// nothing is deleted: the messages are delivered again after the visibility timeout.
-    pub async fn process_batch(&self, batch: Vec<Inbound>) {
+    /// Writes one batch and deletes its messages after the commit; bad rows go to the DLQ. Keeps
+    /// trying while the database is unavailable, unless `abandon` is cancelled: then the messages
+    /// are made visible again for another listener (or this one after a restart).
+    pub async fn process_batch(&self, batch: Vec<Inbound>, abandon: &CancellationToken) {
+        let count = batch.len();
+        let Some(oldest) = batch.iter().map(|i| i.received_at).min() else {
+            return;
+        };
         let (records, handles): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|i| (i.record, i.receipt_handle))
             .unzip();
-        let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=WRITE_ATTEMPTS {
-            match self.ledger.write(&records).await {
-                Ok(outcome) => {
-                    ListenerStats::add(&self.stats.written, outcome.written);
-                    ListenerStats::add(&self.stats.duplicates, outcome.duplicates);
-                    ListenerStats::add(&self.stats.batches, 1);
-                    let undeleted = self.queue.delete(handles).await;
-                    for (job_id, (written, duplicates)) in &outcome.by_job {
-                        self.progress
-                            .add(
-                                *job_id,
-                                &[("written", *written), ("duplicates", *duplicates)],
-                            )
-                            .await;
-                    }
-                    tracing::debug!(
-                        written = outcome.written,
-                        duplicates = outcome.duplicates,
-                        undeleted,
-                        "Batch committed"
-                    );
-                    return;
+
+        let written = if abandon.is_cancelled() {
+            None
+        } else {
+            tokio::select! {
+                written = self.write_isolating(&records, abandon) => written,
+                never = self.keep_visible(&handles, oldest) => match never {},
+            }
+        };
+        match written {
+            Some(written) => self.finish(&records, handles, written).await,
+            None => {
+                let failed = self.queue.change_visibility(&handles, 0).await;
+                tracing::warn!(
+                    points = count,
+                    not_handed_back = failed,
+                    "Shutdown deadline passed before MySQL took the batch; its messages are visible again"
+                );
+            }
+        }
+        self.metrics.in_flight.dec_by(count as i64);
+    }
+
+    /// After the write: dead-letters the refused rows, deletes the others' messages and counts.
+    async fn finish(&self, records: &[PointRecord], handles: Vec<String>, written: Written) {
+        let mut rejected = HashSet::with_capacity(written.rejected.len());
+        for (index, error) in &written.rejected {
+            rejected.insert(*index);
+            let record = &records[*index];
+            let reason = format!("MySQL refused the point: {error}");
+            let body = record.encode();
+            if let Err(e) = self.dead_letters.record(&body, &reason).await {
+                tracing::warn!(error = %e, accrual_id = %record.accrual_id, "Recording a dead letter failed; the message will be delivered again");
+                continue;
+            }
+            match self
+                .queue
+                .dead_letter(&body, &handles[*index], &reason)
+                .await
+            {
+                Ok(()) => {
+                    self.metrics.dead_lettered.inc();
                 }
                 Err(e) => {
-                    tracing::warn!(attempt, rows = records.len(), error = ?anyhow::Error::new(e), "Batch write failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    tracing::warn!(error = ?anyhow::Error::new(e), accrual_id = %record.accrual_id, "Dead-lettering failed; the message will be delivered again");
                 }
             }
         }
-        tracing::error!(
-            rows = records.len(),
-            "Batch not written after retries; its messages will be delivered again"
+        let to_delete: Vec<String> = handles
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !rejected.contains(i))
+            .map(|(_, h)| h)
+            .collect();
+        let outcome = written.outcome;
+        let started = Instant::now();
+        let undeleted = self.queue.delete(to_delete).await;
+        self.metrics
+            .delete_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.written.inc_by(outcome.written as u64);
+        self.metrics.duplicates.inc_by(outcome.duplicates as u64);
+        self.metrics.batches.inc();
+        self.metrics.batch_points.observe(records.len() as f64);
+        for (job_id, (written, duplicates)) in &outcome.by_job {
+            self.progress
+                .add(
+                    *job_id,
+                    &[("written", *written), ("duplicates", *duplicates)],
+                )
+                .await;
+        }
+        tracing::debug!(
+            written = outcome.written,
+            duplicates = outcome.duplicates,
+            rejected = rejected.len(),
+            undeleted,
+            "Batch committed"
         );
+    }
+
+    /// Writes `records`, splitting on data errors until each bad row stands alone. Returns `None`
+    /// only if `abandon` is cancelled while the database is unavailable.
+    async fn write_isolating(
+        &self,
+        records: &[PointRecord],
+        abandon: &CancellationToken,
+    ) -> Option<Written> {
+        let started = Instant::now();
+        let mut written = Written::default();
+        let mut pending: Vec<Range<usize>> = Vec::with_capacity(16);
+        pending.push(0..records.len());
+        while let Some(range) = pending.pop() {
+            let mut failures = 0u32;
+            loop {
+                match self.ledger.write(&records[range.clone()]).await {
+                    Ok(outcome) => {
+                        written.outcome.absorb(outcome);
+                        if self.gate.mark_up() {
+                            tracing::info!("MySQL takes writes again; receiving resumes");
+                        }
+                        break;
+                    }
+                    Err(e) if db::is_data_error(&e) => {
+                        if range.len() == 1 {
+                            written.rejected.push((range.start, e.to_string()));
+                        } else {
+                            let mid = range.start + range.len() / 2;
+                            tracing::debug!(rows = range.len(), error = %e, "Batch refused on its data; splitting it");
+                            pending.push(mid..range.end);
+                            pending.push(range.start..mid);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        self.metrics.write_retries.inc();
+                        if (!db::is_lock_conflict(&e) || failures > LOCK_RETRIES)
+                            && self.gate.mark_down()
+                        {
+                            tracing::error!(error = %e, "MySQL is unavailable; receiving stops until a write succeeds");
+                        }
+                        let backoff = backoff(failures);
+                        tracing::warn!(
+                            rows = range.len(),
+                            failures,
+                            backoff_ms = backoff.as_millis() as u64,
+                            error = %e,
+                            "Batch write failed; trying again"
+                        );
+                        tokio::select! {
+                            () = abandon.cancelled() => return None,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                    }
+                }
+            }
+        }
+        self.metrics
+            .insert_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Some(written)
+    }
+
+    /// Extends the visibility of the batch's messages every half visibility timeout, counted from
+    /// `since`, so that a slow write or an outage does not let SQS deliver them again meanwhile.
+    /// Runs until dropped.
+    async fn keep_visible(&self, handles: &[String], since: Instant) -> Infallible {
+        let every = (self.visibility_timeout / 2).max(MIN_EXTEND_EVERY);
+        let secs = i32::try_from(self.visibility_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
+        let mut next = since + every;
+        loop {
+            tokio::time::sleep_until(next).await;
+            let failed = self.queue.change_visibility(handles, secs).await;
+            self.metrics
+                .visibility_extensions
+                .inc_by((handles.len() - failed) as u64);
+            tracing::info!(
+                messages = handles.len(),
+                failed,
+                visibility_secs = secs,
+                "Batch still being written; extended its visibility"
+            );
+            next = Instant::now() + every;
+        }
+    }
+}
+
+/// Pause after the `failures`-th failed attempt: 200 ms, 400 ms, ... at most [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_200ms_and_stops_at_5s() {
+        let pauses: Vec<u128> = (1..=8).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }

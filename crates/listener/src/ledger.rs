@@ -23,6 +23,19 @@ pub struct WriteOutcome {
     pub by_job: HashMap<Uuid, (u64, u64)>,
 }
 
+impl WriteOutcome {
+    /// Adds the counts of another write (a part of the same batch) to these.
+    pub fn absorb(&mut self, other: WriteOutcome) {
+        self.written += other.written;
+        self.duplicates += other.duplicates;
+        for (job_id, (written, duplicates)) in other.by_job {
+            let counts = self.by_job.entry(job_id).or_default();
+            counts.0 += written;
+            counts.1 += duplicates;
+        }
+    }
+}
+
 /// The ledger table, with its statements prepared once per shape.
 #[derive(Clone, Debug)]
 pub struct Ledger {

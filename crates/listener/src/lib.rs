@@ -7,16 +7,20 @@
 //! - [`receiver`] — long-poll receive tasks; decode; poison to the DLQ.
 //! - [`batcher`] — batches by size or linger; write, then delete.
 //! - [`ledger`] — the multi-row insert with fixed statement shapes and the duplicate count.
-//! - [`queue`] — DeleteMessageBatch and dead-lettering.
-//! - [`stats`] — counters.
+//! - [`gate`] — MySQL up or down; receivers pause while it is down.
+//! - [`queue`] — DeleteMessageBatch, visibility changes and dead-lettering.
+//! - [`metrics`] — Prometheus metrics, also read by tests.
+//! - [`http`] — `/healthz` and `/metrics`.
 
 pub mod batcher;
+pub mod gate;
+pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod queue;
 pub mod receiver;
 pub mod settings;
 pub mod startup;
-pub mod stats;
 
 pub use settings::ListenerSettings;
 pub use startup::Listener;

@@ -2,7 +2,9 @@
 
 use accrual_core::sqs::{ATTR_REASON, ATTR_SOURCE_QUEUE, MAX_BATCH_ENTRIES, SqsError};
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageAttributeValue};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
+};
 use futures_util::{StreamExt, stream};
 
 /// SQS message attribute values are at most 256 KiB; reasons are kept far shorter.
@@ -76,6 +78,46 @@ impl Queue {
             tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
         }
         handles.len()
+    }
+
+    /// Sets the visibility timeout of held messages to `secs` from now: to keep them hidden while
+    /// their batch is still being written, or (0) to hand them back at once. Best effort: returns
+    /// how many could not be changed (they keep their current timeout, which is harmless).
+    pub async fn change_visibility(&self, receipt_handles: &[String], secs: i32) -> usize {
+        let chunks: Vec<Vec<String>> = receipt_handles
+            .chunks(MAX_BATCH_ENTRIES)
+            .map(<[String]>::to_vec)
+            .collect();
+        stream::iter(chunks)
+            .map(|chunk| self.change_visibility_chunk(chunk, secs))
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .fold(0, |failed, n| async move { failed + n })
+            .await
+    }
+
+    async fn change_visibility_chunk(&self, handles: Vec<String>, secs: i32) -> usize {
+        let entries = handles.iter().enumerate().filter_map(|(i, h)| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(h)
+                .visibility_timeout(secs)
+                .build()
+                .ok()
+        });
+        match self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.main_url)
+            .set_entries(Some(entries.collect()))
+            .send()
+            .await
+        {
+            Ok(out) => out.failed().len(),
+            Err(e) => {
+                tracing::warn!(error = %e, "ChangeMessageVisibilityBatch failed");
+                handles.len()
+            }
+        }
     }
 
     /// Sends `body` to the dead-letter queue with the reason, then deletes it from the main queue.

@@ -7,11 +7,13 @@ use std::time::Duration;
 use accrual_core::message::PointRecord;
 use accrual_core::sqs::MAX_RECEIVE_MESSAGES;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::gate::DatabaseGate;
 use crate::ledger::Ledger;
+use crate::metrics::ListenerMetrics;
 use crate::queue::Queue;
-use crate::stats::ListenerStats;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -21,19 +23,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct Inbound {
     pub record: PointRecord,
     pub receipt_handle: String,
+    /// When the message was received: its visibility timeout runs from here.
+    pub received_at: Instant,
 }
 
-/// Receives until `shutdown` is cancelled or the batcher is gone.
+/// Receives until `shutdown` is cancelled or the batcher is gone. Pauses while `gate` says MySQL
+/// is down.
 pub async fn run(
     queue: Queue,
     dead_letters: DeadLetterLog,
     wait_secs: i32,
     to_batcher: mpsc::Sender<Inbound>,
-    stats: Arc<ListenerStats>,
+    gate: DatabaseGate,
+    metrics: Arc<ListenerMetrics>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = FIRST_BACKOFF;
     while !shutdown.is_cancelled() {
+        if !gate.is_up() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = gate.wait_up() => {}
+            }
+            continue;
+        }
         // An in-flight receive is never abandoned: SQS (and LocalStack) would still hand messages
         // to the dropped call, and they would stay invisible for a whole visibility timeout.
         // Shutdown therefore waits for at most one long poll (`wait_secs`).
@@ -45,12 +58,14 @@ pub async fn run(
             .wait_time_seconds(wait_secs)
             .send()
             .await;
+        let received_at = Instant::now();
         let out = match result {
             Ok(out) => {
                 backoff = FIRST_BACKOFF;
                 out
             }
             Err(e) => {
+                metrics.receive_errors.inc();
                 tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "ReceiveMessage failed; backing off");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -60,7 +75,7 @@ pub async fn run(
                 continue;
             }
         };
-        ListenerStats::add(&stats.received, out.messages().len());
+        metrics.received.inc_by(out.messages().len() as u64);
         for message in out.messages.unwrap_or_default() {
             let (Some(body), Some(handle)) = (message.body, message.receipt_handle) else {
                 continue;
@@ -70,9 +85,12 @@ pub async fn run(
                     let inbound = Inbound {
                         record,
                         receipt_handle: handle,
+                        received_at,
                     };
+                    metrics.in_flight.inc();
                     // Waits while the batcher is busy: back-pressure instead of an unbounded buffer.
                     if to_batcher.send(inbound).await.is_err() {
+                        metrics.in_flight.dec();
                         tracing::error!(
                             "Batcher stopped before the receivers; the rest of this receive will be delivered again"
                         );
@@ -86,7 +104,9 @@ pub async fn run(
                         continue;
                     }
                     match queue.dead_letter(&body, &handle, &reason).await {
-                        Ok(()) => ListenerStats::add(&stats.dead_lettered, 1),
+                        Ok(()) => {
+                            metrics.dead_lettered.inc();
+                        }
                         Err(e) => {
                             tracing::warn!(error = ?anyhow::Error::new(e), "Dead-lettering failed; the message will be delivered again")
                         }
@@ -112,7 +132,7 @@ struct Ids {
 
 impl DeadLetterLog {
     /// If the body names its point and job, records the dead letter in MySQL and the job's counter.
-    async fn record(&self, body: &str, reason: &str) -> Result<(), sqlx::Error> {
+    pub async fn record(&self, body: &str, reason: &str) -> Result<(), sqlx::Error> {
         let Ok(ids) = serde_json::from_str::<Ids>(body) else {
             return Ok(());
         };

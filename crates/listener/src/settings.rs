@@ -12,6 +12,11 @@ use accrual_core::settings::{DatabaseSettings, SqsSettings, parse_duration};
     about = "Consumes point accruals from SQS into MySQL"
 )]
 pub struct ListenerSettings {
+    /// Address of the listener's own HTTP endpoints (`/healthz`, `/metrics`). Port 0 picks a free
+    /// port; each listener process on one host needs its own.
+    #[arg(long, env = "LISTENER_ADDR", default_value = "127.0.0.1:8081")]
+    pub listener_addr: std::net::SocketAddr,
+
     /// Concurrent long-poll receive tasks (each asks for 10 messages a call).
     #[arg(long, env = "RECEIVE_TASKS", default_value_t = 8)]
     pub receive_tasks: usize,
@@ -27,6 +32,11 @@ pub struct ListenerSettings {
     /// ...or when its first point has waited this long (e.g. 200ms).
     #[arg(long, env = "BATCH_LINGER", default_value = "200ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
+
+    /// After SIGTERM/SIGINT: how long to keep trying to write what is held (for example while
+    /// MySQL is down) before handing those messages back to SQS and exiting.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
 
     #[command(flatten)]
     pub database: DatabaseSettings,

@@ -1,38 +1,50 @@
-//! `Listener::build` connects; `run` consumes until the shutdown token is cancelled.
+//! `Listener::build` connects and binds; `run` consumes until the shutdown token is cancelled.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use accrual_core::progress::Progress;
 use accrual_core::{db, sqs};
 use anyhow::Context;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::batcher::Batcher;
+use crate::gate::DatabaseGate;
 use crate::ledger::Ledger;
+use crate::metrics::ListenerMetrics;
 use crate::queue::Queue;
 use crate::receiver::{self, DeadLetterLog};
 use crate::settings::ListenerSettings;
-use crate::stats::ListenerStats;
 
 pub struct Listener {
     settings: ListenerSettings,
     ledger: Ledger,
     queue: Queue,
     progress: Progress,
-    stats: Arc<ListenerStats>,
+    metrics: Arc<ListenerMetrics>,
+    gate: DatabaseGate,
+    visibility_timeout: Duration,
+    http: TcpListener,
 }
 
 impl Listener {
-    /// Connects to MySQL and finds the queues.
+    /// Connects to MySQL, finds the queues and binds the HTTP address.
     pub async fn build(settings: ListenerSettings) -> anyhow::Result<Self> {
+        let http = TcpListener::bind(settings.listener_addr)
+            .await
+            .with_context(|| format!("Failed to bind LISTENER_ADDR {}", settings.listener_addr))?;
         let pool = db::connect(&settings.database)
             .await
             .context("Failed to connect to MySQL")?;
         let client = sqs::client(&settings.sqs).await;
         let main_url = sqs::find_queue(&client, &settings.sqs.accrual_queue).await?;
         let dlq_url = sqs::find_queue(&client, &settings.sqs.accrual_dlq).await?;
+        let visibility_timeout = sqs::visibility_timeout(&client, &main_url)
+            .await
+            .context("Failed to read the queue's visibility timeout")?;
         let queue = Queue {
             client,
             main_url,
@@ -40,63 +52,116 @@ impl Listener {
             main_name: settings.sqs.accrual_queue.clone(),
         };
         let progress = Progress::connect(&settings.redis).await;
+        let metrics = Arc::new(ListenerMetrics::new());
+        let gate = DatabaseGate::new(
+            metrics.database_up.clone(),
+            metrics.database_outages.clone(),
+        );
         Ok(Self {
             ledger: Ledger::new(pool, settings.batch_max_rows as usize),
             progress,
             queue,
-            stats: Arc::new(ListenerStats::default()),
+            metrics,
+            gate,
+            visibility_timeout,
+            http,
             settings,
         })
     }
 
-    /// What this listener has done so far.
-    pub fn stats(&self) -> Arc<ListenerStats> {
-        self.stats.clone()
+    /// What this listener has done so far (the same values `/metrics` shows).
+    pub fn metrics(&self) -> Arc<ListenerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The port `/healthz` and `/metrics` are served on (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.http.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
     /// Consumes until `shutdown` is cancelled: then stops receiving, writes and deletes what it
-    /// holds, and returns.
+    /// holds, and returns. If that takes longer than the shutdown grace (MySQL down), the held
+    /// messages are made visible again instead.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let max_rows = self.settings.batch_max_rows as usize;
         // Room for two batches: receivers keep the next batch ready while one is written.
         let (to_batcher, inbound) = mpsc::channel(max_rows * 2);
+        let dead_letters = DeadLetterLog {
+            ledger: self.ledger.clone(),
+            progress: self.progress.clone(),
+        };
         let tracker = TaskTracker::new();
         for _ in 0..self.settings.receive_tasks.max(1) {
             tracker.spawn(receiver::run(
                 self.queue.clone(),
-                DeadLetterLog {
-                    ledger: self.ledger.clone(),
-                    progress: self.progress.clone(),
-                },
+                dead_letters.clone(),
                 self.settings.receive_wait_secs,
                 to_batcher.clone(),
-                self.stats.clone(),
+                self.gate.clone(),
+                self.metrics.clone(),
                 shutdown.clone(),
             ));
         }
         drop(to_batcher);
+
+        let abandon = CancellationToken::new();
+        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        let deadline = tokio::spawn({
+            let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+                abandon.cancel();
+            }
+        });
+
+        let http_stop = CancellationToken::new();
+        let server = tokio::spawn({
+            let app = crate::http::router(self.metrics.clone(), self.gate.clone());
+            let stop = http_stop.clone();
+            let http = self.http;
+            async move {
+                axum::serve(http, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+        });
+
         let batcher = Batcher {
             ledger: self.ledger,
             queue: self.queue,
-            stats: self.stats.clone(),
+            dead_letters,
+            metrics: self.metrics.clone(),
             progress: self.progress,
+            gate: self.gate,
             max_rows,
             linger: self.settings.batch_linger,
+            visibility_timeout: self.visibility_timeout,
         };
         tracing::info!(
             receive_tasks = self.settings.receive_tasks,
             max_rows,
+            visibility_timeout_secs = self.visibility_timeout.as_secs(),
+            addr = %self.settings.listener_addr,
             "Listener running"
         );
-        tracker.spawn(batcher.run(inbound));
+        tracker.spawn(batcher.run(inbound, abandon));
         tracker.close();
         tracker.wait().await;
-        let s = &self.stats;
+        deadline.abort();
+        http_stop.cancel();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server failed"),
+            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+        }
+        let m = &self.metrics;
         tracing::info!(
-            received = ListenerStats::get(&s.received),
-            written = ListenerStats::get(&s.written),
-            duplicates = ListenerStats::get(&s.duplicates),
-            dead_lettered = ListenerStats::get(&s.dead_lettered),
+            received = m.received.get(),
+            written = m.written.get(),
+            duplicates = m.duplicates.get(),
+            dead_lettered = m.dead_lettered.get(),
+            database_outages = m.database_outages.get(),
             "Listener stopped"
         );
         Ok(())

@@ -4,7 +4,7 @@ use std::time::Duration;
 use accrual_core::accrual::Accrual;
 use accrual_core::domain::{Amount, MemberId, PointType};
 use accrual_core::message::PointRecord;
-use accrual_listener::stats::ListenerStats;
+use accrual_listener::metrics::ListenerMetrics;
 use accrual_listener::{Listener, ListenerSettings};
 use accrual_testkit::TestEnv;
 use chrono::Utc;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 /// A running listener on fresh queues and a fresh database.
 pub struct TestListener {
     pub env: TestEnv,
-    pub stats: Arc<ListenerStats>,
+    pub metrics: Arc<ListenerMetrics>,
     shutdown: CancellationToken,
 }
 
@@ -22,6 +22,8 @@ pub async fn spawn_listener() -> TestListener {
     accrual_core::telemetry::init();
     let env = TestEnv::new().await;
     let settings = ListenerSettings {
+        listener_addr: "127.0.0.1:0".parse().unwrap(),
+        shutdown_grace_secs: 5,
         receive_tasks: 2,
         receive_wait_secs: 1,
         batch_max_rows: 64,
@@ -31,12 +33,12 @@ pub async fn spawn_listener() -> TestListener {
         redis: env.redis.clone(),
     };
     let listener = Listener::build(settings).await.unwrap();
-    let stats = listener.stats();
+    let metrics = listener.metrics();
     let shutdown = CancellationToken::new();
     tokio::spawn(listener.run(shutdown.clone()));
     TestListener {
         env,
-        stats,
+        metrics,
         shutdown,
     }
 }

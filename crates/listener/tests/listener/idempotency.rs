@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use accrual_listener::stats::ListenerStats;
 use accrual_testkit::eventually;
 
 use crate::helpers::{point, spawn_listener};
@@ -18,13 +17,11 @@ async fn the_same_message_body_delivered_twice_writes_one_row() {
     eventually(
         Duration::from_secs(30),
         "both deliveries handled",
-        || async {
-            ListenerStats::get(&app.stats.written) + ListenerStats::get(&app.stats.duplicates) == 2
-        },
+        || async { app.metrics.written.get() + app.metrics.duplicates.get() == 2 },
     )
     .await;
-    assert_eq!(ListenerStats::get(&app.stats.written), 1);
-    assert_eq!(ListenerStats::get(&app.stats.duplicates), 1);
+    assert_eq!(app.metrics.written.get(), 1);
+    assert_eq!(app.metrics.duplicates.get(), 1);
     assert_eq!(app.env.ledger_rows().await, 1);
     let main = app.env.queues.main.clone();
     eventually(Duration::from_secs(10), "both messages deleted", || async {
@@ -39,7 +36,7 @@ async fn a_point_already_in_the_ledger_is_counted_as_a_duplicate_on_redelivery()
     let record = point("member-2", 5);
     app.env.send_raw(&record.encode()).await;
     eventually(Duration::from_secs(30), "the first write", || async {
-        ListenerStats::get(&app.stats.written) == 1
+        app.metrics.written.get() == 1
     })
     .await;
 
@@ -47,7 +44,7 @@ async fn a_point_already_in_the_ledger_is_counted_as_a_duplicate_on_redelivery()
     app.env.send_raw(&record.encode()).await;
 
     eventually(Duration::from_secs(30), "the duplicate", || async {
-        ListenerStats::get(&app.stats.duplicates) == 1
+        app.metrics.duplicates.get() == 1
     })
     .await;
     assert_eq!(app.env.ledger_rows().await, 1);

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use accrual_core::dlq;
 use accrual_core::sqs::{ATTR_REASON, ATTR_SOURCE_QUEUE};
-use accrual_listener::stats::ListenerStats;
 use accrual_testkit::eventually;
 
 use crate::helpers::{point, spawn_listener};
@@ -26,10 +25,7 @@ async fn undecodable_messages_go_to_the_dlq_with_their_reason_and_good_ones_are_
     eventually(
         Duration::from_secs(30),
         "good points written and poison dead-lettered",
-        || async {
-            ListenerStats::get(&app.stats.written) == 20
-                && ListenerStats::get(&app.stats.dead_lettered) == 2
-        },
+        || async { app.metrics.written.get() == 20 && app.metrics.dead_lettered.get() == 2 },
     )
     .await;
     assert_eq!(app.env.ledger_rows().await, 20);
@@ -77,7 +73,7 @@ async fn dead_letters_can_be_listed_with_their_reason_and_redriven_to_the_main_q
     eventually(
         Duration::from_secs(30),
         "both poison messages dead-lettered",
-        || async { ListenerStats::get(&app.stats.dead_lettered) == 2 },
+        || async { app.metrics.dead_lettered.get() == 2 },
     )
     .await;
 
@@ -126,7 +122,7 @@ async fn dead_letters_can_be_listed_with_their_reason_and_redriven_to_the_main_q
     eventually(
         Duration::from_secs(30),
         "the redriven messages received again",
-        || async { ListenerStats::get(&app.stats.dead_lettered) == 4 },
+        || async { app.metrics.dead_lettered.get() == 4 },
     )
     .await;
     let dlq_url = app.env.queues.dlq.clone();

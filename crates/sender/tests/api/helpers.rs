@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use accrual_listener::stats::ListenerStats;
+use accrual_listener::metrics::ListenerMetrics;
 use accrual_listener::{Listener, ListenerSettings};
 use accrual_sender::{Application, SenderSettings};
 use accrual_testkit::TestEnv;
@@ -54,8 +54,10 @@ pub async fn spawn_app_with_dispatchers(dispatch_tasks: usize) -> TestApp {
 
 impl TestApp {
     /// Starts a listener on this app's queue and database.
-    pub async fn spawn_listener(&self) -> Arc<ListenerStats> {
+    pub async fn spawn_listener(&self) -> Arc<ListenerMetrics> {
         let settings = ListenerSettings {
+            listener_addr: "127.0.0.1:0".parse().unwrap(),
+            shutdown_grace_secs: 5,
             receive_tasks: 4,
             receive_wait_secs: 1,
             batch_max_rows: 512,
@@ -65,7 +67,7 @@ impl TestApp {
             redis: self.env.redis.clone(),
         };
         let listener = Listener::build(settings).await.unwrap();
-        let stats = listener.stats();
+        let stats = listener.metrics();
         tokio::spawn(listener.run(self.shutdown.clone()));
         stats
     }

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use accrual_listener::stats::ListenerStats;
 use accrual_testkit::eventually;
 use rand::Rng;
 
@@ -63,6 +62,6 @@ async fn twenty_thousand_points_for_seven_thousand_members_reach_the_ledger_exac
     .await
     .unwrap();
     assert_eq!(types_of_first, 3);
-    assert_eq!(ListenerStats::get(&stats.written), 20_000);
+    assert_eq!(stats.written.get(), 20_000);
     assert_eq!(app.env.depth(&app.env.queues.dlq).await, 0);
 }
