@@ -4,11 +4,10 @@
 //! A batch the database refuses because of its rows is split in halves until the bad rows stand
 //! alone; the good rows commit and each bad one goes to the dead-letter queue with the database's
 //! error. A batch that fails for any other reason (connection lost, server down, lock conflicts)
-//! is kept and written again with back-off, while the [`DatabaseGate`] stops the receivers, and its
-//! messages' visibility is extended so SQS does not hand them to anyone else meanwhile.
+//! is kept and written again with back-off while the [`DatabaseGate`] stops the receivers; the
+//! visibility keeper (`held`) keeps its messages hidden meanwhile.
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::gate::DatabaseGate;
+use crate::held::HeldMessages;
 use crate::ledger::{Ledger, WriteOutcome};
 use crate::metrics::ListenerMetrics;
 use crate::queue::Queue;
@@ -32,8 +32,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Lock conflicts (deadlock, lock wait timeout) retried before the database counts as down.
 const LOCK_RETRIES: u32 = 5;
-/// Visibility is never extended more often than this, however short the queue's timeout.
-const MIN_EXTEND_EVERY: Duration = Duration::from_millis(500);
 
 pub struct Batcher {
     pub ledger: Ledger,
@@ -42,10 +40,10 @@ pub struct Batcher {
     pub metrics: Arc<ListenerMetrics>,
     pub progress: Progress,
     pub gate: DatabaseGate,
+    /// Messages received and not yet finished; the batcher releases each batch's when done.
+    pub held: HeldMessages,
     pub max_rows: usize,
     pub linger: Duration,
-    /// The main queue's visibility timeout; held messages are extended at half of it.
-    pub visibility_timeout: Duration,
 }
 
 /// A batch after writing: what the ledger did, and the rows it refused with the reason.
@@ -79,9 +77,6 @@ impl Batcher {
     /// are made visible again for another listener (or this one after a restart).
     pub async fn process_batch(&self, batch: Vec<Inbound>, abandon: &CancellationToken) {
         let count = batch.len();
-        let Some(oldest) = batch.iter().map(|i| i.received_at).min() else {
-            return;
-        };
         let (records, handles): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|i| (i.record, i.receipt_handle))
@@ -90,13 +85,10 @@ impl Batcher {
         let written = if abandon.is_cancelled() {
             None
         } else {
-            tokio::select! {
-                written = self.write_isolating(&records, abandon) => written,
-                never = self.keep_visible(&handles, oldest) => match never {},
-            }
+            self.write_isolating(&records, abandon).await
         };
         match written {
-            Some(written) => self.finish(&records, handles, written).await,
+            Some(written) => self.finish(&records, &handles, written).await,
             None => {
                 let failed = self.queue.change_visibility(&handles, 0).await;
                 tracing::warn!(
@@ -106,11 +98,12 @@ impl Batcher {
                 );
             }
         }
+        self.held.release(&handles);
         self.metrics.in_flight.dec_by(count as i64);
     }
 
     /// After the write: dead-letters the refused rows, deletes the others' messages and counts.
-    async fn finish(&self, records: &[PointRecord], handles: Vec<String>, written: Written) {
+    async fn finish(&self, records: &[PointRecord], handles: &[String], written: Written) {
         let mut rejected = HashSet::with_capacity(written.rejected.len());
         for (index, error) in &written.rejected {
             rejected.insert(*index);
@@ -135,10 +128,10 @@ impl Batcher {
             }
         }
         let to_delete: Vec<String> = handles
-            .into_iter()
+            .iter()
             .enumerate()
             .filter(|(i, _)| !rejected.contains(i))
-            .map(|(_, h)| h)
+            .map(|(_, h)| h.clone())
             .collect();
         let outcome = written.outcome;
         let started = Instant::now();
@@ -228,29 +221,6 @@ impl Batcher {
             .insert_seconds
             .observe(started.elapsed().as_secs_f64());
         Some(written)
-    }
-
-    /// Extends the visibility of the batch's messages every half visibility timeout, counted from
-    /// `since`, so that a slow write or an outage does not let SQS deliver them again meanwhile.
-    /// Runs until dropped.
-    async fn keep_visible(&self, handles: &[String], since: Instant) -> Infallible {
-        let every = (self.visibility_timeout / 2).max(MIN_EXTEND_EVERY);
-        let secs = i32::try_from(self.visibility_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
-        let mut next = since + every;
-        loop {
-            tokio::time::sleep_until(next).await;
-            let failed = self.queue.change_visibility(handles, secs).await;
-            self.metrics
-                .visibility_extensions
-                .inc_by((handles.len() - failed) as u64);
-            tracing::info!(
-                messages = handles.len(),
-                failed,
-                visibility_secs = secs,
-                "Batch still being written; extended its visibility"
-            );
-            next = Instant::now() + every;
-        }
     }
 }
 

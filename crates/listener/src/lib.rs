@@ -8,12 +8,14 @@
 //! - [`batcher`] — batches by size or linger; write, then delete.
 //! - [`ledger`] — the multi-row insert with fixed statement shapes and the duplicate count.
 //! - [`gate`] — MySQL up or down; receivers pause while it is down.
+//! - [`held`] — messages held, and the task that extends their visibility.
 //! - [`queue`] — DeleteMessageBatch, visibility changes and dead-lettering.
 //! - [`metrics`] — Prometheus metrics, also read by tests.
 //! - [`http`] — `/healthz` and `/metrics`.
 
 pub mod batcher;
 pub mod gate;
+pub mod held;
 pub mod http;
 pub mod ledger;
 pub mod metrics;

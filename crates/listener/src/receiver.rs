@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::gate::DatabaseGate;
+use crate::held::HeldMessages;
 use crate::ledger::Ledger;
 use crate::metrics::ListenerMetrics;
 use crate::queue::Queue;
@@ -23,21 +24,33 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct Inbound {
     pub record: PointRecord,
     pub receipt_handle: String,
-    /// When the message was received: its visibility timeout runs from here.
-    pub received_at: Instant,
 }
 
-/// Receives until `shutdown` is cancelled or the batcher is gone. Pauses while `gate` says MySQL
-/// is down.
-pub async fn run(
-    queue: Queue,
-    dead_letters: DeadLetterLog,
-    wait_secs: i32,
-    to_batcher: mpsc::Sender<Inbound>,
-    gate: DatabaseGate,
-    metrics: Arc<ListenerMetrics>,
-    shutdown: CancellationToken,
-) {
+/// One long-poll receive loop; a listener runs several.
+#[derive(Clone)]
+pub struct Receiver {
+    pub queue: Queue,
+    pub dead_letters: DeadLetterLog,
+    /// Long-poll wait per call, in seconds.
+    pub wait_secs: i32,
+    pub to_batcher: mpsc::Sender<Inbound>,
+    /// Receiving pauses while this says MySQL is down.
+    pub gate: DatabaseGate,
+    pub held: HeldMessages,
+    pub metrics: Arc<ListenerMetrics>,
+}
+
+/// Receives until `shutdown` is cancelled or the batcher is gone.
+pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
+    let Receiver {
+        queue,
+        dead_letters,
+        wait_secs,
+        to_batcher,
+        gate,
+        held,
+        metrics,
+    } = receiver;
     let mut backoff = FIRST_BACKOFF;
     while !shutdown.is_cancelled() {
         if !gate.is_up() {
@@ -82,14 +95,15 @@ pub async fn run(
             };
             match PointRecord::decode(&body) {
                 Ok(record) => {
+                    held.hold(&handle, received_at);
                     let inbound = Inbound {
                         record,
                         receipt_handle: handle,
-                        received_at,
                     };
                     metrics.in_flight.inc();
                     // Waits while the batcher is busy: back-pressure instead of an unbounded buffer.
-                    if to_batcher.send(inbound).await.is_err() {
+                    if let Err(unsent) = to_batcher.send(inbound).await {
+                        held.release(&[unsent.0.receipt_handle]);
                         metrics.in_flight.dec();
                         tracing::error!(
                             "Batcher stopped before the receivers; the rest of this receive will be delivered again"

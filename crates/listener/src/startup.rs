@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::batcher::Batcher;
 use crate::gate::DatabaseGate;
+use crate::held::HeldMessages;
 use crate::ledger::Ledger;
 use crate::metrics::ListenerMetrics;
 use crate::queue::Queue;
@@ -90,19 +91,21 @@ impl Listener {
             ledger: self.ledger.clone(),
             progress: self.progress.clone(),
         };
+        let held = HeldMessages::default();
         let tracker = TaskTracker::new();
+        let receiver = receiver::Receiver {
+            queue: self.queue.clone(),
+            dead_letters: dead_letters.clone(),
+            wait_secs: self.settings.receive_wait_secs,
+            to_batcher,
+            gate: self.gate.clone(),
+            held: held.clone(),
+            metrics: self.metrics.clone(),
+        };
         for _ in 0..self.settings.receive_tasks.max(1) {
-            tracker.spawn(receiver::run(
-                self.queue.clone(),
-                dead_letters.clone(),
-                self.settings.receive_wait_secs,
-                to_batcher.clone(),
-                self.gate.clone(),
-                self.metrics.clone(),
-                shutdown.clone(),
-            ));
+            tracker.spawn(receiver::run(receiver.clone(), shutdown.clone()));
         }
-        drop(to_batcher);
+        drop(receiver);
 
         let abandon = CancellationToken::new();
         let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
@@ -127,6 +130,15 @@ impl Listener {
             }
         });
 
+        let keeper_stop = CancellationToken::new();
+        let keeper = tokio::spawn(crate::held::keep_visible(
+            held.clone(),
+            self.queue.clone(),
+            self.visibility_timeout,
+            self.metrics.clone(),
+            keeper_stop.clone(),
+        ));
+
         let batcher = Batcher {
             ledger: self.ledger,
             queue: self.queue,
@@ -134,9 +146,9 @@ impl Listener {
             metrics: self.metrics.clone(),
             progress: self.progress,
             gate: self.gate,
+            held: held.clone(),
             max_rows,
             linger: self.settings.batch_linger,
-            visibility_timeout: self.visibility_timeout,
         };
         tracing::info!(
             receive_tasks = self.settings.receive_tasks,
@@ -149,6 +161,8 @@ impl Listener {
         tracker.close();
         tracker.wait().await;
         deadline.abort();
+        keeper_stop.cancel();
+        let _ = keeper.await;
         http_stop.cancel();
         match server.await {
             Ok(Ok(())) => {}

@@ -4,6 +4,8 @@
 //! so tests run in parallel against the real MariaDB and LocalStack; dropping it removes them.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod proxy;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -95,6 +97,65 @@ impl TestEnv {
     /// Messages visible or in flight on a queue.
     pub async fn depth(&self, url: &str) -> u64 {
         sqs::approximate_depth(&self.client, url).await.unwrap()
+    }
+
+    /// Puts message bodies on the main queue with SendMessageBatch, 10 a call and 8 calls at once,
+    /// as the dispatcher does; panics if any is refused.
+    pub async fn send_bodies(&self, bodies: &[String]) {
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+        use futures_util::{StreamExt, stream};
+        let batches: Vec<Vec<SendMessageBatchRequestEntry>> = bodies
+            .chunks(sqs::MAX_BATCH_ENTRIES)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, body)| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(body)
+                            .build()
+                            .unwrap()
+                    })
+                    .collect()
+            })
+            .collect();
+        let calls = batches.into_iter().map(|entries| {
+            self.client
+                .send_message_batch()
+                .queue_url(&self.queues.main)
+                .set_entries(Some(entries))
+                .send()
+        });
+        let mut results = stream::iter(calls).buffer_unordered(8);
+        while let Some(result) = results.next().await {
+            let out = result.unwrap();
+            assert!(
+                out.failed().is_empty(),
+                "SendMessageBatch refused {:?}",
+                out.failed()
+            );
+        }
+    }
+
+    /// `database_url` with its host and port replaced by `127.0.0.1:port` (a proxy's).
+    pub fn database_url_via(&self, port: u16) -> String {
+        let mut url = url::Url::parse(&self.database.database_url).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(port)).unwrap();
+        url.to_string()
+    }
+
+    /// The MySQL server's address, for a proxy in front of it.
+    pub fn database_addr(&self) -> std::net::SocketAddr {
+        use std::net::ToSocketAddrs;
+        let url = url::Url::parse(&self.database.database_url).unwrap();
+        let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
+        (host, url.port().unwrap_or(3306))
+            .to_socket_addrs()
+            .unwrap()
+            .next()
+            .unwrap()
     }
 
     /// Puts a raw body on the main queue, as a misbehaving producer would.

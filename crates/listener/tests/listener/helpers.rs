@@ -21,7 +21,13 @@ pub struct TestListener {
 pub async fn spawn_listener() -> TestListener {
     accrual_core::telemetry::init();
     let env = TestEnv::new().await;
-    let settings = ListenerSettings {
+    let settings = listener_settings(&env);
+    spawn_listener_on(env, settings).await
+}
+
+/// Settings for a quick test listener on `env`: 2 receivers, 1 s polls, batches of 64.
+pub fn listener_settings(env: &TestEnv) -> ListenerSettings {
+    ListenerSettings {
         listener_addr: "127.0.0.1:0".parse().unwrap(),
         shutdown_grace_secs: 5,
         receive_tasks: 2,
@@ -31,7 +37,12 @@ pub async fn spawn_listener() -> TestListener {
         database: env.database.clone(),
         sqs: env.sqs.clone(),
         redis: env.redis.clone(),
-    };
+    }
+}
+
+/// Starts a listener with `settings` in this process.
+pub async fn spawn_listener_on(env: TestEnv, settings: ListenerSettings) -> TestListener {
+    accrual_core::telemetry::init();
     let listener = Listener::build(settings).await.unwrap();
     let metrics = listener.metrics();
     let shutdown = CancellationToken::new();

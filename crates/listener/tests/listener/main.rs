@@ -3,4 +3,7 @@
 
 mod helpers;
 mod idempotency;
+mod outage;
 mod poison;
+mod process;
+mod scale;
