@@ -182,3 +182,55 @@ async fn messages_held_past_half_their_visibility_timeout_are_extended_not_deliv
     assert_eq!(app.metrics.duplicates.get(), 0);
     assert_eq!(app.env.ledger_rows().await, 50);
 }
+
+#[tokio::test]
+async fn shutdown_during_an_outage_hands_held_messages_back_within_the_grace() {
+    // The default 60 s visibility timeout: messages not handed back would stay hidden that long.
+    let env = TestEnv::new().await;
+    let proxy = TcpProxy::start(env.database_addr()).await;
+    let mut settings = listener_settings(&env);
+    settings.database.database_url = env.database_url_via(proxy.port);
+    settings.shutdown_grace_secs = 3;
+    let bodies: Vec<String> = (0..2_000)
+        .map(|i| point(&format!("member-{i}"), 2).encode())
+        .collect();
+    env.send_bodies(&bodies).await;
+    let listener = accrual_listener::Listener::build(settings).await.unwrap();
+    let metrics = listener.metrics();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(listener.run(shutdown.clone()));
+    eventually(
+        Duration::from_secs(120),
+        "the listener to be mid-stream",
+        || async { env.ledger_rows().await >= 200 },
+    )
+    .await;
+    proxy.cut();
+    eventually(
+        Duration::from_secs(60),
+        "the listener to notice the outage",
+        || async { metrics.database_up.get() == 0 },
+    )
+    .await;
+    let held = metrics.in_flight.get();
+
+    let started = std::time::Instant::now();
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let took = started.elapsed();
+
+    assert!(held > 0, "the listener held messages when stopped");
+    // One long poll (1 s) plus the grace (3 s) plus handing back.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert_eq!(metrics.in_flight.get(), 0, "nothing held after the exit");
+    // A listener with a working database gets everything well before the 60 s timeout would
+    // have released the held messages.
+    let settings = listener_settings(&env);
+    let app = spawn_listener_on(env, settings).await;
+    eventually(
+        Duration::from_secs(45),
+        "every point written by the next listener",
+        || async { app.env.ledger_rows().await == 2_000 },
+    )
+    .await;
+}
