@@ -62,7 +62,7 @@ async fn a_database_outage_mid_stream_stops_receiving_and_every_point_is_written
         "the outage hit mid-stream ({rows_during_outage} rows)"
     );
     eventually(
-        Duration::from_secs(300),
+        Duration::from_secs(600),
         "every point written after the outage",
         || async { app.env.ledger_rows().await >= 10_000 },
     )

@@ -151,7 +151,7 @@ async fn a_sender_stopped_with_sigterm_hands_its_chunks_back_and_another_finishe
     .unwrap();
     assert_eq!(leased, 0, "chunks still leased by the stopped sender");
     let _second = SenderProcess::spawn(&app.env).await;
-    assert_ledger_holds_exactly(&app, job_id, 20_000, Duration::from_secs(300)).await;
+    assert_ledger_holds_exactly(&app, job_id, 20_000, Duration::from_secs(600)).await;
 }
 
 #[tokio::test]
@@ -305,7 +305,7 @@ async fn one_idempotency_key_sent_three_times_makes_one_job_and_writes_once() {
         .await
         .unwrap();
     assert_eq!(jobs, 1);
-    assert_ledger_holds_exactly(&app, ids[0], 3_000, Duration::from_secs(120)).await;
+    assert_ledger_holds_exactly(&app, ids[0], 3_000, Duration::from_secs(300)).await;
 
     let other = post(
         &app.http,

@@ -35,7 +35,7 @@ async fn twenty_thousand_points_for_seven_thousand_members_reach_the_ledger_exac
     );
     let job_id: uuid::Uuid = body["job_id"].as_str().unwrap().parse().unwrap();
 
-    eventually(Duration::from_secs(240), "20,000 ledger rows", || async {
+    eventually(Duration::from_secs(600), "20,000 ledger rows", || async {
         app.env.ledger_rows().await >= 20_000
     })
     .await;
