@@ -2,6 +2,7 @@
 //! codec, settings, schema and the MySQL and SQS helpers both services use.
 //!
 //! # Layout
+//! - [`api_key`] — API key digests, generation and their configuration entries.
 //! - [`dlq`] — list and redrive the dead-letter queue.
 //! - [`domain`] — newtypes (`MemberId`, `PointType`, `Amount`, `Reason`) that can only hold valid values.
 //! - [`wire`] — lenient parse of a request body into raw items, with the item limit.
@@ -15,6 +16,7 @@
 //! - [`telemetry`] — tracing set-up.
 
 pub mod accrual;
+pub mod api_key;
 pub mod chunk;
 pub mod db;
 pub mod dlq;

@@ -74,6 +74,11 @@ impl Progress {
         }
     }
 
+    /// The Redis connection, if Redis answered at start-up (for other users of the same server).
+    pub fn connection(&self) -> Option<ConnectionManager> {
+        self.conn.clone()
+    }
+
     fn key(&self, job_id: Uuid) -> String {
         format!("{}job:{}", self.prefix, job_id)
     }

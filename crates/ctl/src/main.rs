@@ -39,12 +39,24 @@ enum Command {
         #[command(flatten)]
         sqs: SqsSettings,
     },
+    /// Create API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Show how many of a job's points are in the ledger, as JSON.
     Job {
         job_id: uuid::Uuid,
         #[command(flatten)]
         database: DatabaseSettings,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random key for CLIENT and the entry to add to ACCRUAL_API_KEYS or to the
+    /// ACCRUAL_API_KEYS_FILE (the entry holds only the key's SHA-256 digest).
+    New { client: String },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +142,27 @@ async fn main() -> anyhow::Result<()> {
                     println!("{}", serde_json::json!({ "redriven": moved }));
                 }
             }
+        }
+        Command::Keys {
+            command: KeysCommand::New { client },
+        } => {
+            let valid = !client.is_empty()
+                && client.len() <= 64
+                && client
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !valid {
+                anyhow::bail!("client id `{client}` must be 1-64 characters of [A-Za-z0-9_.-]");
+            }
+            let key = accrual_core::api_key::generate();
+            let entry = accrual_core::api_key::config_entry(&client, &key);
+            println!(
+                "{}",
+                serde_json::json!({ "client": client, "key": key, "config_entry": entry })
+            );
+            eprintln!(
+                "Give `key` to the client (it is shown only now); add `config_entry` to ACCRUAL_API_KEYS (comma-separated) or as a line of ACCRUAL_API_KEYS_FILE, then restart the senders."
+            );
         }
         Command::Job { job_id, database } => {
             let pool = db::connect(&database)

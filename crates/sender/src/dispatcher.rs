@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::fanout::Fanout;
+use crate::metrics::SenderMetrics;
 
 /// How long to wait before retrying a chunk whose fan-out failed (SQS down, say).
 const FAILED_CHUNK_RETRY: Duration = Duration::from_secs(5);
@@ -27,6 +28,7 @@ pub struct Dispatcher {
     pool: MySqlPool,
     fanout: Fanout,
     progress: Progress,
+    metrics: Arc<SenderMetrics>,
     /// This replica's name in `lease_owner` and `dispatched_by`.
     owner: String,
     lease: Duration,
@@ -48,6 +50,7 @@ impl Dispatcher {
         pool: MySqlPool,
         fanout: Fanout,
         progress: Progress,
+        metrics: Arc<SenderMetrics>,
         lease: Duration,
         poll: Duration,
     ) -> Self {
@@ -60,6 +63,7 @@ impl Dispatcher {
             pool,
             fanout,
             progress,
+            metrics,
             owner,
             lease,
             poll,
@@ -194,6 +198,8 @@ impl Dispatcher {
                     tracing::warn!(%job_id, seq, error = %e, "Marking a chunk dispatched failed");
                     return;
                 }
+                self.metrics.points_dispatched.inc_by(sent as u64);
+                self.metrics.chunks_dispatched.inc();
                 self.progress
                     .add(job_id, &[("enqueued", sent as u64)])
                     .await;

@@ -10,12 +10,16 @@
 //! - [`jobs`] — durable jobs (`accrual_jobs` + compressed `accrual_chunks`), status and progress.
 //! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
 //! - [`fanout`] — `SendMessageBatch` with bounded concurrency and retries.
+//! - [`rate_limit`] — per-client GCRA limits in Redis (fail open).
+//! - [`metrics`] — Prometheus metrics.
 
 pub mod api;
 pub mod dispatcher;
 pub mod fanout;
 pub mod jobs;
 pub mod members;
+pub mod metrics;
+pub mod rate_limit;
 pub mod settings;
 pub mod startup;
 pub mod state;

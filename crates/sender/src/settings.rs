@@ -18,7 +18,8 @@ pub struct SenderSettings {
     #[arg(long, env = "SENDER_ADDR", default_value = "127.0.0.1:8080")]
     pub sender_addr: SocketAddr,
 
-    /// Clients and their keys: `client_a:key_a,client_b:key_b`.
+    /// Clients and their keys, comma-separated: `client:sha256:<hex digest>` (what `accrualctl keys
+    /// new` prints) or, for development, `client:key`. Empty to use only `ACCRUAL_API_KEYS_FILE`.
     #[arg(
         long,
         env = "ACCRUAL_API_KEYS",
@@ -26,6 +27,22 @@ pub struct SenderSettings {
         hide_env_values = true
     )]
     pub accrual_api_keys: String,
+
+    /// A file of further keys, one `client:sha256:<hex digest>` per line (`#` comments).
+    #[arg(long, env = "ACCRUAL_API_KEYS_FILE")]
+    pub accrual_api_keys_file: Option<std::path::PathBuf>,
+
+    /// Requests per minute a client may make (any route but health, metrics and the contract).
+    #[arg(long, env = "RATE_LIMIT_REQUESTS_PER_MINUTE", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate_limit_requests_per_minute: u64,
+
+    /// Points per minute a client may submit.
+    #[arg(long, env = "RATE_LIMIT_POINTS_PER_MINUTE", default_value_t = 3_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate_limit_points_per_minute: u64,
+
+    /// Per-client limits that replace the defaults: `client=<requests>/<points>,...` per minute.
+    #[arg(long, env = "RATE_LIMITS", default_value = "")]
+    pub rate_limits: String,
 
     /// Most SendMessageBatch calls in flight per dispatcher task.
     #[arg(long, env = "SEND_CONCURRENCY", default_value_t = 8)]

@@ -13,6 +13,8 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, auth::ApiKeys};
 use crate::dispatcher::Dispatcher;
 use crate::fanout::Fanout;
+use crate::metrics::SenderMetrics;
+use crate::rate_limit::{Limits, RateLimiter};
 use crate::settings::SenderSettings;
 use crate::state::AppState;
 
@@ -34,20 +36,45 @@ impl Application {
                 "DISPATCH_LEASE must be at least {MIN_DISPATCH_LEASE:?} and DISPATCH_POLL above zero"
             );
         }
-        let api_keys = ApiKeys::parse(&settings.accrual_api_keys)
+        let mut api_keys = ApiKeys::parse(&settings.accrual_api_keys)
             .map_err(anyhow::Error::msg)
             .context("Invalid ACCRUAL_API_KEYS")?;
+        if let Some(path) = &settings.accrual_api_keys_file {
+            api_keys
+                .add_file(path)
+                .map_err(anyhow::Error::msg)
+                .context("Invalid ACCRUAL_API_KEYS_FILE")?;
+        }
+        let api_keys = api_keys
+            .require_some()
+            .map_err(anyhow::Error::msg)
+            .context("Set ACCRUAL_API_KEYS or ACCRUAL_API_KEYS_FILE")?;
         let pool = db::connect(&settings.database)
             .await
             .context("Failed to connect to MySQL")?;
         let client = sqs::client(&settings.sqs).await;
         let queue_url = sqs::find_queue(&client, &settings.sqs.accrual_queue).await?;
         let progress = Progress::connect(&settings.redis).await;
-        let fanout = Fanout::new(client, queue_url, settings.send_concurrency);
+        let metrics = Arc::new(SenderMetrics::new());
+        let overrides = crate::rate_limit::parse_overrides(&settings.rate_limits)
+            .map_err(anyhow::Error::msg)
+            .context("Invalid RATE_LIMITS")?;
+        let rate_limiter = RateLimiter::new(
+            progress.connection(),
+            &settings.redis.redis_key_prefix,
+            Limits {
+                requests_per_minute: settings.rate_limit_requests_per_minute,
+                points_per_minute: settings.rate_limit_points_per_minute,
+            },
+            overrides,
+            metrics.clone(),
+        );
+        let fanout = Fanout::new(client.clone(), queue_url.clone(), settings.send_concurrency);
         let dispatcher = Dispatcher::new(
             pool.clone(),
             fanout,
             progress.clone(),
+            metrics.clone(),
             settings.dispatch_lease,
             settings.dispatch_poll,
         );
@@ -57,6 +84,10 @@ impl Application {
             dispatcher,
             progress,
             chunk_items: settings.chunk_items as usize,
+            metrics,
+            rate_limiter,
+            sqs: client,
+            queue_url,
         };
         let listener = TcpListener::bind(settings.sender_addr)
             .await

@@ -7,6 +7,8 @@ use sqlx::MySqlPool;
 
 use crate::api::auth::ApiKeys;
 use crate::dispatcher::Dispatcher;
+use crate::metrics::SenderMetrics;
+use crate::rate_limit::RateLimiter;
 
 /// Cloned into every handler; all fields are cheap handles.
 #[derive(Clone, Debug)]
@@ -18,4 +20,9 @@ pub struct AppState {
     pub progress: Progress,
     /// Points per stored chunk.
     pub chunk_items: usize,
+    pub metrics: Arc<SenderMetrics>,
+    pub rate_limiter: RateLimiter,
+    /// For the readiness check.
+    pub sqs: aws_sdk_sqs::Client,
+    pub queue_url: String,
 }

@@ -6,6 +6,7 @@ use accrual_core::message::PointRecord;
 use accrual_core::wire::{self, BodyError, MAX_ITEMS_PER_REQUEST};
 use axum::Json;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, Utc};
@@ -58,11 +59,13 @@ pub struct PostParams {
 
 pub async fn post(
     State(state): State<AppState>,
-    Query(params): Query<PostParams>,
+    params: Result<Query<PostParams>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let client_id = state.api_keys.authenticate(&headers)?;
+    let client_id = super::authorize(&state, &headers).await?;
+    let Query(params) =
+        params.map_err(|rejection| ApiError::InvalidParameter(rejection.body_text()))?;
     require_json(&headers)?;
     let idempotency_key = idempotency_key(&headers)?;
     let now = Utc::now();
@@ -85,7 +88,12 @@ pub async fn post(
     {
         return replay(existing, &body_sha256);
     }
-    let accruals = parsed?;
+    let accruals = parsed.inspect_err(|e| {
+        if matches!(e, ApiError::Validation { .. } | ApiError::EmptyRequest) {
+            state.metrics.validation_failures.inc();
+        }
+    })?;
+    super::limit_points(&state, &client_id, accruals.len() as u64).await?;
     let members = members::upsert(&state.pool, &accruals)
         .await
         .map_err(ApiError::database)?;
@@ -119,6 +127,8 @@ pub async fn post(
         Err(StoreError::Db(e)) => return Err(ApiError::database(e)),
     }
     tracing::info!(%job_id, %client_id, points = total, members, reserve_at = ?reserve_at, "Accepted accrual job");
+    state.metrics.jobs_accepted.inc();
+    state.metrics.points_accepted.inc_by(total as u64);
     state.dispatcher.wake();
     let status = if reserve_at.is_some() {
         "reserved"

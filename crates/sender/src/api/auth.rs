@@ -1,66 +1,104 @@
 //! API keys: `Authorization: Bearer <key>` identifies the client.
 //!
-//! Keys are kept only as SHA-256 digests, so the process never compares secrets byte by byte and a
-//! memory dump does not reveal them.
+//! Keys are kept only as SHA-256 digests (the configuration may hold nothing else), and a presented
+//! key's digest is compared with every known digest in constant time, so neither a memory dump nor
+//! response timing reveals a key.
 
-use std::collections::HashMap;
+use std::path::Path;
 
+use accrual_core::api_key::{self, DIGEST_PREFIX};
 use axum::http::{HeaderMap, header};
-use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 
-/// Known clients, by the digest of their key.
+/// Known clients and the digests of their keys.
 #[derive(Clone, Default)]
 pub struct ApiKeys {
-    by_digest: HashMap<[u8; 32], String>,
+    keys: Vec<([u8; 32], String)>,
 }
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut clients: Vec<&String> = self.by_digest.values().collect();
+        let mut clients: Vec<&String> = self.keys.iter().map(|(_, c)| c).collect();
         clients.sort();
+        clients.dedup();
         f.debug_struct("ApiKeys")
             .field("clients", &clients)
             .finish()
     }
 }
 
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+/// Whether `client` may name a client: 1-64 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_client_id(client: &str) -> bool {
+    !client.is_empty()
+        && client.len() <= 64
+        && client
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 impl ApiKeys {
-    /// Parses `client_a:key_a,client_b:key_b`.
+    /// Parses comma-separated entries, each `client:sha256:<64 hex digits>` or (development only)
+    /// `client:<key>`. A client may have several keys (for rotation).
     pub fn parse(spec: &str) -> Result<Self, String> {
-        let mut by_digest = HashMap::new();
-        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (client, key) = pair
-                .split_once(':')
-                .ok_or_else(|| format!("`{pair}` is not client:key"))?;
-            let valid_client = !client.is_empty()
-                && client.len() <= 64
-                && client
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-            if !valid_client {
-                return Err(format!(
-                    "client id `{client}` must be 1-64 characters of [A-Za-z0-9_.-]"
-                ));
+        let mut keys = Self::default();
+        for entry in spec.split(',') {
+            keys.add_entry(entry)?;
+        }
+        Ok(keys)
+    }
+
+    /// Adds the entries of a key file: one entry per line, `#` starts a comment.
+    pub fn add_file(&mut self, path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let entry = line.split('#').next().unwrap_or_default();
+            self.add_entry(entry)
+                .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
+        }
+        Ok(())
+    }
+
+    fn add_entry(&mut self, entry: &str) -> Result<(), String> {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Ok(());
+        }
+        let (client, key) = entry
+            .split_once(':')
+            .ok_or_else(|| format!("`{entry}` is not client:sha256:<digest> or client:key"))?;
+        if !valid_client_id(client) {
+            return Err(format!(
+                "client id `{client}` must be 1-64 characters of [A-Za-z0-9_.-]"
+            ));
+        }
+        let digest = match key.strip_prefix(DIGEST_PREFIX) {
+            Some(hex) => api_key::parse_hex(hex).ok_or_else(|| {
+                format!("the key digest of `{client}` must be 64 hex digits after `sha256:`")
+            })?,
+            None if key.len() >= 4 && key.bytes().all(|b| b.is_ascii_graphic()) => {
+                api_key::digest(key)
             }
-            if key.len() < 4 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            None => {
                 return Err(format!(
                     "the key of `{client}` must be at least 4 visible characters"
                 ));
             }
-            if by_digest.insert(digest(key), client.to_owned()).is_some() {
-                return Err(format!("the key of `{client}` is given twice"));
-            }
+        };
+        if self.keys.iter().any(|(d, _)| *d == digest) {
+            return Err(format!("the key of `{client}` is given twice"));
         }
-        if by_digest.is_empty() {
+        self.keys.push((digest, client.to_owned()));
+        Ok(())
+    }
+
+    /// Refuses a configuration without any key.
+    pub fn require_some(self) -> Result<Self, String> {
+        if self.keys.is_empty() {
             return Err("no API keys configured".into());
         }
-        Ok(Self { by_digest })
+        Ok(self)
     }
 
     /// The client whose key the request carries.
@@ -71,10 +109,15 @@ impl ApiKeys {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
-        self.by_digest
-            .get(&digest(key))
-            .cloned()
-            .ok_or(ApiError::Unauthorized)
+        let presented = api_key::digest(key);
+        // Every digest is compared, whether or not an earlier one matched.
+        let mut found = None;
+        for (digest, client) in &self.keys {
+            if api_key::digests_equal(digest, &presented) {
+                found = Some(client);
+            }
+        }
+        found.cloned().ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -102,6 +145,42 @@ mod tests {
     }
 
     #[test]
+    fn a_key_given_as_its_digest_authenticates_the_key() {
+        let key = api_key::generate();
+        let keys = ApiKeys::parse(&api_key::config_entry("crm", &key)).expect("valid");
+        assert_eq!(
+            keys.authenticate(&headers(&format!("Bearer {key}"))).ok(),
+            Some("crm".into())
+        );
+        assert!(keys.authenticate(&headers("Bearer acr_0")).is_err());
+    }
+
+    #[test]
+    fn a_key_file_holds_one_entry_per_line_with_comments() {
+        let path = std::env::temp_dir().join(format!("accrual-keys-{}", std::process::id()));
+        let key = api_key::generate();
+        std::fs::write(
+            &path,
+            format!(
+                "# production clients\n\n{}  # rotated 2026-11\nlegacy:old_key\n",
+                api_key::config_entry("crm", &key)
+            ),
+        )
+        .expect("write");
+        let mut keys = ApiKeys::default();
+        keys.add_file(&path).expect("valid file");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            keys.authenticate(&headers(&format!("Bearer {key}"))).ok(),
+            Some("crm".into())
+        );
+        assert_eq!(
+            keys.authenticate(&headers("Bearer old_key")).ok(),
+            Some("legacy".into())
+        );
+    }
+
+    #[test]
     fn unknown_missing_or_non_bearer_keys_are_refused() {
         let keys = ApiKeys::parse("client_a:key_a").expect("valid");
         for auth in ["Bearer nope", "Basic key_a", "key_a"] {
@@ -118,11 +197,12 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused_with_a_reason() {
-        assert!(ApiKeys::parse("").is_err());
+        assert!(ApiKeys::parse("").expect("empty").require_some().is_err());
         assert!(ApiKeys::parse("client_a").is_err());
         assert!(ApiKeys::parse("a b:key_a").is_err());
         assert!(ApiKeys::parse("a:k").is_err());
         assert!(ApiKeys::parse("a:key_a,b:key_a").is_err());
+        assert!(ApiKeys::parse("a:sha256:abc").is_err());
     }
 
     #[test]

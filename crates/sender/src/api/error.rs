@@ -37,6 +37,11 @@ pub enum ApiError {
         errors: Vec<ItemError>,
         total: usize,
     },
+    #[error("{detail}")]
+    RateLimited {
+        detail: String,
+        retry_after: std::time::Duration,
+    },
     #[error("a dependency is unavailable: {dependency}")]
     DependencyUnavailable {
         dependency: &'static str,
@@ -93,6 +98,11 @@ impl ApiError {
                 "validation-failed",
                 "Invalid accrual items",
             ),
+            Self::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Rate limit exceeded",
+            ),
             Self::DependencyUnavailable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "dependency-unavailable",
@@ -110,6 +120,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.kind();
+        let retry_after = match &self {
+            Self::RateLimited { retry_after, .. } => {
+                // Whole seconds, rounded up, at least 1.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                Some(secs.max(1))
+            }
+            _ => None,
+        };
         let request_id = current_request_id();
         let mut body = json!({
             "type": format!("/problems/{slug}"),
@@ -129,6 +147,9 @@ impl IntoResponse for ApiError {
                     body["errors"] = json!(errors);
                     body["total_errors"] = json!(total);
                 }
+                Self::RateLimited { retry_after, .. } => {
+                    body["retry_after_seconds"] = json!(retry_after.as_secs_f64().ceil() as u64);
+                }
                 Self::MalformedJson { line, column, .. } => {
                     body["line"] = json!(line);
                     body["column"] = json!(column);
@@ -141,11 +162,20 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
         );
+        if let Some(secs) = retry_after {
+            body_retry_after(&mut response, secs);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+fn body_retry_after(response: &mut Response, secs: u64) {
+    if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
     }
 }

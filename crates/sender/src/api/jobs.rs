@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -24,9 +25,10 @@ const RECONCILE_EVERY: u32 = 10;
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(job_id): Path<Uuid>,
+    job_id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<JobView>, ApiError> {
-    let client_id = state.api_keys.authenticate(&headers)?;
+    let client_id = super::authorize(&state, &headers).await?;
+    let job_id = job_id_from(job_id)?;
     let view = status::view(&state.pool, &state.progress, job_id, &client_id, true)
         .await
         .map_err(ApiError::database)?
@@ -37,9 +39,10 @@ pub async fn get(
 pub async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(job_id): Path<Uuid>,
+    job_id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<JobView>, ApiError> {
-    let client_id = state.api_keys.authenticate(&headers)?;
+    let client_id = super::authorize(&state, &headers).await?;
+    let job_id = job_id_from(job_id)?;
     store::cancel(&state.pool, job_id, &client_id)
         .await
         .map_err(|e| match e {
@@ -50,15 +53,26 @@ pub async fn cancel(
             CancelError::Db(e) => ApiError::database(e),
         })?;
     tracing::info!(%job_id, %client_id, "Cancelled reserved job");
-    get(State(state), headers, Path(job_id)).await
+    let view = status::view(&state.pool, &state.progress, job_id, &client_id, true)
+        .await
+        .map_err(ApiError::database)?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(view))
+}
+
+/// The job id of the path, or a problem+json 400 naming what is wrong with it.
+fn job_id_from(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
+    path.map(|Path(id)| id)
+        .map_err(|rejection| ApiError::InvalidParameter(rejection.body_text()))
 }
 
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(job_id): Path<Uuid>,
+    job_id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let client_id = state.api_keys.authenticate(&headers)?;
+    let client_id = super::authorize(&state, &headers).await?;
+    let job_id = job_id_from(job_id)?;
     let first = status::view(&state.pool, &state.progress, job_id, &client_id, true)
         .await
         .map_err(ApiError::database)?

@@ -4,20 +4,108 @@ pub mod accruals;
 pub mod auth;
 pub mod error;
 pub mod jobs;
+pub mod ops;
 pub mod request_id;
 
+use std::sync::Arc;
+
 use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 
+use crate::metrics::{RequestLabels, SenderMetrics};
+use crate::rate_limit::{Decision, Kind};
 use crate::state::AppState;
+use error::ApiError;
 
-/// All routes, with the request-id middleware around them.
+/// All routes, with the request-id and request-metrics middleware around them.
 pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/v1/accruals", post(accruals::post))
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/events", get(jobs::events))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(metrics, count_request))
         .layer(axum::middleware::from_fn(request_id::assign))
+}
+
+/// Middleware: counts each request by route pattern, method and status.
+async fn count_request(
+    State(metrics): State<Arc<SenderMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// The client the request's key names, once its request rate allows one more request.
+pub async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let client_id = state.api_keys.authenticate(headers)?;
+    match state
+        .rate_limiter
+        .check(&client_id, Kind::Requests, 1)
+        .await
+    {
+        Decision::Allowed => Ok(client_id),
+        Decision::Limited { retry_after } => Err(ApiError::RateLimited {
+            detail: format!(
+                "more than {} requests per minute",
+                state.rate_limiter.limits(&client_id).requests_per_minute
+            ),
+            retry_after,
+        }),
+        Decision::TooLarge { per_minute } => Err(ApiError::RateLimited {
+            detail: format!("more than {per_minute} requests per minute"),
+            retry_after: std::time::Duration::from_secs(60),
+        }),
+    }
+}
+
+/// Takes `points` from the client's points-per-minute allowance.
+pub async fn limit_points(state: &AppState, client_id: &str, points: u64) -> Result<(), ApiError> {
+    match state
+        .rate_limiter
+        .check(client_id, Kind::Points, points)
+        .await
+    {
+        Decision::Allowed => Ok(()),
+        Decision::Limited { retry_after } => Err(ApiError::RateLimited {
+            detail: format!(
+                "more than {} points per minute; nothing was stored",
+                state.rate_limiter.limits(client_id).points_per_minute
+            ),
+            retry_after,
+        }),
+        Decision::TooLarge { per_minute } => {
+            state.metrics.rate_limited.inc();
+            Err(ApiError::RateLimited {
+                detail: format!(
+                    "this request's {points} points exceed the client's allowance of {per_minute} points per minute; split it into smaller requests"
+                ),
+                retry_after: std::time::Duration::from_secs(60),
+            })
+        }
+    }
 }

@@ -25,21 +25,25 @@ pub async fn spawn_app() -> TestApp {
 /// An app whose in-process sender runs `dispatch_tasks` dispatchers (0: it only accepts, and
 /// sender processes started by the test dispatch).
 pub async fn spawn_app_with_dispatchers(dispatch_tasks: usize) -> TestApp {
+    spawn_app_with(|s| s.dispatch_tasks = dispatch_tasks).await
+}
+
+/// An app with the test defaults, changed by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut SenderSettings)) -> TestApp {
     accrual_core::telemetry::init();
     let env = TestEnv::new().await;
-    let settings = SenderSettings {
-        sender_addr: "127.0.0.1:0".parse().unwrap(),
-        accrual_api_keys: "client_a:key_a,client_b:key_b".into(),
-        send_concurrency: 8,
-        dispatch_tasks,
-        chunk_items: 2_000,
-        dispatch_lease: std::time::Duration::from_secs(10),
-        dispatch_poll: std::time::Duration::from_millis(200),
-        shutdown_grace_secs: 5,
-        database: env.database.clone(),
-        sqs: env.sqs.clone(),
-        redis: env.redis.clone(),
-    };
+    // Every setting at its documented default, then the test's own.
+    let mut settings =
+        <SenderSettings as clap::Parser>::try_parse_from(["accrual-sender"]).unwrap();
+    settings.sender_addr = "127.0.0.1:0".parse().unwrap();
+    settings.accrual_api_keys = "client_a:key_a,client_b:key_b".into();
+    settings.dispatch_lease = std::time::Duration::from_secs(10);
+    settings.dispatch_poll = std::time::Duration::from_millis(200);
+    settings.shutdown_grace_secs = 5;
+    settings.database = env.database.clone();
+    settings.sqs = env.sqs.clone();
+    settings.redis = env.redis.clone();
+    adjust(&mut settings);
     let app = Application::build(settings).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();

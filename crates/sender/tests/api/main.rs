@@ -4,5 +4,6 @@
 mod accruals;
 mod helpers;
 mod jobs;
+mod ops;
 mod pipeline;
 mod process;

@@ -14,6 +14,11 @@ pub struct SenderProcess {
 impl SenderProcess {
     /// Starts the binary on a free port against the test's database, queues and Redis prefix.
     pub async fn spawn(env: &TestEnv) -> Self {
+        Self::spawn_with(env, &[]).await
+    }
+
+    /// Like [`Self::spawn`], with `extra` environment variables on top.
+    pub async fn spawn_with(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -34,6 +39,7 @@ impl SenderProcess {
             .env("DISPATCH_LEASE", "3s")
             .env("DISPATCH_POLL", "200ms")
             .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .unwrap();

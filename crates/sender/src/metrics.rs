@@ -1,0 +1,120 @@
+//! The sender's Prometheus metrics (`/metrics`, prefix `accrual_sender_`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Labels of an HTTP request: the route pattern (not the raw path), the method and the status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Debug)]
+pub struct SenderMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    /// Jobs stored (a replayed `Idempotency-Key` is not counted again).
+    pub jobs_accepted: Counter,
+    /// Points in the jobs stored.
+    pub points_accepted: Counter,
+    /// Requests refused because of their items (422).
+    pub validation_failures: Counter,
+    /// Requests refused with 429.
+    pub rate_limited: Counter,
+    /// Rate-limit checks that could not reach Redis and let the request through.
+    pub rate_limit_unavailable: Counter,
+    /// Points sent to SQS by this replica's dispatchers.
+    pub points_dispatched: Counter,
+    /// Chunks sent by this replica's dispatchers.
+    pub chunks_dispatched: Counter,
+    /// Age of the oldest due chunk not yet dispatched, set when `/metrics` is read.
+    pub dispatch_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Due chunks not yet dispatched, set when `/metrics` is read.
+    pub chunks_pending: Gauge,
+    registry: Registry,
+}
+
+impl Default for SenderMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SenderMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("accrual_sender");
+        let m = Self {
+            requests: Family::default(),
+            jobs_accepted: Counter::default(),
+            points_accepted: Counter::default(),
+            validation_failures: Counter::default(),
+            rate_limited: Counter::default(),
+            rate_limit_unavailable: Counter::default(),
+            points_dispatched: Counter::default(),
+            chunks_dispatched: Counter::default(),
+            dispatch_lag_seconds: Gauge::default(),
+            chunks_pending: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests by route pattern, method and status",
+            m.requests.clone(),
+        );
+        registry.register("jobs_accepted", "Jobs stored", m.jobs_accepted.clone());
+        registry.register(
+            "points_accepted",
+            "Points in the jobs stored",
+            m.points_accepted.clone(),
+        );
+        registry.register(
+            "validation_failures",
+            "Requests refused because of invalid items (422)",
+            m.validation_failures.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "rate_limit_unavailable",
+            "Rate-limit checks that could not reach Redis and let the request through",
+            m.rate_limit_unavailable.clone(),
+        );
+        registry.register(
+            "points_dispatched",
+            "Points sent to SQS by this replica",
+            m.points_dispatched.clone(),
+        );
+        registry.register(
+            "chunks_dispatched",
+            "Chunks sent to SQS by this replica",
+            m.chunks_dispatched.clone(),
+        );
+        registry.register_with_unit(
+            "dispatch_lag",
+            "Age of the oldest due chunk not yet dispatched (0 when none)",
+            Unit::Seconds,
+            m.dispatch_lag_seconds.clone(),
+        );
+        registry.register(
+            "chunks_pending",
+            "Due chunks not yet dispatched",
+            m.chunks_pending.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

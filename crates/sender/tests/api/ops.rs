@@ -1,0 +1,206 @@
+//! Keys on every route, rate limits shared across replicas, health, readiness and metrics.
+
+use uuid::Uuid;
+
+use crate::helpers::{item, problem, spawn_app, spawn_app_with};
+use crate::process::SenderProcess;
+
+#[tokio::test]
+async fn every_api_route_needs_a_key_and_health_readiness_and_metrics_do_not() {
+    let app = spawn_app().await;
+    let job = format!("{}/v1/jobs/{}", app.address, Uuid::now_v7());
+    let requests = [
+        app.http.post(format!("{}/v1/accruals", app.address)),
+        app.http.get(&job),
+        app.http.delete(&job),
+        app.http.get(format!("{job}/events")),
+    ];
+    for request in requests {
+        let response = request.send().await.unwrap();
+        let url = response.url().clone();
+        let body = problem(response, 401).await;
+        assert_eq!(body["type"], "/problems/unauthorized", "{url}");
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let response = app
+            .http
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn readyz_reports_each_dependency_and_metrics_count_requests_by_route() {
+    let app = spawn_app().await;
+    let ready: serde_json::Value = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    for dependency in ["mysql", "redis", "sqs"] {
+        assert_eq!(ready[dependency]["status"], "up", "{ready}");
+    }
+    let accepted = app
+        .post_accruals(format!("[{}]", item("member-1", "WELFARE", 5)))
+        .await;
+    assert_eq!(accepted.status(), 202);
+    let _ = app
+        .http
+        .get(format!("{}/v1/jobs/{}", app.address, Uuid::now_v7()))
+        .bearer_auth("key_a")
+        .send()
+        .await
+        .unwrap();
+
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    for line in [
+        r#"accrual_sender_http_requests_total{route="/v1/accruals",method="POST",status="202"} 1"#,
+        r#"accrual_sender_http_requests_total{route="/v1/jobs/{job_id}",method="GET",status="404"} 1"#,
+        "accrual_sender_points_accepted_total 1",
+        "accrual_sender_jobs_accepted_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains("accrual_sender_dispatch_lag_seconds "));
+}
+
+#[tokio::test]
+async fn a_malformed_job_id_is_a_problem_json_400() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .get(format!("{}/v1/jobs/not-a-uuid", app.address))
+        .bearer_auth("key_a")
+        .send()
+        .await
+        .unwrap();
+    let body = problem(response, 400).await;
+    assert_eq!(body["type"], "/problems/invalid-parameter");
+}
+
+#[tokio::test]
+async fn the_request_rate_is_shared_by_two_sender_processes_and_other_clients_are_unaffected() {
+    let app = spawn_app().await;
+    let limits = [("RATE_LIMITS", "client_a=5/1000000")];
+    let senders = [
+        SenderProcess::spawn_with(&app.env, &limits).await,
+        SenderProcess::spawn_with(&app.env, &limits).await,
+    ];
+    let job_url = |i: usize| format!("{}/v1/jobs/{}", senders[i % 2].address, Uuid::now_v7());
+    let get = |url: String, key: &'static str| {
+        let http = app.http.clone();
+        async move { http.get(url).bearer_auth(key).send().await.unwrap() }
+    };
+
+    // Five requests per minute for client_a, alternating between the two processes.
+    for i in 0..5 {
+        assert_eq!(get(job_url(i), "key_a").await.status(), 404, "request {i}");
+    }
+    let limited = get(job_url(5), "key_a").await;
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = problem(limited, 429).await;
+
+    assert_eq!(body["type"], "/problems/rate-limited");
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    // The other process agrees, and client_b has its own (default) allowance.
+    assert_eq!(get(job_url(6), "key_a").await.status(), 429);
+    for i in 0..5 {
+        assert_eq!(get(job_url(i), "key_b").await.status(), 404);
+    }
+}
+
+#[tokio::test]
+async fn points_over_the_per_minute_allowance_are_refused_with_429_and_nothing_is_stored() {
+    let app = spawn_app_with(|s| s.rate_limits = "client_a=100/1000".into()).await;
+    let body = |n: usize| {
+        let items: Vec<String> = (0..n)
+            .map(|i| item(&format!("m{i}"), "WELFARE", 1))
+            .collect();
+        format!("[{}]", items.join(","))
+    };
+    assert_eq!(app.post_accruals(body(600)).await.status(), 202);
+
+    let refused = app.post_accruals(body(600)).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem_body = problem(refused, 429).await;
+
+    assert!(
+        problem_body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1000 points per minute"),
+        "{problem_body}"
+    );
+    let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accrual_jobs")
+        .fetch_one(&app.env.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1, "the refused request stored nothing");
+    let other = app
+        .post_accruals_as(body(600), Some("key_b"), "application/json")
+        .await;
+    assert_eq!(other.status(), 202, "client_b is not limited by client_a");
+}
+
+#[tokio::test]
+async fn without_redis_the_api_keeps_serving_and_says_so() {
+    let app = spawn_app_with(|s| {
+        s.redis.redis_url = "redis://127.0.0.1:1".into();
+        s.rate_limits = "client_a=1/1".into();
+    })
+    .await;
+    for _ in 0..3 {
+        let response = app
+            .post_accruals(format!("[{}]", item("member-1", "WELFARE", 5)))
+            .await;
+        assert_eq!(response.status(), 202, "fail open: no limit without Redis");
+    }
+    let ready: serde_json::Value = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["redis"]["status"], "down", "{ready}");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unavailable: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("accrual_sender_rate_limit_unavailable_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(unavailable >= 6.0, "{metrics}");
+}
