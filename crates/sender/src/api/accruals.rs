@@ -26,7 +26,7 @@ pub const MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
 pub const MAX_RESERVE_DAYS: i64 = 90;
 
 /// The answer: 202 for a new job, 200 when an `Idempotency-Key` names an existing one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub job_id: Uuid,
     /// Points accepted (the number of items).
@@ -57,6 +57,29 @@ pub struct PostParams {
     reserve_at: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/accruals",
+    tag = "accruals",
+    params(
+        ("reserve_at" = Option<String>, Query, format = DateTime, description = "RFC 3339 instant, in the future and at most 90 days ahead: a reserved accrual, released at that time"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", description = "1-128 visible characters; the same key and body again returns the original job"),
+    ),
+    request_body(content = Vec<crate::api::openapi::AccrualItemSchema>, content_type = "application/json", description = "1 to 500,000 accrual items; all valid or nothing is stored"),
+    responses(
+        (status = 202, description = "Job stored; its points are being sent", body = Accepted),
+        (status = 200, description = "The job this Idempotency-Key already made", body = Accepted),
+        (status = 400, description = "Malformed JSON, or a bad parameter or job id", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency-Key reused with another body, or the job cannot be cancelled", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 100 MiB or over 500,000 items", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content type other than application/json", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid items (all listed, up to 1,000) or an empty array; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the client's rate limit; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "MySQL unavailable", body = crate::api::error::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub async fn post(
     State(state): State<AppState>,
     params: Result<Query<PostParams>, QueryRejection>,
@@ -284,6 +307,18 @@ fn encode_chunks(
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[tokio::test]
+    async fn a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_too_large() {
+        let exact = read_limited(&HeaderMap::new(), Body::from(vec![b' '; MAX_BODY_BYTES])).await;
+        assert_eq!(exact.map(|b| b.len()).ok(), Some(MAX_BODY_BYTES));
+        let over = read_limited(
+            &HeaderMap::new(),
+            Body::from(vec![b' '; MAX_BODY_BYTES + 1]),
+        )
+        .await;
+        assert!(matches!(over, Err(ApiError::PayloadTooLarge(_))));
+    }
 
     #[test]
     fn json_content_types_are_recognised_with_parameters() {

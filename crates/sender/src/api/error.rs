@@ -3,11 +3,42 @@
 use accrual_core::accrual::ItemError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use super::request_id::current_request_id;
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// The body of every error response (RFC 9457 problem details, plus the request id and, where
+/// they apply, the item errors, the JSON position or the time to wait).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A stable URI naming the kind of problem, e.g. `/problems/validation-failed`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    /// The HTTP status, repeated.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// Also in the `x-request-id` header; quote it when reporting a problem.
+    pub request_id: String,
+    /// 422: the first 1,000 item errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::api::openapi::ItemErrorSchema>>)]
+    pub errors: Option<Vec<ItemError>>,
+    /// 422: how many item errors there are in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_errors: Option<usize>,
+    /// 400 malformed JSON: where (from 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    /// 429: seconds to wait, as in `Retry-After`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+}
 
 /// Everything a request can fail with. Each variant has a stable problem `type`.
 #[derive(Debug, thiserror::Error)]
@@ -129,30 +160,33 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let request_id = current_request_id();
-        let mut body = json!({
-            "type": format!("/problems/{slug}"),
-            "title": title,
-            "status": status.as_u16(),
-            "request_id": request_id,
-        });
+        let mut body = Problem {
+            problem_type: format!("/problems/{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: String::new(),
+            request_id: request_id.clone(),
+            errors: None,
+            total_errors: None,
+            line: None,
+            column: None,
+            retry_after_seconds: retry_after,
+        };
         if status.is_server_error() {
             // The cause goes to the log only; the client gets the request id to quote.
             tracing::error!(error = ?anyhow::Error::new(self), %request_id, "Request failed");
-            body["detail"] =
-                json!("the request could not be completed; quote the request_id when reporting it");
+            body.detail =
+                "the request could not be completed; quote the request_id when reporting it".into();
         } else {
-            body["detail"] = json!(self.to_string());
+            body.detail = self.to_string();
             match self {
                 Self::Validation { errors, total } => {
-                    body["errors"] = json!(errors);
-                    body["total_errors"] = json!(total);
-                }
-                Self::RateLimited { retry_after, .. } => {
-                    body["retry_after_seconds"] = json!(retry_after.as_secs_f64().ceil() as u64);
+                    body.errors = Some(errors);
+                    body.total_errors = Some(total);
                 }
                 Self::MalformedJson { line, column, .. } => {
-                    body["line"] = json!(line);
-                    body["column"] = json!(column);
+                    body.line = Some(line);
+                    body.column = Some(column);
                 }
                 _ => {}
             }

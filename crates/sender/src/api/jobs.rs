@@ -22,6 +22,21 @@ const EVENT_POLL: Duration = Duration::from_millis(500);
 /// (Redis may have been flushed).
 const RECONCILE_EVERY: u32 = 10;
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{job_id}",
+    tag = "jobs",
+    params(("job_id" = uuid::Uuid, Path, description = "The job id from the 202 answer")),
+    responses(
+        (status = 200, description = "The job and its counters", body = JobView),
+        (status = 400, description = "Malformed JSON, or a bad parameter or job id", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job for this client", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the client's rate limit; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "MySQL unavailable", body = crate::api::error::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -36,6 +51,22 @@ pub async fn get(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{job_id}",
+    tag = "jobs",
+    params(("job_id" = uuid::Uuid, Path, description = "The job id from the 202 answer")),
+    responses(
+        (status = 200, description = "The cancelled reserved job", body = JobView),
+        (status = 400, description = "Malformed JSON, or a bad parameter or job id", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job for this client", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency-Key reused with another body, or the job cannot be cancelled", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the client's rate limit; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "MySQL unavailable", body = crate::api::error::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -66,6 +97,21 @@ fn job_id_from(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError
         .map_err(|rejection| ApiError::InvalidParameter(rejection.body_text()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{job_id}/events",
+    tag = "jobs",
+    params(("job_id" = uuid::Uuid, Path, description = "The job id from the 202 answer")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `progress` events carrying a JobView on each change, then one `final` event", content_type = "text/event-stream", body = crate::api::openapi::JobEventSchema),
+        (status = 400, description = "Malformed JSON, or a bad parameter or job id", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job for this client", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the client's rate limit; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "MySQL unavailable", body = crate::api::error::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,

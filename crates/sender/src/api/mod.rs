@@ -4,6 +4,7 @@ pub mod accruals;
 pub mod auth;
 pub mod error;
 pub mod jobs;
+pub mod openapi;
 pub mod ops;
 pub mod request_id;
 
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(metrics, count_request))
         .layer(axum::middleware::from_fn(request_id::assign))

@@ -14,11 +14,12 @@ use crate::state::AppState;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process serves HTTP", content_type = "text/plain", body = String)))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Check {
     /// `up` or `down`.
     pub status: &'static str,
@@ -26,7 +27,7 @@ pub struct Check {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// `ready` when MySQL and SQS answer (Redis is optional: without it rate limits fail open and
     /// progress comes from MySQL), `not_ready` otherwise.
@@ -56,6 +57,10 @@ fn check<E: std::fmt::Display>(
 }
 
 /// Readiness: 200 when MySQL and SQS answer, 503 otherwise; each dependency's state in the body.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "MySQL and SQS answer", body = Readiness),
+    (status = 503, description = "MySQL or SQS does not answer", body = Readiness),
+))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mysql = tokio::time::timeout(CHECK_TIMEOUT, async {
         sqlx::query("SELECT 1")
@@ -102,6 +107,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus metrics, with the dispatch lag read from MySQL at scrape time.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let lag: Result<Result<(Option<f64>, i64), sqlx::Error>, _> =
         tokio::time::timeout(CHECK_TIMEOUT, async {

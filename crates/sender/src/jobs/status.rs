@@ -12,7 +12,7 @@ use super::store::{self, JobRow};
 pub const FINAL_STATUSES: [&str; 3] = ["completed", "completed_with_errors", "cancelled"];
 
 /// `GET /v1/jobs/{job_id}` and each SSE event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub job_id: Uuid,
     pub status: String,

@@ -7,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{TestApp, item, problem, spawn_app};
+use crate::process::SenderProcess;
 
 /// Nothing from earlier refused requests is in `members` or on the queue: after a valid one-point
 /// request, the queue holds exactly that one message.
@@ -161,7 +162,11 @@ async fn more_than_500000_items_returns_413() {
 /// Sends a raw HTTP/1.1 request head, then `body_bytes` of filler (ignoring a closed connection),
 /// and returns the status code of the answer.
 async fn raw_post(app: &TestApp, head_extra: &str, body_bytes: usize, chunked: bool) -> u16 {
-    let addr = app.address.trim_start_matches("http://").to_owned();
+    raw_post_to(&app.address, head_extra, body_bytes, chunked).await
+}
+
+async fn raw_post_to(address: &str, head_extra: &str, body_bytes: usize, chunked: bool) -> u16 {
+    let addr = address.trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     let head = format!(
         "POST /v1/accruals HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer key_a\r\n\
@@ -205,6 +210,31 @@ async fn a_declared_body_over_100_mib_returns_413_before_it_is_read() {
     .await;
 
     assert_eq!(status, 413);
+    assert_nothing_stored_or_queued(&app).await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_without_the_sender_growing_past_twice_the_limit() {
+    let app = spawn_app().await;
+    let sender = SenderProcess::spawn_with(&app.env, &[("DISPATCH_TASKS", "0")]).await;
+    let before = sender.peak_rss_kib();
+
+    let status = raw_post_to(
+        &sender.address,
+        "Transfer-Encoding: chunked\r\n",
+        101 * 1024 * 1024,
+        true,
+    )
+    .await;
+
+    let peak = sender.peak_rss_kib();
+    assert_eq!(status, 413);
+    let limit_kib = 100 * 1024;
+    println!("sender peak RSS {before} KiB before, {peak} KiB after a 101 MiB body");
+    assert!(
+        peak.saturating_sub(before) <= 2 * limit_kib,
+        "grew from {before} KiB to {peak} KiB"
+    );
     assert_nothing_stored_or_queued(&app).await;
 }
 

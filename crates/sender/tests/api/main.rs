@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accruals;
+mod contract;
 mod helpers;
 mod jobs;
 mod ops;

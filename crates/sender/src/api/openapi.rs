@@ -1,0 +1,140 @@
+//! The API contract, generated from the handlers' annotations and the response types, served at
+//! `GET /openapi.json`.
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::error::Problem;
+use super::ops::{Check, Readiness};
+use crate::api::accruals::Accepted;
+use crate::jobs::status::JobView;
+
+/// One accrual item of a `POST /v1/accruals` body. (The body is parsed leniently so that every
+/// item error can be reported; this schema states what a valid item is.)
+#[derive(ToSchema)]
+#[schema(as = AccrualItem)]
+#[allow(dead_code)]
+pub struct AccrualItemSchema {
+    /// 1-64 characters of `[A-Za-z0-9_.-]`.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_.-]{1,64}$",
+        example = "emp-00042"
+    )]
+    member_id: String,
+    /// 1-32 characters of `[A-Z0-9_]`.
+    #[schema(
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[A-Z0-9_]{1,32}$",
+        example = "WELFARE"
+    )]
+    point_type: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000, example = 500)]
+    amount: i64,
+    /// At most 255 characters.
+    #[schema(max_length = 255)]
+    reason: Option<String>,
+    /// RFC 3339, in the future.
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What is wrong with one field of one item.
+#[derive(ToSchema)]
+#[schema(as = ItemError)]
+#[allow(dead_code)]
+pub struct ItemErrorSchema {
+    /// Position of the item in the request array, from 0.
+    index: u64,
+    /// The field at fault, or `item` when the item itself is not an object.
+    field: String,
+    message: String,
+}
+
+/// One Server-Sent Event of `GET /v1/jobs/{job_id}/events`.
+#[derive(ToSchema)]
+#[schema(as = JobEvent)]
+#[allow(dead_code)]
+pub struct JobEventSchema {
+    /// `progress` on each change, then one `final`.
+    #[schema(pattern = "^(progress|final)$")]
+    event: String,
+    /// The job as JSON (a `JobView`).
+    data: String,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Bulk point-accrual API",
+        description = "Accepts bulk point accruals all-or-nothing and reports each job's progress. Every error is application/problem+json."
+    ),
+    paths(
+        super::accruals::post,
+        super::jobs::get,
+        super::jobs::cancel,
+        super::jobs::events,
+        super::ops::healthz,
+        super::ops::readyz,
+        super::ops::metrics,
+        openapi_json,
+    ),
+    components(schemas(AccrualItemSchema, ItemErrorSchema, JobEventSchema, Accepted, JobView, Problem, Readiness, Check)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "accruals", description = "Submit point accruals"),
+        (name = "jobs", description = "Follow or cancel a job"),
+        (name = "operations", description = "Health, readiness, metrics and this contract; no key needed"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The contract itself.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "This OpenAPI document", content_type = "application/json", body = Object))
+)]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_of_the_router_is_in_the_contract() {
+        let doc = ApiDoc::openapi();
+        let paths: Vec<&String> = doc.paths.paths.keys().collect();
+        for path in [
+            "/v1/accruals",
+            "/v1/jobs/{job_id}",
+            "/v1/jobs/{job_id}/events",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+        ] {
+            assert!(
+                paths.iter().any(|p| *p == path),
+                "{path} missing from {paths:?}"
+            );
+        }
+    }
+}
