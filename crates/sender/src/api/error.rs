@@ -59,6 +59,10 @@ pub enum ApiError {
     InvalidParameter(String),
     #[error("no such job")]
     NotFound,
+    #[error("no such route: {0}")]
+    NoRoute(String),
+    #[error("{0} is not allowed on this route")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
     #[error("the array holds no accrual items")]
@@ -117,7 +121,12 @@ impl ApiError {
                 "invalid-parameter",
                 "Invalid parameter",
             ),
-            Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::NotFound | Self::NoRoute(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             Self::EmptyRequest => (
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -204,3 +204,73 @@ async fn without_redis_the_api_keeps_serving_and_says_so() {
         .unwrap();
     assert!(unavailable >= 6.0, "{metrics}");
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_with_problem_json() {
+    let app = spawn_app().await;
+    let missing = app
+        .http
+        .get(format!("{}/v2/nothing", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(missing, 404).await["type"], "/problems/not-found");
+    let wrong_method = app
+        .http
+        .put(format!("{}/v1/accruals", app.address))
+        .bearer_auth("key_a")
+        .send()
+        .await
+        .unwrap();
+    let body = problem(wrong_method, 405).await;
+    assert_eq!(body["type"], "/problems/method-not-allowed");
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+}
+
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line_with_the_request_id() {
+    let app = spawn_app().await;
+    let log = std::env::temp_dir().join(format!("accrual-sender-{}.log", Uuid::now_v7()));
+    let mut sender = SenderProcess::spawn_logging_to(
+        &app.env,
+        &[
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "info"),
+            ("DISPATCH_TASKS", "0"),
+        ],
+        &log,
+    )
+    .await;
+    let response = app
+        .http
+        .post(format!("{}/v1/accruals", sender.address))
+        .bearer_auth("key_a")
+        .header("Content-Type", "application/json")
+        .body(format!("[{}]", item("member-1", "WELFARE", 5)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    sender.kill();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let accepted = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "Accepted accrual job")
+        .unwrap_or_else(|| panic!("no acceptance line in:\n{text}"));
+    assert_eq!(
+        accepted["span"]["request_id"],
+        request_id.as_str(),
+        "{accepted}"
+    );
+    assert_eq!(accepted["level"], "INFO");
+}

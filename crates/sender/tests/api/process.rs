@@ -19,6 +19,20 @@ impl SenderProcess {
 
     /// Like [`Self::spawn`], with `extra` environment variables on top.
     pub async fn spawn_with(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        Self::start(env, extra, Stdio::inherit()).await
+    }
+
+    /// Like [`Self::spawn_with`], with the process's log (stderr) written to `log`.
+    pub async fn spawn_logging_to(
+        env: &TestEnv,
+        extra: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        Self::start(env, extra, Stdio::from(file)).await
+    }
+
+    async fn start(env: &TestEnv, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -41,6 +55,7 @@ impl SenderProcess {
             .env("RUST_LOG", "warn")
             .envs(extra.iter().copied())
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let address = format!("http://127.0.0.1:{port}");
