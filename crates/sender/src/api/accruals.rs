@@ -69,14 +69,10 @@ pub struct PostParams {
     responses(
         (status = 202, description = "Job stored; its points are being sent", body = Accepted),
         (status = 200, description = "The job this Idempotency-Key already made", body = Accepted),
-        (status = 400, description = "Malformed JSON, or a bad parameter or job id", body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key reused with another body, or the job cannot be cancelled", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 100 MiB or over 500,000 items", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content type other than application/json", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid items (all listed, up to 1,000) or an empty array; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the client's rate limit; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "MySQL unavailable", body = crate::api::error::Problem, content_type = "application/problem+json")
     ),
     security(("bearer" = []))
 )]

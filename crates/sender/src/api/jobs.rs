@@ -29,11 +29,7 @@ const RECONCILE_EVERY: u32 = 10;
     params(("job_id" = uuid::Uuid, Path, description = "The job id from the 202 answer")),
     responses(
         (status = 200, description = "The job and its counters", body = JobView),
-        (status = 400, description = "Malformed JSON, or a bad parameter or job id", body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job for this client", body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the client's rate limit; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "MySQL unavailable", body = crate::api::error::Problem, content_type = "application/problem+json")
     ),
     security(("bearer" = []))
 )]
@@ -44,11 +40,7 @@ pub async fn get(
 ) -> Result<Json<JobView>, ApiError> {
     let client_id = super::authorize(&state, &headers).await?;
     let job_id = job_id_from(job_id)?;
-    let view = status::view(&state.pool, &state.progress, job_id, &client_id, true)
-        .await
-        .map_err(ApiError::database)?
-        .ok_or(ApiError::NotFound)?;
-    Ok(Json(view))
+    Ok(Json(find_view(&state, job_id, &client_id).await?))
 }
 
 #[utoipa::path(
@@ -58,12 +50,8 @@ pub async fn get(
     params(("job_id" = uuid::Uuid, Path, description = "The job id from the 202 answer")),
     responses(
         (status = 200, description = "The cancelled reserved job", body = JobView),
-        (status = 400, description = "Malformed JSON, or a bad parameter or job id", body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job for this client", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key reused with another body, or the job cannot be cancelled", body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the client's rate limit; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "MySQL unavailable", body = crate::api::error::Problem, content_type = "application/problem+json")
     ),
     security(("bearer" = []))
 )]
@@ -84,11 +72,15 @@ pub async fn cancel(
             CancelError::Db(e) => ApiError::database(e),
         })?;
     tracing::info!(%job_id, %client_id, "Cancelled reserved job");
-    let view = status::view(&state.pool, &state.progress, job_id, &client_id, true)
+    Ok(Json(find_view(&state, job_id, &client_id).await?))
+}
+
+/// The client's job, reconciled with MySQL; 404 when it has no such job.
+async fn find_view(state: &AppState, job_id: Uuid, client_id: &str) -> Result<JobView, ApiError> {
+    status::view(&state.pool, &state.progress, job_id, client_id, true)
         .await
         .map_err(ApiError::database)?
-        .ok_or(ApiError::NotFound)?;
-    Ok(Json(view))
+        .ok_or(ApiError::NotFound)
 }
 
 /// The job id of the path, or a problem+json 400 naming what is wrong with it.
@@ -104,11 +96,7 @@ fn job_id_from(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError
     params(("job_id" = uuid::Uuid, Path, description = "The job id from the 202 answer")),
     responses(
         (status = 200, description = "Server-Sent Events: `progress` events carrying a JobView on each change, then one `final` event", content_type = "text/event-stream", body = crate::api::openapi::JobEventSchema),
-        (status = 400, description = "Malformed JSON, or a bad parameter or job id", body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job for this client", body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the client's rate limit; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "MySQL unavailable", body = crate::api::error::Problem, content_type = "application/problem+json")
     ),
     security(("bearer" = []))
 )]
@@ -119,10 +107,7 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let client_id = super::authorize(&state, &headers).await?;
     let job_id = job_id_from(job_id)?;
-    let first = status::view(&state.pool, &state.progress, job_id, &client_id, true)
-        .await
-        .map_err(ApiError::database)?
-        .ok_or(ApiError::NotFound)?;
+    let first = find_view(&state, job_id, &client_id).await?;
 
     let follow = Follow {
         state,

@@ -2,8 +2,10 @@
 //! `GET /openapi.json`.
 
 use axum::Json;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::error::Problem;
 use super::ops::{Check, Readiness};
@@ -77,6 +79,61 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Adds the errors every keyed route can answer (bad parameter, no key, rate limit, MySQL down) to
+/// each operation that needs a key, so the handlers' annotations list only their own.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let problem = |description: &str| {
+            ResponseBuilder::new().description(description).content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+        };
+        let retry_after = HeaderBuilder::new()
+            .schema(<u64 as PartialSchema>::schema())
+            .description(Some("Seconds to wait"))
+            .build();
+        let common = [
+            (
+                "400",
+                problem("Malformed JSON, or a bad parameter or job id").build(),
+            ),
+            ("401", problem("Missing or unknown API key").build()),
+            (
+                "429",
+                problem("Over the client's rate limit; nothing stored")
+                    .header("Retry-After", retry_after)
+                    .build(),
+            ),
+            ("503", problem("MySQL unavailable").build()),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.security.as_ref().is_none_or(Vec::is_empty) {
+                    continue;
+                }
+                for (status, response) in &common {
+                    operation
+                        .responses
+                        .responses
+                        .entry((*status).to_owned())
+                        .or_insert_with(|| response.clone().into());
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -94,7 +151,7 @@ impl Modify for BearerAuth {
         openapi_json,
     ),
     components(schemas(AccrualItemSchema, ItemErrorSchema, JobEventSchema, Accepted, JobView, Problem, Readiness, Check)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "accruals", description = "Submit point accruals"),
         (name = "jobs", description = "Follow or cancel a job"),
