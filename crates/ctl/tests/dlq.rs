@@ -32,12 +32,7 @@ fn point(i: usize) -> PointRecord {
 fn accrualctl(env: &TestEnv, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_accrualctl"))
         .args(args)
-        .env("AWS_ENDPOINT_URL", &env.sqs.aws_endpoint_url)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("ACCRUAL_QUEUE", &env.sqs.accrual_queue)
-        .env("ACCRUAL_DLQ", &env.sqs.accrual_dlq)
+        .envs(env.service_env())
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();

@@ -4,6 +4,7 @@
 //! so tests run in parallel against the real MariaDB and LocalStack; dropping it removes them.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod process;
 pub mod proxy;
 
 use std::future::Future;

@@ -8,15 +8,7 @@ use crate::helpers::spawn_app_with;
 #[tokio::test]
 async fn openapi_json_describes_every_route_and_needs_no_key() {
     let app = spawn_app_with(|s| s.dispatch_tasks = 0).await;
-    let doc: serde_json::Value = app
-        .http
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.get_json("/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [

@@ -76,6 +76,18 @@ impl TestApp {
         stats
     }
 
+    /// `GET path` (no key) as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.http.get(format!("{}{path}", self.address)).send();
+        response.await.unwrap().json().await.unwrap()
+    }
+
+    /// `GET path` (no key) as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.http.get(format!("{}{path}", self.address)).send();
+        response.await.unwrap().text().await.unwrap()
+    }
+
     /// `POST /v1/accruals` as client_a with a JSON content type.
     pub async fn post_accruals(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.post_accruals_as(body, Some(KEY_A), "application/json")

@@ -1,5 +1,6 @@
 //! Keys on every route, rate limits shared across replicas, health, readiness and metrics.
 
+use accrual_testkit::process::metric;
 use uuid::Uuid;
 
 use crate::helpers::{item, problem, spawn_app, spawn_app_with};
@@ -35,15 +36,7 @@ async fn every_api_route_needs_a_key_and_health_readiness_and_metrics_do_not() {
 #[tokio::test]
 async fn readyz_reports_each_dependency_and_metrics_count_requests_by_route() {
     let app = spawn_app().await;
-    let ready: serde_json::Value = app
-        .http
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.get_json("/readyz").await;
     assert_eq!(ready["status"], "ready", "{ready}");
     for dependency in ["mysql", "redis", "sqs"] {
         assert_eq!(ready[dependency]["status"], "up", "{ready}");
@@ -60,15 +53,7 @@ async fn readyz_reports_each_dependency_and_metrics_count_requests_by_route() {
         .await
         .unwrap();
 
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
 
     for line in [
         r#"accrual_sender_http_requests_total{route="/v1/accruals",method="POST",status="202"} 1"#,
@@ -176,32 +161,11 @@ async fn without_redis_the_api_keeps_serving_and_says_so() {
             .await;
         assert_eq!(response.status(), 202, "fail open: no limit without Redis");
     }
-    let ready: serde_json::Value = app
-        .http
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.get_json("/readyz").await;
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["redis"]["status"], "down", "{ready}");
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let unavailable: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("accrual_sender_rate_limit_unavailable_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
+    let unavailable = metric(&metrics, "accrual_sender_rate_limit_unavailable_total").unwrap();
     assert!(unavailable >= 6.0, "{metrics}");
 }
 

@@ -1,14 +1,27 @@
 //! The sender as a separate OS process, for tests that kill it.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-use accrual_testkit::{TestEnv, eventually};
+use accrual_testkit::TestEnv;
+use accrual_testkit::process::{ServiceProcess, free_port};
 
 /// A running `accrual-sender` process; killed when dropped.
 pub struct SenderProcess {
-    child: Child,
+    process: ServiceProcess,
     pub address: String,
+}
+
+impl std::ops::Deref for SenderProcess {
+    type Target = ServiceProcess;
+    fn deref(&self) -> &ServiceProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for SenderProcess {
+    fn deref_mut(&mut self) -> &mut ServiceProcess {
+        &mut self.process
+    }
 }
 
 impl SenderProcess {
@@ -33,81 +46,21 @@ impl SenderProcess {
     }
 
     async fn start(env: &TestEnv, extra: &[(&str, &str)], stderr: Stdio) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_accrual-sender"))
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_accrual-sender"));
+        command
+            .envs(env.service_env())
             .env("SENDER_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", &env.database.database_url)
-            .env("AWS_ENDPOINT_URL", &env.sqs.aws_endpoint_url)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("ACCRUAL_QUEUE", &env.sqs.accrual_queue)
-            .env("ACCRUAL_DLQ", &env.sqs.accrual_dlq)
-            .env("REDIS_URL", &env.redis.redis_url)
-            .env("REDIS_KEY_PREFIX", &env.redis.redis_key_prefix)
             .env("CHUNK_ITEMS", "2000")
             .env("DISPATCH_LEASE", "3s")
             .env("DISPATCH_POLL", "200ms")
             .env("RUST_LOG", "warn")
             .envs(extra.iter().copied())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let address = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let health = format!("{address}/healthz");
-        eventually(
-            Duration::from_secs(30),
-            "the sender process to listen",
-            || async { http.get(&health).send().await.is_ok() },
-        )
-        .await;
-        Self { child, address }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Peak resident memory so far (VmHWM), in KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    /// SIGKILL: no chance to release leases or finish anything.
-    pub fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl SenderProcess {
-    /// SIGTERM, then waits for the exit; returns the exit status and how long the exit took.
-    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
-        let started = std::time::Instant::now();
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let status = self.child.wait().unwrap();
-        (status, started.elapsed())
-    }
-}
-
-impl Drop for SenderProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .stderr(stderr);
+        Self {
+            process: ServiceProcess::start(command, port).await,
+            address: format!("http://127.0.0.1:{port}"),
+        }
     }
 }
