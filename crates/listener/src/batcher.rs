@@ -99,7 +99,6 @@ impl Batcher {
             }
         }
         self.held.release(&handles);
-        self.metrics.in_flight.dec_by(count as i64);
     }
 
     /// After the write: dead-letters the refused rows, deletes the others' messages and counts.

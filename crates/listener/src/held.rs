@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -16,10 +17,12 @@ use crate::queue::Queue;
 /// Visibility is never extended more often than this, however short the queue's timeout.
 const MIN_EXTEND_EVERY: Duration = Duration::from_millis(500);
 
-/// Receipt handles of held messages, each with the time its visibility timeout last started.
+/// Receipt handles of held messages, each with the time its visibility timeout last started; their
+/// number is the `messages_in_flight` gauge.
 #[derive(Clone, Debug, Default)]
 pub struct HeldMessages {
     inner: Arc<Mutex<HashMap<String, Instant>>>,
+    count: Gauge,
 }
 
 impl HeldMessages {
@@ -28,16 +31,28 @@ impl HeldMessages {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Held messages counted in `gauge`.
+    pub fn new(gauge: Gauge) -> Self {
+        Self {
+            inner: Arc::default(),
+            count: gauge,
+        }
+    }
+
     /// Records a message received at `at`.
     pub fn hold(&self, receipt_handle: &str, at: Instant) {
-        self.lock().insert(receipt_handle.to_owned(), at);
+        if self.lock().insert(receipt_handle.to_owned(), at).is_none() {
+            self.count.inc();
+        }
     }
 
     /// Forgets messages that were deleted or handed back.
     pub fn release(&self, receipt_handles: &[String]) {
         let mut held = self.lock();
         for h in receipt_handles {
-            held.remove(h);
+            if held.remove(h).is_some() {
+                self.count.dec();
+            }
         }
     }
 
@@ -123,7 +138,9 @@ mod tests {
         );
         held.restarted(&["old".to_owned()], t0 + Duration::from_secs(20));
         assert!(held.started_before(t0 + Duration::from_secs(5)).is_empty());
+        assert_eq!(held.count.get(), 2);
         held.release(&["old".to_owned(), "new".to_owned()]);
         assert!(held.is_empty());
+        assert_eq!(held.count.get(), 0);
     }
 }

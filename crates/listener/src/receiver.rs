@@ -100,11 +100,9 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
                         record,
                         receipt_handle: handle,
                     };
-                    metrics.in_flight.inc();
                     // Waits while the batcher is busy: back-pressure instead of an unbounded buffer.
                     if let Err(unsent) = to_batcher.send(inbound).await {
                         held.release(&[unsent.0.receipt_handle]);
-                        metrics.in_flight.dec();
                         tracing::error!(
                             "Batcher stopped before the receivers; the rest of this receive will be delivered again"
                         );

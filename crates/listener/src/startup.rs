@@ -91,7 +91,7 @@ impl Listener {
             ledger: self.ledger.clone(),
             progress: self.progress.clone(),
         };
-        let held = HeldMessages::default();
+        let held = HeldMessages::new(self.metrics.in_flight.clone());
         let tracker = TaskTracker::new();
         let receiver = receiver::Receiver {
             queue: self.queue.clone(),
