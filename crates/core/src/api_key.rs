@@ -6,6 +6,15 @@ use sha2::{Digest, Sha256};
 /// Prefix of a key given as its digest.
 pub const DIGEST_PREFIX: &str = "sha256:";
 
+/// Whether `client` may name a client: 1-64 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_client_id(client: &str) -> bool {
+    !client.is_empty()
+        && client.len() <= 64
+        && client
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// SHA-256 of a key.
 pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()

@@ -146,12 +146,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::New { client },
         } => {
-            let valid = !client.is_empty()
-                && client.len() <= 64
-                && client
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-            if !valid {
+            if !accrual_core::api_key::valid_client_id(&client) {
                 anyhow::bail!("client id `{client}` must be 1-64 characters of [A-Za-z0-9_.-]");
             }
             let key = accrual_core::api_key::generate();

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use accrual_core::api_key::{self, DIGEST_PREFIX};
+use accrual_core::api_key::{self, DIGEST_PREFIX, valid_client_id};
 use axum::http::{HeaderMap, header};
 
 use super::error::ApiError;
@@ -26,15 +26,6 @@ impl std::fmt::Debug for ApiKeys {
             .field("clients", &clients)
             .finish()
     }
-}
-
-/// Whether `client` may name a client: 1-64 characters of `[A-Za-z0-9_.-]`.
-pub fn valid_client_id(client: &str) -> bool {
-    !client.is_empty()
-        && client.len() <= 64
-        && client
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 impl ApiKeys {
