@@ -4,11 +4,11 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use accrual_benches::workload::Workload;
 use accrual_core::settings::DatabaseSettings;
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures_util::{StreamExt, TryStreamExt, stream};
-use rand::Rng;
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -42,28 +42,13 @@ struct Args {
     database: DatabaseSettings,
 }
 
-const POINT_TYPES: [&str; 2] = ["WELFARE", "BONUS"];
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
-    let mut rng = rand::rng();
-    let items: Vec<serde_json::Value> = (0..args.points)
-        .map(|i| {
-            serde_json::json!({
-                "member_id": format!("member-{:07}", i % args.members.max(1)),
-                "point_type": POINT_TYPES[(i / args.members.max(1)) % POINT_TYPES.len()],
-                "amount": rng.random_range(1..=1_000),
-                "reason": "demo campaign",
-            })
-        })
-        .collect();
-    let expected_sum: i64 = items.iter().filter_map(|i| i["amount"].as_i64()).sum();
-    let bodies: Vec<Vec<u8>> = items
-        .chunks(args.items_per_request.max(1))
-        .map(serde_json::to_vec)
-        .collect::<Result<_, _>>()?;
+    let workload = Workload::generate(args.points, args.members, args.items_per_request);
+    let expected_sum = workload.amount_sum;
+    let bodies = workload.bodies;
     eprintln!(
         "posting {} points for {} members as {} request(s) to {}",
         args.points,

@@ -36,6 +36,38 @@ impl WriteOutcome {
     }
 }
 
+/// The SQL of a multi-row insert of `rows` points into `table`, each row the eight columns that
+/// [`insert_query`] binds; an existing `accrual_id` is left as it is.
+pub fn insert_sql(table: &str, rows: usize) -> String {
+    format!(
+        "INSERT INTO {table} \
+         (accrual_id, job_id, member_id, point_type, amount, reason, expires_at, accepted_at) \
+         VALUES {} ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
+        placeholders(rows, INSERT_COLUMNS)
+    )
+}
+
+/// Binds the points to an insert made by [`insert_sql`] for exactly `records.len()` rows.
+pub fn insert_query<'q>(
+    sql: Arc<str>,
+    records: &[&'q PointRecord],
+) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for r in records {
+        let a = &r.accrual;
+        query = query
+            .bind(r.accrual_id)
+            .bind(r.job_id)
+            .bind(a.member_id.as_str())
+            .bind(a.point_type.as_str())
+            .bind(a.amount.get())
+            .bind(a.reason.as_ref().map(Reason::as_str))
+            .bind(a.expires_at)
+            .bind(r.accepted_at);
+    }
+    query
+}
+
 /// The ledger table, with its statements prepared once per shape.
 #[derive(Clone, Debug)]
 pub struct Ledger {
@@ -51,15 +83,7 @@ impl Ledger {
         let max_rows = max_rows.max(1);
         let shapes = max_rows.ilog2() as usize + 1;
         let insert_sql = (0..shapes)
-            .map(|k| {
-                format!(
-                    "INSERT INTO point_accruals \
-                     (accrual_id, job_id, member_id, point_type, amount, reason, expires_at, accepted_at) \
-                     VALUES {} ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
-                    placeholders(1 << k, INSERT_COLUMNS)
-                )
-                .into()
-            })
+            .map(|k| insert_sql("point_accruals", 1 << k).into())
             .collect();
         let select_sql = (0..shapes)
             .map(|k| {
@@ -101,20 +125,7 @@ impl Ledger {
                 let (chunk, tail) = rest.split_at(size);
                 rest = tail;
                 let sql = self.insert_sql[size.ilog2() as usize].clone();
-                let mut query = sqlx::query(AssertSqlSafe(sql));
-                for r in chunk {
-                    let a = &r.accrual;
-                    query = query
-                        .bind(r.accrual_id)
-                        .bind(r.job_id)
-                        .bind(a.member_id.as_str())
-                        .bind(a.point_type.as_str())
-                        .bind(a.amount.get())
-                        .bind(a.reason.as_ref().map(Reason::as_str))
-                        .bind(a.expires_at)
-                        .bind(r.accepted_at);
-                }
-                query.execute(&mut *tx).await?;
+                insert_query(sql, chunk).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         }

@@ -1,0 +1,391 @@
+//! `accrual-bench`: the end-to-end benchmark. In one run it measures the limits the pipeline sits
+//! on (a raw SQS round trip and raw MySQL multi-row inserts of the same points, no application
+//! logic) and then the pipeline itself (release builds of one sender and L listeners as
+//! processes), and reports the pipeline against those limits: throughput, latency, and the CPU and
+//! memory of each of our processes. Results go to stdout as a table and to `--results-dir` as JSON.
+
+mod pipeline;
+mod raw;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use accrual_benches::workload::Workload;
+use accrual_core::settings::{DatabaseSettings, SqsSettings};
+use accrual_core::sqs::QueueOptions;
+use accrual_core::{db, sqs};
+use anyhow::{Context, bail};
+use clap::Parser;
+use uuid::Uuid;
+
+use crate::pipeline::Service;
+use crate::raw::SqsShape;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "accrual-bench",
+    about = "End-to-end benchmark of the accrual pipeline against the raw limits of SQS and MySQL"
+)]
+pub struct Args {
+    /// Points to send through the pipeline.
+    #[arg(long, default_value_t = 1_000_000)]
+    points: usize,
+    /// Distinct members the points are spread over.
+    #[arg(long, default_value_t = 300_000)]
+    members: usize,
+    /// Items per request: 500,000 for bulk jobs, 1,000 for many small calls.
+    #[arg(long, default_value_t = 500_000)]
+    items_per_request: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Listener processes.
+    #[arg(long, default_value_t = 1)]
+    listeners: usize,
+    /// Points sent through the raw SQS round trip (a sample: its rate is what is compared).
+    /// 0 skips both raw measurements.
+    #[arg(long, default_value_t = 100_000)]
+    raw_sqs_points: usize,
+    /// Connections of the raw MySQL insert.
+    #[arg(long, default_value_t = 4)]
+    raw_mysql_connections: usize,
+    /// Dispatch tasks of the sender (passed to it as DISPATCH_TASKS).
+    #[arg(long, env = "DISPATCH_TASKS", default_value_t = 2)]
+    dispatch_tasks: usize,
+    /// SendMessageBatch calls in flight per dispatch task (SEND_CONCURRENCY).
+    #[arg(long, env = "SEND_CONCURRENCY", default_value_t = 8)]
+    send_concurrency: usize,
+    /// Receive tasks per listener (RECEIVE_TASKS).
+    #[arg(long, env = "RECEIVE_TASKS", default_value_t = 8)]
+    receive_tasks: usize,
+    /// Rows per listener batch and per raw insert statement (BATCH_MAX_ROWS).
+    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 512)]
+    batch_max_rows: usize,
+    /// Where `accrual-sender` and `accrual-listener` are; by default next to this binary.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// MySQL server; the benchmark creates a database of its own there and drops it afterwards.
+    #[arg(
+        long,
+        env = "BENCH_MYSQL_URL",
+        default_value = "mysql://root@127.0.0.1:3306"
+    )]
+    mysql_url: String,
+    /// SQS endpoint (LocalStack).
+    #[arg(
+        long,
+        env = "AWS_ENDPOINT_URL",
+        default_value = "http://127.0.0.1:4566"
+    )]
+    aws_endpoint_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Where the JSON result is written.
+    #[arg(long, default_value = "benches/results")]
+    results_dir: PathBuf,
+    /// A word for the result's file name and JSON (e.g. `bulk`, `calls`).
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// Give up when the ledger is not complete after this many seconds.
+    #[arg(long, default_value_t = 3_600)]
+    timeout_secs: u64,
+    /// Keep the benchmark's database and queues (for a look afterwards).
+    #[arg(long)]
+    keep: bool,
+}
+
+const API_KEY: &str = "bench-key";
+
+/// The database and queues of one run.
+struct Scratch {
+    id: String,
+    database: DatabaseSettings,
+    sqs: SqsSettings,
+    raw_queue: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.points == 0 {
+        bail!("--points must be at least 1");
+    }
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the benchmark binary has no directory")?
+            .to_owned(),
+    };
+    for exe in ["accrual-sender", "accrual-listener"] {
+        if !bin_dir.join(exe).is_file() {
+            bail!(
+                "{} is missing; build it first: cargo build --release -p accrual-sender -p accrual-listener",
+                bin_dir.join(exe).display()
+            );
+        }
+    }
+
+    let uuid = Uuid::now_v7().simple().to_string();
+    let id = uuid[20..].to_owned();
+    let scratch = Scratch {
+        database: DatabaseSettings {
+            database_url: format!(
+                "{}/accrual_bench_{id}",
+                args.mysql_url.trim_end_matches('/')
+            ),
+            database_max_connections: args.raw_mysql_connections.max(2) as u32,
+        },
+        sqs: SqsSettings {
+            aws_endpoint_url: args.aws_endpoint_url.clone(),
+            aws_region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            accrual_queue: format!("accrual-bench-{id}"),
+            accrual_dlq: format!("accrual-bench-{id}-dlq"),
+        },
+        raw_queue: format!("accrual-bench-{id}-raw"),
+        id,
+    };
+    eprintln!(
+        "accrual-bench {}: {} points over {} members as requests of {} items, {} at once, {} listener(s)",
+        scratch.id,
+        args.points,
+        args.members.min(args.points),
+        args.items_per_request.min(args.points),
+        args.concurrency,
+        args.listeners
+    );
+    db::create_database_if_absent(&scratch.database.database_url).await?;
+    let pool = db::connect(&scratch.database).await?;
+    db::migrate(&pool).await?;
+    let client = sqs::client(&scratch.sqs).await;
+    let queues = sqs::ensure_queues(
+        &client,
+        &scratch.sqs.accrual_queue,
+        &scratch.sqs.accrual_dlq,
+        QueueOptions::default(),
+    )
+    .await?;
+
+    let result = measure(&args, &bin_dir, &scratch, &pool, &client, &queues).await;
+
+    if !args.keep {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS accrual_bench_{}",
+            scratch.id
+        )))
+        .execute(&pool)
+        .await;
+        for url in [&queues.main, &queues.dlq] {
+            let _ = client.delete_queue().queue_url(url).send().await;
+        }
+    }
+    let report = result?;
+    println!("{}", report.table());
+    let path = report.save(&args.results_dir)?;
+    eprintln!("results written to {}", path.display());
+    Ok(())
+}
+
+async fn measure(
+    args: &Args,
+    bin_dir: &std::path::Path,
+    scratch: &Scratch,
+    pool: &sqlx::MySqlPool,
+    client: &aws_sdk_sqs::Client,
+    queues: &sqs::QueueUrls,
+) -> anyhow::Result<report::Report> {
+    let workload = Workload::generate(args.points, args.members, args.items_per_request);
+    let mut raw_mysql = None;
+    let mut raw_sqs = None;
+    if args.raw_sqs_points > 0 {
+        let records = workload.records()?;
+        let table = "raw_point_accruals";
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {table} LIKE point_accruals"
+        )))
+        .execute(pool)
+        .await?;
+        raw_mysql = Some(
+            raw::mysql_insert(
+                pool,
+                table,
+                &records,
+                args.batch_max_rows,
+                args.raw_mysql_connections,
+            )
+            .await?,
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+            .execute(pool)
+            .await?;
+
+        let bodies: Vec<String> = records
+            .iter()
+            .take(args.raw_sqs_points)
+            .map(|r| r.encode())
+            .collect();
+        drop(records);
+        let url = client
+            .create_queue()
+            .queue_name(&scratch.raw_queue)
+            .send()
+            .await
+            .context("cannot create the raw queue")?
+            .queue_url()
+            .unwrap_or_default()
+            .to_owned();
+        let shape = SqsShape {
+            send_calls: args.dispatch_tasks * args.send_concurrency,
+            receivers: args.listeners * args.receive_tasks,
+            wait_secs: 2,
+        };
+        let outcome = raw::sqs_round_trip(client, &url, bodies, shape).await;
+        let _ = client.delete_queue().queue_url(&url).send().await;
+        raw_sqs = Some(outcome?);
+    }
+
+    let logs = std::env::temp_dir().join(format!("accrual-bench-{}", scratch.id));
+    std::fs::create_dir_all(&logs)?;
+    let http = reqwest::Client::new();
+    let common = service_env(args, scratch);
+    let sender_port = free_port()?;
+    let mut sender_env = common.clone();
+    sender_env.extend([
+        ("SENDER_ADDR".into(), format!("127.0.0.1:{sender_port}")),
+        ("ACCRUAL_API_KEYS".into(), format!("bench:{API_KEY}")),
+        ("RATE_LIMIT_REQUESTS_PER_MINUTE".into(), "1000000".into()),
+        ("RATE_LIMIT_POINTS_PER_MINUTE".into(), "1000000000".into()),
+        ("DISPATCH_TASKS".into(), args.dispatch_tasks.to_string()),
+        ("SEND_CONCURRENCY".into(), args.send_concurrency.to_string()),
+    ]);
+    let mut listeners = Vec::with_capacity(args.listeners);
+    for i in 0..args.listeners.max(1) {
+        let port = free_port()?;
+        let mut env = common.clone();
+        env.extend([
+            ("LISTENER_ADDR".into(), format!("127.0.0.1:{port}")),
+            ("RECEIVE_TASKS".into(), args.receive_tasks.to_string()),
+            ("BATCH_MAX_ROWS".into(), args.batch_max_rows.to_string()),
+        ]);
+        let name = format!("listener-{}", i + 1);
+        let log = logs.join(format!("{name}.log"));
+        listeners.push(
+            Service::start(
+                &name,
+                &bin_dir.join("accrual-listener"),
+                &env,
+                port,
+                log,
+                &http,
+            )
+            .await?,
+        );
+    }
+    let mut sender = Service::start(
+        "sender",
+        &bin_dir.join("accrual-sender"),
+        &sender_env,
+        sender_port,
+        logs.join("sender.log"),
+        &http,
+    )
+    .await?;
+
+    let largest_body = workload.largest_body();
+    let requests = workload.bodies.len();
+    let Workload {
+        bodies,
+        amount_sum,
+        points,
+        members,
+    } = workload;
+    let outcome = pipeline::run(
+        &http,
+        &mut sender,
+        &mut listeners,
+        pipeline::Load {
+            api_key: API_KEY.into(),
+            bodies,
+            concurrency: args.concurrency,
+            points,
+            timeout: Duration::from_secs(args.timeout_secs),
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "the pipeline run failed; process logs are in {}",
+            logs.display()
+        )
+    })?;
+    let sender_use = sender.usage()?;
+    let listener_use = listeners
+        .iter_mut()
+        .map(Service::usage)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    sender.stop(Duration::from_secs(10));
+    for listener in &mut listeners {
+        listener.stop(Duration::from_secs(10));
+    }
+
+    let (rows, sum): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(amount), 0) AS SIGNED) FROM point_accruals",
+    )
+    .fetch_one(pool)
+    .await?;
+    let dead_letters = sqs::approximate_depth(client, &queues.dlq).await?;
+    if rows != points as i64 || sum != amount_sum || dead_letters != 0 {
+        bail!(
+            "the ledger does not match what was sent: {rows} rows summing to {sum} and {dead_letters} dead letters, \
+             expected {points} rows summing to {amount_sum} and none; process logs are in {}",
+            logs.display()
+        );
+    }
+    eprintln!(
+        "ledger checked: {rows} rows, amounts sum to {sum}, no dead letters; process logs in {}",
+        logs.display()
+    );
+    Ok(report::Report {
+        args: args.clone(),
+        id: scratch.id.clone(),
+        members: members.min(points),
+        requests,
+        largest_body,
+        pipeline: outcome,
+        sender: sender_use,
+        listeners: listener_use,
+        raw_sqs,
+        raw_mysql,
+    })
+}
+
+/// The environment every service gets: this run's database, queues and Redis prefix, static test
+/// credentials, and quiet logs.
+fn service_env(args: &Args, scratch: &Scratch) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", scratch.database.database_url.clone()),
+        ("AWS_ENDPOINT_URL", args.aws_endpoint_url.clone()),
+        ("AWS_REGION", scratch.sqs.aws_region.clone()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("ACCRUAL_QUEUE", scratch.sqs.accrual_queue.clone()),
+        ("ACCRUAL_DLQ", scratch.sqs.accrual_dlq.clone()),
+        ("REDIS_URL", args.redis_url.clone()),
+        ("REDIS_KEY_PREFIX", format!("accrual-bench:{}:", scratch.id)),
+        (
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

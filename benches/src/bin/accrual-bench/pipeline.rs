@@ -1,0 +1,286 @@
+//! The pipeline itself: release builds of one sender and L listeners as processes, the workload
+//! posted to the sender, and the ledger followed until every point is in MySQL.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use accrual_benches::proc_stats::{self, ProcStats};
+use accrual_benches::progress::ProgressBar;
+use anyhow::{Context, bail};
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+/// One of our processes, killed if still running when dropped.
+pub struct Service {
+    pub name: String,
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    /// CPU and memory when the measured work began.
+    baseline: ProcStats,
+    /// Largest VmRSS seen by the samples taken during the run, KiB.
+    pub max_sampled_rss_kib: u64,
+}
+
+/// What one process used during the run.
+#[derive(Debug, Clone)]
+pub struct ProcessUse {
+    pub name: String,
+    pub cpu_seconds: f64,
+    pub peak_rss_kib: u64,
+    pub max_sampled_rss_kib: u64,
+}
+
+impl Service {
+    /// Starts `exe` with `env` (on top of this process's environment), its output going to `log`,
+    /// and waits until it answers `/healthz` on `port`.
+    pub async fn start(
+        name: &str,
+        exe: &Path,
+        env: &[(String, String)],
+        port: u16,
+        log: PathBuf,
+        http: &reqwest::Client,
+    ) -> anyhow::Result<Self> {
+        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let child = Command::new(exe)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let mut service = Self {
+            name: name.to_owned(),
+            child,
+            port,
+            log,
+            baseline: ProcStats::default(),
+            max_sampled_rss_kib: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            service.check_alive()?;
+            let health = http
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} did not answer /healthz within 60 s; see {}",
+                    service.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        service.baseline = service.stats()?;
+        Ok(service)
+    }
+
+    /// An error naming the log if the process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); see {}",
+                self.name,
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> anyhow::Result<ProcStats> {
+        proc_stats::read(self.child.id())
+            .with_context(|| format!("cannot read /proc for {}", self.name))
+    }
+
+    /// Takes a memory sample.
+    pub fn sample(&mut self) -> anyhow::Result<ProcStats> {
+        let s = self.stats()?;
+        self.max_sampled_rss_kib = self.max_sampled_rss_kib.max(s.rss_kib);
+        Ok(s)
+    }
+
+    /// The value of an unlabelled sample on this process's `/metrics`.
+    pub async fn metric(&self, http: &reqwest::Client, name: &str) -> anyhow::Result<f64> {
+        let text = http
+            .get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .send()
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{} has no metric {name}", self.name))
+    }
+
+    /// CPU since the baseline and memory peaks, read now.
+    pub fn usage(&mut self) -> anyhow::Result<ProcessUse> {
+        let now = self.sample()?;
+        Ok(ProcessUse {
+            name: self.name.clone(),
+            cpu_seconds: now.cpu_seconds - self.baseline.cpu_seconds,
+            peak_rss_kib: now.peak_rss_kib,
+            max_sampled_rss_kib: self.max_sampled_rss_kib,
+        })
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Timings of one pipeline run, all measured from the first request.
+#[derive(Debug, Clone)]
+pub struct PipelineOutcome {
+    /// Each request's latency until its 202.
+    pub accept_latencies: Vec<Duration>,
+    pub all_accepted: Duration,
+    pub all_enqueued: Duration,
+    pub all_in_mysql: Duration,
+    /// The sender's VmHWM right after the last 202, KiB.
+    pub sender_peak_rss_accepting_kib: u64,
+}
+
+/// The requests of a run and when to give up on them.
+pub struct Load {
+    pub api_key: String,
+    pub bodies: Vec<Vec<u8>>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Points in all the bodies together.
+    pub points: usize,
+    pub timeout: Duration,
+}
+
+/// Posts the bodies (at most `concurrency` requests at once) and follows the points until the
+/// listeners have written `points` of them, sampling the processes once a second.
+pub async fn run(
+    http: &reqwest::Client,
+    sender: &mut Service,
+    listeners: &mut [Service],
+    load: Load,
+) -> anyhow::Result<PipelineOutcome> {
+    let Load {
+        api_key,
+        bodies,
+        concurrency,
+        points,
+        timeout,
+    } = load;
+    let url = format!("http://127.0.0.1:{}/v1/accruals", sender.port);
+    let requests = bodies.len();
+    let started = Instant::now();
+    let posting = {
+        let (http, url, key) = (http.clone(), url.clone(), api_key);
+        tokio::spawn(async move {
+            stream::iter(bodies)
+                .map(|body| post(&http, &url, &key, body))
+                .buffer_unordered(concurrency.max(1))
+                .try_collect::<Vec<Duration>>()
+                .await
+        })
+    };
+    let mut posting = Some(posting);
+    let mut accepted: Option<(Vec<Duration>, Duration, u64)> = None;
+    let mut enqueued_at = None;
+    let mut bar = ProgressBar::new("pipeline");
+    loop {
+        if let Some(task) = posting.take_if(|t| t.is_finished()) {
+            let latencies = task.await.context("the posting task panicked")??;
+            let peak = sender.sample()?.peak_rss_kib;
+            accepted = Some((latencies, started.elapsed(), peak));
+        }
+        sender.check_alive()?;
+        sender.sample()?;
+        let dispatched = sender
+            .metric(http, "accrual_sender_points_dispatched_total")
+            .await?;
+        if enqueued_at.is_none() && dispatched as usize >= points {
+            enqueued_at = Some(started.elapsed());
+        }
+        let mut written = 0.0;
+        for listener in listeners.iter_mut() {
+            listener.check_alive()?;
+            listener.sample()?;
+            written += listener
+                .metric(http, "accrual_listener_points_written_total")
+                .await?;
+        }
+        let written = written as u64;
+        let accepted_requests = if accepted.is_some() { requests } else { 0 };
+        let extra = format!(
+            " | accepted {accepted_requests}/{requests} requests, enqueued {dispatched:.0}"
+        );
+        if written as usize >= points && accepted.is_some() {
+            bar.finish(written, points as u64, &extra);
+            break;
+        }
+        bar.update(written, points as u64, &extra);
+        if started.elapsed() > timeout {
+            bail!(
+                "only {written} of {points} points reached MySQL within {}s",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all_in_mysql = started.elapsed();
+    let (mut accept_latencies, all_accepted, sender_peak_rss_accepting_kib) =
+        accepted.context("the requests were not all accepted")?;
+    accept_latencies.sort();
+    Ok(PipelineOutcome {
+        accept_latencies,
+        all_accepted,
+        all_enqueued: enqueued_at.unwrap_or(all_in_mysql),
+        all_in_mysql,
+        sender_peak_rss_accepting_kib,
+    })
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let response = http
+        .post(url)
+        .bearer_auth(key)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .context("cannot reach the sender")?;
+    let status = response.status();
+    let text = response.text().await.context("unreadable answer")?;
+    if status.as_u16() != 202 {
+        bail!("the sender answered {status}: {text}");
+    }
+    Ok(t.elapsed())
+}

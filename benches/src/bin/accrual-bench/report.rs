@@ -1,0 +1,331 @@
+//! The result of a run: a table for people and a JSON file for comparison between runs.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::Args;
+use crate::pipeline::{PipelineOutcome, ProcessUse};
+use crate::raw::RawOutcome;
+
+pub struct Report {
+    pub args: Args,
+    pub id: String,
+    pub members: usize,
+    pub requests: usize,
+    pub largest_body: usize,
+    pub pipeline: PipelineOutcome,
+    pub sender: ProcessUse,
+    pub listeners: Vec<ProcessUse>,
+    pub raw_sqs: Option<RawOutcome>,
+    pub raw_mysql: Option<RawOutcome>,
+}
+
+/// One of the targets and whether this run met it.
+struct Target {
+    name: &'static str,
+    goal: String,
+    value: String,
+    met: Option<bool>,
+}
+
+const MIB: f64 = 1024.0;
+
+impl Report {
+    fn points(&self) -> usize {
+        self.args.points
+    }
+
+    pub fn points_per_second(&self) -> f64 {
+        self.points() as f64 / self.pipeline.all_in_mysql.as_secs_f64()
+    }
+
+    fn cpu_us_per_point(&self, seconds: f64) -> f64 {
+        seconds * 1e6 / self.points() as f64
+    }
+
+    fn listeners_cpu(&self) -> f64 {
+        self.listeners.iter().map(|l| l.cpu_seconds).sum()
+    }
+
+    fn own_cpu_us_per_point(&self) -> f64 {
+        self.cpu_us_per_point(self.sender.cpu_seconds + self.listeners_cpu())
+    }
+
+    fn latency(&self, p: f64) -> Duration {
+        percentile(&self.pipeline.accept_latencies, p)
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let rate = self.points_per_second();
+        let mut targets = Vec::new();
+        if let Some(sqs) = self.raw_sqs {
+            let ratio = rate / sqs.per_second();
+            targets.push(Target {
+                name: "end to end vs raw SQS round trip",
+                goal: ">= 0.80".into(),
+                value: format!("{ratio:.2}"),
+                met: Some(ratio >= 0.8),
+            });
+            let ratio = self.own_cpu_us_per_point() / sqs.cpu_us_per_item();
+            targets.push(Target {
+                name: "own CPU vs raw SDK CPU per point",
+                goal: "<= 1.30".into(),
+                value: format!("{ratio:.2}"),
+                met: Some(ratio <= 1.3),
+            });
+        }
+        let bulk = self.args.items_per_request >= 500_000 && self.args.concurrency == 1;
+        let ratio =
+            self.pipeline.sender_peak_rss_accepting_kib as f64 * 1024.0 / self.largest_body as f64;
+        targets.push(Target {
+            name: "sender peak RSS vs request body",
+            goal: "<= 3.0 (one 500,000-item request)".into(),
+            value: format!("{ratio:.2}"),
+            met: bulk.then_some(ratio <= 3.0),
+        });
+        let listener_rss = self
+            .listeners
+            .iter()
+            .map(|l| l.max_sampled_rss_kib)
+            .max()
+            .unwrap_or(0) as f64
+            / MIB;
+        targets.push(Target {
+            name: "listener RSS (largest sample)",
+            goal: "<= 150 MiB".into(),
+            value: format!("{listener_rss:.0} MiB"),
+            met: Some(listener_rss <= 150.0),
+        });
+        targets
+    }
+
+    pub fn table(&self) -> String {
+        let p = &self.pipeline;
+        let mut t = String::new();
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<44} {v}");
+        };
+        row(
+            "workload",
+            format!(
+                "{} points, {} members, {} request(s) of <= {} items, {} at once, {} listener(s)",
+                self.points(),
+                self.members,
+                self.requests,
+                self.args.items_per_request,
+                self.args.concurrency,
+                self.listeners.len()
+            ),
+        );
+        row(
+            "accept latency p50 / p99 / max",
+            format!(
+                "{:.0} / {:.0} / {:.0} ms",
+                ms(self.latency(0.5)),
+                ms(self.latency(0.99)),
+                ms(self.latency(1.0))
+            ),
+        );
+        row("all accepted after", secs(p.all_accepted));
+        row("all enqueued after", secs(p.all_enqueued));
+        row("all in MySQL after", secs(p.all_in_mysql));
+        row(
+            "end to end",
+            format!("{:.0} points/s", self.points_per_second()),
+        );
+        for u in std::iter::once(&self.sender).chain(&self.listeners) {
+            row(
+                &format!("{} CPU / peak RSS / largest RSS sample", u.name),
+                format!(
+                    "{:.1} s ({:.1} us/point) / {:.0} MiB / {:.0} MiB",
+                    u.cpu_seconds,
+                    self.cpu_us_per_point(u.cpu_seconds),
+                    u.peak_rss_kib as f64 / MIB,
+                    u.max_sampled_rss_kib as f64 / MIB
+                ),
+            );
+        }
+        row(
+            "our CPU per point (sender + listeners)",
+            format!(
+                "{:.1} + {:.1} = {:.1} us",
+                self.cpu_us_per_point(self.sender.cpu_seconds),
+                self.cpu_us_per_point(self.listeners_cpu()),
+                self.own_cpu_us_per_point()
+            ),
+        );
+        row(
+            "sender peak RSS after accepting",
+            format!(
+                "{:.0} MiB for a largest body of {:.1} MiB",
+                self.pipeline.sender_peak_rss_accepting_kib as f64 / MIB,
+                self.largest_body as f64 / MIB / MIB
+            ),
+        );
+        if let Some(s) = self.raw_sqs {
+            row(
+                "raw SQS round trip",
+                format!(
+                    "{:.0} points/s, SDK CPU {:.1} us/point ({} points)",
+                    s.per_second(),
+                    s.cpu_us_per_item(),
+                    s.items
+                ),
+            );
+        }
+        if let Some(m) = self.raw_mysql {
+            row(
+                "raw MySQL multi-row insert",
+                format!(
+                    "{:.0} rows/s, client CPU {:.1} us/row ({} rows)",
+                    m.per_second(),
+                    m.cpu_us_per_item(),
+                    m.items
+                ),
+            );
+            row(
+                "end to end vs raw MySQL",
+                format!("{:.2}", self.points_per_second() / m.per_second()),
+            );
+        }
+        for target in self.targets() {
+            let verdict = match target.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "n/a for this shape",
+            };
+            row(
+                target.name,
+                format!("{} (target {}): {verdict}", target.value, target.goal),
+            );
+        }
+        t
+    }
+
+    pub fn to_json(&self) -> Value {
+        let p = &self.pipeline;
+        let process = |u: &ProcessUse| {
+            json!({
+                "name": u.name,
+                "cpu_seconds": round(u.cpu_seconds, 2),
+                "cpu_us_per_point": round(self.cpu_us_per_point(u.cpu_seconds), 2),
+                "peak_rss_mib": round(u.peak_rss_kib as f64 / MIB, 1),
+                "largest_rss_sample_mib": round(u.max_sampled_rss_kib as f64 / MIB, 1),
+            })
+        };
+        let raw = |r: &Option<RawOutcome>| {
+            r.map(|r| {
+                json!({
+                    "items": r.items,
+                    "seconds": round(r.elapsed.as_secs_f64(), 2),
+                    "per_second": r.per_second().round(),
+                    "client_cpu_us_per_item": round(r.cpu_us_per_item(), 2),
+                })
+            })
+        };
+        json!({
+            "id": self.id,
+            "label": self.args.label,
+            "finished_at": chrono::Utc::now().to_rfc3339(),
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "workload": {
+                "points": self.points(),
+                "members": self.members,
+                "requests": self.requests,
+                "items_per_request": self.args.items_per_request,
+                "concurrency": self.args.concurrency,
+                "largest_body_bytes": self.largest_body,
+                "listeners": self.listeners.len(),
+            },
+            "settings": {
+                "dispatch_tasks": self.args.dispatch_tasks,
+                "send_concurrency": self.args.send_concurrency,
+                "receive_tasks": self.args.receive_tasks,
+                "batch_max_rows": self.args.batch_max_rows,
+                "raw_mysql_connections": self.args.raw_mysql_connections,
+            },
+            "pipeline": {
+                "accept_latency_ms": {
+                    "p50": ms(self.latency(0.5)).round(),
+                    "p99": ms(self.latency(0.99)).round(),
+                    "max": ms(self.latency(1.0)).round(),
+                },
+                "all_accepted_seconds": round(p.all_accepted.as_secs_f64(), 2),
+                "all_enqueued_seconds": round(p.all_enqueued.as_secs_f64(), 2),
+                "all_in_mysql_seconds": round(p.all_in_mysql.as_secs_f64(), 2),
+                "points_per_second": self.points_per_second().round(),
+                "sender_peak_rss_after_accepting_mib": round(p.sender_peak_rss_accepting_kib as f64 / MIB, 1),
+            },
+            "processes": std::iter::once(&self.sender).chain(&self.listeners).map(process).collect::<Vec<_>>(),
+            "cpu_us_per_point": {
+                "sender": round(self.cpu_us_per_point(self.sender.cpu_seconds), 2),
+                "listeners": round(self.cpu_us_per_point(self.listeners_cpu()), 2),
+                "ours": round(self.own_cpu_us_per_point(), 2),
+            },
+            "raw_sqs_round_trip": raw(&self.raw_sqs),
+            "raw_mysql_insert": raw(&self.raw_mysql),
+            "ratios": {
+                "end_to_end_to_raw_sqs": self.raw_sqs.map(|s| round(self.points_per_second() / s.per_second(), 3)),
+                "end_to_end_to_raw_mysql": self.raw_mysql.map(|m| round(self.points_per_second() / m.per_second(), 3)),
+                "own_cpu_to_sdk_cpu": self.raw_sqs.map(|s| round(self.own_cpu_us_per_point() / s.cpu_us_per_item(), 3)),
+            },
+            "targets": self.targets().iter().map(|t| json!({
+                "name": t.name, "goal": t.goal, "value": t.value, "met": t.met,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Writes the JSON to `dir/<UTC time>-<label>-<points>.json`.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let name = format!(
+            "{}-{}-{}.json",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+            self.args.label,
+            self.points()
+        );
+        let path = dir.join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(&self.to_json())? + "\n")?;
+        Ok(path)
+    }
+}
+
+/// Nearest-rank percentile of sorted durations (`p` in 0..=1).
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&d, 0.5), Duration::from_millis(50));
+        assert_eq!(percentile(&d, 0.99), Duration::from_millis(99));
+        assert_eq!(percentile(&d, 1.0), Duration::from_millis(100));
+        assert_eq!(percentile(&d[..2], 0.99), Duration::from_millis(2));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
+}
