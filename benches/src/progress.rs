@@ -18,10 +18,15 @@ pub struct ProgressBar {
 impl ProgressBar {
     /// Starts a phase: `phase` names what is counted.
     pub fn new(phase: impl Into<String>) -> Self {
+        Self::since(phase, Instant::now())
+    }
+
+    /// A bar for a phase that began at `started`.
+    pub fn since(phase: impl Into<String>, started: Instant) -> Self {
         Self {
             terminal: std::io::stderr().is_terminal(),
             phase: phase.into(),
-            started: Instant::now(),
+            started,
             last_line: None,
             drawn: false,
         }

@@ -44,19 +44,49 @@ pub fn validate(
     items: Vec<RawItem>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Accrual>, ValidationFailure> {
-    let mut accruals = Vec::with_capacity(items.len());
-    let mut failure = ValidationFailure {
-        errors: Vec::new(),
-        total: 0,
-    };
-    for (index, item) in items.into_iter().enumerate() {
-        match validate_item(item, now) {
+    let mut validator = Validator::new(now);
+    for item in items {
+        validator.push(item);
+    }
+    validator.finish()
+}
+
+/// All-or-nothing validation of items handed over one at a time, in request order (as
+/// [`crate::wire::parse_items`] reads them), so the raw items never all exist at once.
+#[derive(Debug)]
+pub struct Validator {
+    now: DateTime<Utc>,
+    next_index: usize,
+    accruals: Vec<Accrual>,
+    failure: ValidationFailure,
+}
+
+impl Validator {
+    /// `now` is the instant `expires_at` must lie after.
+    pub fn new(now: DateTime<Utc>) -> Self {
+        Self {
+            now,
+            next_index: 0,
+            accruals: Vec::new(),
+            failure: ValidationFailure {
+                errors: Vec::new(),
+                total: 0,
+            },
+        }
+    }
+
+    /// Validates the next item.
+    pub fn push(&mut self, item: RawItem) {
+        let index = self.next_index;
+        self.next_index += 1;
+        let failure = &mut self.failure;
+        match validate_item(item, self.now) {
             // Once anything failed, valid items are no longer kept: nothing will be stored.
-            Ok(accrual) if failure.total == 0 => accruals.push(accrual),
+            Ok(accrual) if failure.total == 0 => self.accruals.push(accrual),
             Ok(_) => {}
             Err(errors) => {
                 if failure.total == 0 {
-                    accruals = Vec::new();
+                    self.accruals = Vec::new();
                 }
                 for (field, message) in errors {
                     failure.total += 1;
@@ -71,10 +101,14 @@ pub fn validate(
             }
         }
     }
-    if failure.total == 0 {
-        Ok(accruals)
-    } else {
-        Err(failure)
+
+    /// Every item as an accrual, or every error found.
+    pub fn finish(self) -> Result<Vec<Accrual>, ValidationFailure> {
+        if self.failure.total == 0 {
+            Ok(self.accruals)
+        } else {
+            Err(self.failure)
+        }
     }
 }
 

@@ -160,15 +160,28 @@ pub enum BodyError {
 
 /// Parses a request body into raw items, stopping as soon as it holds more than `max_items`.
 pub fn parse_body(body: &[u8], max_items: usize) -> Result<Vec<RawItem>, BodyError> {
+    let mut items = Vec::new();
+    parse_items(body, max_items, |item| items.push(item))?;
+    Ok(items)
+}
+
+/// Parses a request body and hands each raw item to `each` as soon as it is read, so a caller that
+/// validates as it goes never holds every raw item at once. Returns how many items there were.
+pub fn parse_items(
+    body: &[u8],
+    max_items: usize,
+    mut each: impl FnMut(RawItem),
+) -> Result<usize, BodyError> {
     let mut too_many = false;
     let seed = ItemsSeed {
         max_items,
         too_many: &mut too_many,
+        each: &mut each,
     };
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = seed
         .deserialize(&mut de)
-        .and_then(|items| de.end().map(|()| items));
+        .and_then(|count| de.end().map(|()| count));
     parsed.map_err(|e| {
         if too_many {
             BodyError::TooManyItems
@@ -190,37 +203,39 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-struct ItemsSeed<'a> {
+struct ItemsSeed<'a, F> {
     max_items: usize,
     /// Set when the parse stopped because of the item limit, so the caller can answer 413.
     too_many: &'a mut bool,
+    each: &'a mut F,
 }
 
-impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
-    type Value = Vec<RawItem>;
+impl<'de, F: FnMut(RawItem)> DeserializeSeed<'de> for ItemsSeed<'_, F> {
+    type Value = usize;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for ItemsSeed<'_> {
-    type Value = Vec<RawItem>;
+impl<'de, F: FnMut(RawItem)> Visitor<'de> for ItemsSeed<'_, F> {
+    type Value = usize;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON array of accrual items")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max_items));
+        let mut count = 0;
         while let Some(item) = seq.next_element::<RawItem>()? {
-            if items.len() == self.max_items {
+            if count == self.max_items {
                 *self.too_many = true;
                 return Err(de::Error::custom("too many items"));
             }
-            items.push(item);
+            count += 1;
+            (self.each)(item);
         }
-        Ok(items)
+        Ok(count)
     }
 }
 

@@ -167,7 +167,15 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let result = measure(&args, &bin_dir, &scratch, &pool, &client, &queues).await;
+    // Ctrl-C or SIGTERM drops the run (its processes are killed) and still cleans up below.
+    let interrupted = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(accrual_core::telemetry::cancel_on_signal(
+        interrupted.clone(),
+    ));
+    let result = tokio::select! {
+        result = measure(&args, &bin_dir, &scratch, &pool, &client, &queues) => result,
+        () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
 
     if !args.keep {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -176,7 +184,11 @@ async fn main() -> anyhow::Result<()> {
         )))
         .execute(&pool)
         .await;
-        for url in [&queues.main, &queues.dlq] {
+        let raw = sqs::queue_url(&client, &scratch.raw_queue).await.ok();
+        for url in [Some(&queues.main), Some(&queues.dlq), raw.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             let _ = client.delete_queue().queue_url(url).send().await;
         }
     }

@@ -198,11 +198,12 @@ pub async fn run(
     let posting = {
         let (http, url, key) = (http.clone(), url.clone(), api_key);
         tokio::spawn(async move {
-            stream::iter(bodies)
+            let latencies = stream::iter(bodies)
                 .map(|body| post(&http, &url, &key, body))
                 .buffer_unordered(concurrency.max(1))
                 .try_collect::<Vec<Duration>>()
-                .await
+                .await?;
+            anyhow::Ok((latencies, started.elapsed()))
         })
     };
     let mut posting = Some(posting);
@@ -211,9 +212,9 @@ pub async fn run(
     let mut bar = ProgressBar::new("pipeline");
     loop {
         if let Some(task) = posting.take_if(|t| t.is_finished()) {
-            let latencies = task.await.context("the posting task panicked")??;
+            let (latencies, elapsed) = task.await.context("the posting task panicked")??;
             let peak = sender.sample()?.peak_rss_kib;
-            accepted = Some((latencies, started.elapsed(), peak));
+            accepted = Some((latencies, elapsed, peak));
         }
         sender.check_alive()?;
         sender.sample()?;

@@ -76,7 +76,11 @@ pub async fn sqs_round_trip(
     for r in received.context("a receive task panicked")? {
         r?;
     }
-    ProgressBar::new("raw SQS").finish(deleted.load(Ordering::Relaxed), total as u64, "");
+    ProgressBar::since("raw SQS", started).finish(
+        deleted.load(Ordering::Relaxed),
+        total as u64,
+        "",
+    );
     Ok(RawOutcome {
         items: total,
         elapsed,
@@ -196,7 +200,7 @@ pub async fn mysql_insert(
     let elapsed = started.elapsed();
     watch.abort();
     result.context("the raw insert failed")?;
-    ProgressBar::new("raw MySQL").finish(records.len() as u64, records.len() as u64, "");
+    ProgressBar::since("raw MySQL", started).finish(records.len() as u64, records.len() as u64, "");
     Ok(RawOutcome {
         items: records.len(),
         elapsed,

@@ -252,7 +252,9 @@ async fn read_limited(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError
 }
 
 fn parse_and_validate(body: &[u8]) -> Result<Vec<Accrual>, ApiError> {
-    let items = wire::parse_body(body, MAX_ITEMS_PER_REQUEST).map_err(|e| match e {
+    let mut validator = accrual::Validator::new(Utc::now());
+    let items = wire::parse_items(body, MAX_ITEMS_PER_REQUEST, |item| validator.push(item));
+    let count = items.map_err(|e| match e {
         BodyError::TooManyItems => ApiError::PayloadTooLarge(e.to_string()),
         BodyError::Malformed {
             message,
@@ -264,10 +266,10 @@ fn parse_and_validate(body: &[u8]) -> Result<Vec<Accrual>, ApiError> {
             column,
         },
     })?;
-    if items.is_empty() {
+    if count == 0 {
         return Err(ApiError::EmptyRequest);
     }
-    accrual::validate(items, Utc::now()).map_err(|f| ApiError::Validation {
+    validator.finish().map_err(|f| ApiError::Validation {
         errors: f.errors,
         total: f.total,
     })
