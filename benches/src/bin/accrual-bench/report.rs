@@ -77,7 +77,9 @@ impl Report {
                 met: Some(ratio <= 1.3),
             });
         }
-        let bulk = self.args.items_per_request >= 500_000 && self.args.concurrency == 1;
+        // The target is about one request of 500,000 items; with more requests the peak also holds
+        // what the earlier jobs' dispatch and the allocator kept, so it is shown but not judged.
+        let bulk = self.requests == 1 && self.args.items_per_request.min(self.points()) >= 500_000;
         let ratio =
             self.pipeline.sender_peak_rss_accepting_kib as f64 * 1024.0 / self.largest_body as f64;
         targets.push(Target {
@@ -195,7 +197,7 @@ impl Report {
             let verdict = match target.met {
                 Some(true) => "met",
                 Some(false) => "MISSED",
-                None => "n/a for this shape",
+                None => "not judged: the target is for a run of one 500,000-item request",
             };
             row(
                 target.name,
