@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use accrual_core::chunk;
 use accrual_core::progress::Progress;
+use accrual_core::{chunk, db};
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,8 @@ use crate::metrics::SenderMetrics;
 
 /// How long to wait before retrying a chunk whose fan-out failed (SQS down, say).
 const FAILED_CHUNK_RETRY: Duration = Duration::from_secs(5);
+/// Retries of marking a chunk dispatched when MySQL reports a deadlock or lock wait timeout.
+const MARK_RETRIES: u32 = 5;
 
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
@@ -239,7 +241,23 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Marks a sent chunk dispatched, retrying a deadlock with another dispatcher's claim (seen
+    /// about once per 300,000 points with two dispatch tasks): a chunk left unmarked would be sent
+    /// again when its lease ends, which the listener absorbs as duplicates but which costs SQS calls.
     async fn mark_dispatched(&self, job_id: Uuid, seq: u32) -> Result<(), sqlx::Error> {
+        let mut attempt = 0;
+        loop {
+            match self.try_mark_dispatched(job_id, seq).await {
+                Err(e) if db::is_lock_conflict(&e) && attempt < MARK_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20) * attempt).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_mark_dispatched(&self, job_id: Uuid, seq: u32) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE accrual_chunks SET dispatched_at = NOW(6), dispatched_by = ?, lease_owner = NULL, lease_until = NULL \

@@ -164,6 +164,8 @@ pub struct PipelineOutcome {
     pub all_in_mysql: Duration,
     /// The sender's VmHWM right after the last 202, KiB.
     pub sender_peak_rss_accepting_kib: u64,
+    /// Points the listeners received again after they were written (redeliveries, re-sent chunks).
+    pub duplicates: u64,
 }
 
 /// The requests of a run and when to give up on them.
@@ -251,6 +253,12 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let all_in_mysql = started.elapsed();
+    let mut duplicates = 0.0;
+    for listener in listeners.iter() {
+        duplicates += listener
+            .metric(http, "accrual_listener_points_duplicate_total")
+            .await?;
+    }
     let (mut accept_latencies, all_accepted, sender_peak_rss_accepting_kib) =
         accepted.context("the requests were not all accepted")?;
     accept_latencies.sort();
@@ -260,6 +268,7 @@ pub async fn run(
         all_enqueued: enqueued_at.unwrap_or(all_in_mysql),
         all_in_mysql,
         sender_peak_rss_accepting_kib,
+        duplicates: duplicates as u64,
     })
 }
 

@@ -138,6 +138,10 @@ impl Report {
             "end to end",
             format!("{:.0} points/s", self.points_per_second()),
         );
+        row(
+            "points received again (written once)",
+            p.duplicates.to_string(),
+        );
         for u in std::iter::once(&self.sender).chain(&self.listeners) {
             row(
                 &format!("{} CPU / peak RSS / largest RSS sample", u.name),
@@ -259,6 +263,7 @@ impl Report {
                 "all_enqueued_seconds": round(p.all_enqueued.as_secs_f64(), 2),
                 "all_in_mysql_seconds": round(p.all_in_mysql.as_secs_f64(), 2),
                 "points_per_second": self.points_per_second().round(),
+                "points_received_again": p.duplicates,
                 "sender_peak_rss_after_accepting_mib": round(p.sender_peak_rss_accepting_kib as f64 / MIB, 1),
             },
             "processes": std::iter::once(&self.sender).chain(&self.listeners).map(process).collect::<Vec<_>>(),
