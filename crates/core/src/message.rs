@@ -1,14 +1,28 @@
-//! The SQS message body: one point per message (`"v":1`).
+//! The SQS message body: one point per message (`"v":1`), or many (`"v":2`, packed).
+//!
+//! A packed body is `{"v":2,"points":[…]}` where each point is a v1 body without `"v"`. The
+//! dispatcher packs the stored v1 bodies by splicing, so a packed point carries exactly the bytes
+//! (and the `accrual_id`) that were accepted; the listener decodes each point on its own, so one
+//! bad point is refused alone.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::accrual::Accrual;
 use crate::domain::{Amount, FieldError, MemberId, PointType, Reason};
 
-/// The body version this code writes.
+/// The one-point body version.
 pub const MESSAGE_VERSION: u8 = 1;
+/// The packed body version: many points per message.
+pub const PACKED_VERSION: u8 = 2;
+
+/// How every v1 body this code writes begins.
+const V1_PREFIX: &str = r#"{"v":1,"#;
+/// How every v2 body this code writes begins, and ends.
+const V2_OPEN: &str = r#"{"v":2,"points":["#;
+const V2_CLOSE: &str = "]}";
 
 /// One point on its way to the ledger: what the sender accepted plus the ids that make it unique.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,9 +47,11 @@ struct WireOut<'a> {
     accepted_at: DateTime<Utc>,
 }
 
+/// A v1 body, or one point of a v2 body (which has no `v`).
 #[derive(Deserialize)]
 struct WireIn {
-    v: u8,
+    #[serde(default)]
+    v: Option<u8>,
     accrual_id: Uuid,
     job_id: Uuid,
     member_id: String,
@@ -55,6 +71,8 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("unsupported message version {0}")]
     UnsupportedVersion(u8),
+    #[error("packed message holds no points")]
+    NoPoints,
     #[error("field `{field}` {source}")]
     Invalid {
         field: &'static str,
@@ -86,9 +104,14 @@ impl PointRecord {
     /// which may have passed while the point waited in the queue).
     pub fn decode(body: &str) -> Result<Self, DecodeError> {
         let w: WireIn = serde_json::from_str(body)?;
-        if w.v != MESSAGE_VERSION {
-            return Err(DecodeError::UnsupportedVersion(w.v));
+        match w.v {
+            Some(MESSAGE_VERSION) => Self::from_wire(w),
+            Some(v) => Err(DecodeError::UnsupportedVersion(v)),
+            None => Err(DecodeError::Json(serde::de::Error::missing_field("v"))),
         }
+    }
+
+    fn from_wire(w: WireIn) -> Result<Self, DecodeError> {
         let invalid = |field| move |source| DecodeError::Invalid { field, source };
         Ok(Self {
             accrual_id: w.accrual_id,
@@ -107,6 +130,140 @@ impl PointRecord {
             accepted_at: w.accepted_at,
         })
     }
+}
+
+/// A received body, decoded: the points to write and the points that can never be written.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub points: Vec<PointRecord>,
+    /// Points of a packed body that are refused alone, each as a v1 body with the reason.
+    pub refused: Vec<RefusedPoint>,
+}
+
+/// A point that goes to the dead-letter queue on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedPoint {
+    /// The point as a v1 body (its bytes as received, with `"v":1` put in front).
+    pub body: String,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u8,
+}
+
+#[derive(Deserialize)]
+struct PackedIn<'a> {
+    #[serde(borrow)]
+    points: Vec<&'a RawValue>,
+}
+
+/// Decodes a v1 or v2 body. `Err` means the body as a whole cannot be read (it goes to the
+/// dead-letter queue as it is); a v2 body whose envelope is sound decodes each point on its own.
+pub fn decode_message(body: &str) -> Result<Decoded, DecodeError> {
+    let version = if body.starts_with(V1_PREFIX) {
+        MESSAGE_VERSION
+    } else if body.starts_with(V2_OPEN) {
+        PACKED_VERSION
+    } else {
+        serde_json::from_str::<VersionOnly>(body)?.v
+    };
+    match version {
+        MESSAGE_VERSION => Ok(Decoded {
+            points: vec![PointRecord::decode(body)?],
+            refused: Vec::new(),
+        }),
+        PACKED_VERSION => decode_packed(body),
+        v => Err(DecodeError::UnsupportedVersion(v)),
+    }
+}
+
+fn decode_packed(body: &str) -> Result<Decoded, DecodeError> {
+    let packed: PackedIn<'_> = serde_json::from_str(body)?;
+    if packed.points.is_empty() {
+        return Err(DecodeError::NoPoints);
+    }
+    let mut decoded = Decoded {
+        points: Vec::with_capacity(packed.points.len()),
+        refused: Vec::new(),
+    };
+    for raw in packed.points {
+        let point = serde_json::from_str::<WireIn>(raw.get())
+            .map_err(DecodeError::from)
+            .and_then(PointRecord::from_wire);
+        match point {
+            Ok(point) => decoded.points.push(point),
+            Err(reason) => decoded.refused.push(RefusedPoint {
+                body: as_v1_body(raw.get()),
+                reason: reason.to_string(),
+            }),
+        }
+    }
+    Ok(decoded)
+}
+
+/// A packed point's JSON as a v1 body: `"v":1` put in front of its fields. Anything but an object
+/// is kept as it is.
+fn as_v1_body(point: &str) -> String {
+    let point = point.trim();
+    match point.strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => r#"{"v":1}"#.to_owned(),
+        Some(rest) if !rest.contains(r#""v":"#) => format!("{V1_PREFIX}{rest}"),
+        _ => point.to_owned(),
+    }
+}
+
+/// A stored body that is not a v1 body of this code, so it cannot be packed.
+#[derive(Debug, thiserror::Error)]
+#[error("stored body {index} is not a v1 accrual message")]
+pub struct PackError {
+    pub index: usize,
+}
+
+/// Packs v1 bodies, in order, into v2 bodies of at most `max_points` points and `max_bytes` bytes
+/// each (a single point over `max_bytes` still gets a body of its own). With `max_points` ≤ 1 the
+/// v1 bodies are returned unchanged.
+pub fn pack(
+    bodies: Vec<String>,
+    max_points: usize,
+    max_bytes: usize,
+) -> Result<Vec<String>, PackError> {
+    if max_points <= 1 {
+        return Ok(bodies);
+    }
+    let mut out = Vec::with_capacity(bodies.len().div_ceil(max_points));
+    let mut current = String::new();
+    let mut in_current = 0;
+    for (index, body) in bodies.iter().enumerate() {
+        let fields = body
+            .strip_prefix(V1_PREFIX)
+            .filter(|f| f.ends_with('}'))
+            .ok_or(PackError { index })?;
+        // `{` + fields, a comma before it, and the closing `]}`.
+        let adds = 1 + fields.len() + 1;
+        if in_current > 0
+            && (in_current == max_points || current.len() + adds + V2_CLOSE.len() > max_bytes)
+        {
+            current.push_str(V2_CLOSE);
+            out.push(std::mem::take(&mut current));
+            in_current = 0;
+        }
+        if in_current == 0 {
+            current.reserve(V2_OPEN.len() + adds * max_points.min(bodies.len() - index));
+            current.push_str(V2_OPEN);
+        } else {
+            current.push(',');
+        }
+        current.push('{');
+        current.push_str(fields);
+        in_current += 1;
+    }
+    if in_current > 0 {
+        current.push_str(V2_CLOSE);
+        out.push(current);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -165,5 +322,114 @@ mod tests {
             PointRecord::decode(&v9),
             Err(DecodeError::UnsupportedVersion(9))
         ));
+    }
+
+    fn records(n: usize) -> Vec<PointRecord> {
+        (0..n).map(|_| sample()).collect()
+    }
+
+    #[test]
+    fn packing_one_point_per_message_keeps_the_v1_bodies() {
+        let bodies: Vec<String> = records(3).iter().map(PointRecord::encode).collect();
+        assert_eq!(pack(bodies.clone(), 1, 256 * 1024).unwrap(), bodies);
+    }
+
+    #[test]
+    fn packed_bodies_hold_every_point_once_in_order() {
+        let records = records(23);
+        let bodies = records.iter().map(PointRecord::encode).collect();
+        let packed = pack(bodies, 7, 256 * 1024).unwrap();
+        assert_eq!(packed.len(), 4);
+        assert!(
+            packed[0].starts_with(r#"{"v":2,"points":[{"accrual_id":"#),
+            "{}",
+            packed[0]
+        );
+        let mut points = Vec::new();
+        for body in &packed {
+            serde_json::from_str::<serde_json::Value>(body).expect("valid JSON");
+            let decoded = decode_message(body).expect("decodes");
+            assert!(decoded.refused.is_empty());
+            points.extend(decoded.points);
+        }
+        assert_eq!(points, records);
+    }
+
+    #[test]
+    fn packed_bodies_stay_under_the_byte_limit() {
+        let records = records(100);
+        let bodies: Vec<String> = records.iter().map(PointRecord::encode).collect();
+        let one = bodies[0].len();
+        let limit = one * 10;
+        let packed = pack(bodies, 100, limit).unwrap();
+        assert!(packed.len() > 1);
+        assert!(
+            packed.iter().all(|b| b.len() <= limit),
+            "a body is over {limit}"
+        );
+        let total: usize = packed
+            .iter()
+            .map(|b| decode_message(b).unwrap().points.len())
+            .sum();
+        assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn only_v1_bodies_can_be_packed() {
+        let mut bodies: Vec<String> = records(2).iter().map(PointRecord::encode).collect();
+        bodies.push("{\"v\":2}".into());
+        assert_eq!(pack(bodies, 10, 1 << 20).unwrap_err().index, 2);
+    }
+
+    #[test]
+    fn a_bad_point_in_a_packed_body_is_refused_alone_as_a_v1_body() {
+        let records = records(3);
+        let bodies = records.iter().map(PointRecord::encode).collect();
+        let packed = pack(bodies, 3, 1 << 20).unwrap().remove(0);
+        let bad = packed
+            .replacen(r#""amount":42"#, r#""amount":-5"#, 2)
+            .replacen(r#""amount":-5"#, r#""amount":42"#, 1);
+        let decoded = decode_message(&bad).expect("the envelope is sound");
+        assert_eq!(decoded.points, vec![records[0].clone(), records[2].clone()]);
+        assert_eq!(decoded.refused.len(), 1);
+        let refused = &decoded.refused[0];
+        assert_eq!(
+            refused.reason,
+            "field `amount` must be an integer from 1 to 1000000000"
+        );
+        let expected = records[1]
+            .encode()
+            .replace(r#""amount":42"#, r#""amount":-5"#);
+        assert_eq!(refused.body, expected);
+    }
+
+    #[test]
+    fn a_packed_body_that_cannot_be_read_is_refused_whole() {
+        assert!(matches!(
+            decode_message(r#"{"v":2,"points":[]}"#),
+            Err(DecodeError::NoPoints)
+        ));
+        assert!(matches!(
+            decode_message(r#"{"v":2,"points":7}"#),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            decode_message(r#"{"v":3}"#),
+            Err(DecodeError::UnsupportedVersion(3))
+        ));
+        let odd = decode_message(r#"{"v":2,"points":[7, {}]}"#).expect("envelope");
+        assert!(odd.points.is_empty());
+        let bodies: Vec<&str> = odd.refused.iter().map(|r| r.body.as_str()).collect();
+        assert_eq!(bodies, ["7", r#"{"v":1}"#]);
+    }
+
+    #[test]
+    fn v1_bodies_decode_through_decode_message() {
+        let record = sample();
+        let decoded = decode_message(&record.encode()).unwrap();
+        assert_eq!(decoded.points, vec![record]);
+        // Whitespace before the version still reads.
+        let spaced = sample().encode().replacen(r#"{"v":1,"#, r#"{ "v": 1, "#, 1);
+        assert_eq!(decode_message(&spaced).unwrap().points.len(), 1);
     }
 }
