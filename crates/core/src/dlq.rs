@@ -17,6 +17,8 @@ const REDRIVE_VISIBILITY_SECS: i32 = 60;
 pub struct DeadLetter {
     pub message_id: String,
     pub body: String,
+    /// Points the body carries (a packed message holds many; anything else counts as one).
+    pub points: usize,
     /// Why the listener dead-lettered it; `None` when SQS moved it after too many receives.
     pub reason: Option<String>,
     pub source_queue: Option<String>,
@@ -40,6 +42,7 @@ impl From<Message> for DeadLetter {
                 .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                 .and_then(|v| v.parse().ok()),
             message_id: m.message_id().unwrap_or_default().to_owned(),
+            points: crate::message::points_in(m.body().unwrap_or_default()),
             body: m.body().unwrap_or_default().to_owned(),
         }
     }
@@ -92,17 +95,18 @@ pub async fn list(
 
 /// Moves up to `limit` dead letters back to the main queue (body unchanged, without the
 /// dead-letter attributes); each is deleted from the DLQ only after it was sent. Returns how
-/// many moved.
+/// many messages, and points in them, moved.
 pub async fn redrive(
     client: &Client,
     dlq_url: &str,
     main_url: &str,
     limit: usize,
-) -> Result<usize, SqsError> {
+) -> Result<Redriven, SqsError> {
     // At most the messages in the DLQ when the redrive starts are moved: one that is still poison
     // comes straight back from a running listener and must not go round and round.
     let limit = limit.min(crate::sqs::approximate_depth(client, dlq_url).await? as usize);
     let mut moved = 0;
+    let mut points = 0;
     while moved < limit {
         let batch = receive(client, dlq_url, REDRIVE_VISIBILITY_SECS).await?;
         if batch.is_empty() {
@@ -134,6 +138,21 @@ pub async fn redrive(
             .await
             .map_err(|e| SqsError::new("DeleteMessageBatch", e))?;
         moved += done.len();
+        points += done
+            .iter()
+            .map(|m| crate::message::points_in(m.body().unwrap_or_default()))
+            .sum::<usize>();
     }
-    Ok(moved)
+    Ok(Redriven {
+        messages: moved,
+        points,
+    })
+}
+
+/// What a redrive moved back to the main queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Redriven {
+    pub messages: usize,
+    /// Points in those messages: what the ledger can gain.
+    pub points: usize,
 }

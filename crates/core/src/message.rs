@@ -214,6 +214,18 @@ fn as_v1_body(point: &str) -> String {
     }
 }
 
+/// How many points a body carries: the length of a packed body's `points`, otherwise 1 (a v1
+/// body, or one that cannot be read).
+pub fn points_in(body: &str) -> usize {
+    if !body.starts_with(V2_OPEN) && !body.contains(r#""points""#) {
+        return 1;
+    }
+    match serde_json::from_str::<PackedIn<'_>>(body) {
+        Ok(packed) if !packed.points.is_empty() => packed.points.len(),
+        _ => 1,
+    }
+}
+
 /// A stored body that is not a v1 body of this code, so it cannot be packed.
 #[derive(Debug, thiserror::Error)]
 #[error("stored body {index} is not a v1 accrual message")]
@@ -331,14 +343,14 @@ mod tests {
     #[test]
     fn packing_one_point_per_message_keeps_the_v1_bodies() {
         let bodies: Vec<String> = records(3).iter().map(PointRecord::encode).collect();
-        assert_eq!(pack(bodies.clone(), 1, 256 * 1024).unwrap(), bodies);
+        assert_eq!(pack(bodies.clone(), 1, 256 * 1024).expect("ok"), bodies);
     }
 
     #[test]
     fn packed_bodies_hold_every_point_once_in_order() {
         let records = records(23);
         let bodies = records.iter().map(PointRecord::encode).collect();
-        let packed = pack(bodies, 7, 256 * 1024).unwrap();
+        let packed = pack(bodies, 7, 256 * 1024).expect("ok");
         assert_eq!(packed.len(), 4);
         assert!(
             packed[0].starts_with(r#"{"v":2,"points":[{"accrual_id":"#),
@@ -361,7 +373,7 @@ mod tests {
         let bodies: Vec<String> = records.iter().map(PointRecord::encode).collect();
         let one = bodies[0].len();
         let limit = one * 10;
-        let packed = pack(bodies, 100, limit).unwrap();
+        let packed = pack(bodies, 100, limit).expect("ok");
         assert!(packed.len() > 1);
         assert!(
             packed.iter().all(|b| b.len() <= limit),
@@ -369,7 +381,7 @@ mod tests {
         );
         let total: usize = packed
             .iter()
-            .map(|b| decode_message(b).unwrap().points.len())
+            .map(|b| decode_message(b).expect("ok").points.len())
             .sum();
         assert_eq!(total, 100);
     }
@@ -378,14 +390,14 @@ mod tests {
     fn only_v1_bodies_can_be_packed() {
         let mut bodies: Vec<String> = records(2).iter().map(PointRecord::encode).collect();
         bodies.push("{\"v\":2}".into());
-        assert_eq!(pack(bodies, 10, 1 << 20).unwrap_err().index, 2);
+        assert_eq!(pack(bodies, 10, 1 << 20).expect_err("not v1").index, 2);
     }
 
     #[test]
     fn a_bad_point_in_a_packed_body_is_refused_alone_as_a_v1_body() {
         let records = records(3);
         let bodies = records.iter().map(PointRecord::encode).collect();
-        let packed = pack(bodies, 3, 1 << 20).unwrap().remove(0);
+        let packed = pack(bodies, 3, 1 << 20).expect("ok").remove(0);
         let bad = packed
             .replacen(r#""amount":42"#, r#""amount":-5"#, 2)
             .replacen(r#""amount":-5"#, r#""amount":42"#, 1);
@@ -424,12 +436,22 @@ mod tests {
     }
 
     #[test]
+    fn points_in_counts_the_points_a_body_carries() {
+        let bodies: Vec<String> = records(9).iter().map(PointRecord::encode).collect();
+        assert_eq!(points_in(&bodies[0]), 1);
+        let packed = pack(bodies, 9, 1 << 20).expect("ok");
+        assert_eq!(points_in(&packed[0]), 9);
+        assert_eq!(points_in("not json"), 1);
+        assert_eq!(points_in(r#"{"v":2,"points":[]}"#), 1);
+    }
+
+    #[test]
     fn v1_bodies_decode_through_decode_message() {
         let record = sample();
-        let decoded = decode_message(&record.encode()).unwrap();
+        let decoded = decode_message(&record.encode()).expect("ok");
         assert_eq!(decoded.points, vec![record]);
         // Whitespace before the version still reads.
         let spaced = sample().encode().replacen(r#"{"v":1,"#, r#"{ "v": 1, "#, 1);
-        assert_eq!(decode_message(&spaced).unwrap().points.len(), 1);
+        assert_eq!(decode_message(&spaced).expect("ok").points.len(), 1);
     }
 }

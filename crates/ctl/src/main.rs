@@ -126,12 +126,14 @@ async fn main() -> anyhow::Result<()> {
             let dlq_url = sqs::find_queue(&client, &settings.accrual_dlq).await?;
             match command {
                 DlqCommand::List { limit } => {
-                    for letter in dlq::list(&client, &dlq_url, limit)
+                    let letters = dlq::list(&client, &dlq_url, limit)
                         .await
-                        .context("Failed to read the DLQ")?
-                    {
-                        println!("{}", serde_json::to_string(&letter)?);
+                        .context("Failed to read the DLQ")?;
+                    for letter in &letters {
+                        println!("{}", serde_json::to_string(letter)?);
                     }
+                    let points: usize = letters.iter().map(|l| l.points).sum();
+                    eprintln!("{points} points in {} dead letters", letters.len());
                 }
                 DlqCommand::Redrive { limit } => {
                     let main_url = sqs::find_queue(&client, &settings.accrual_queue).await?;
@@ -139,7 +141,10 @@ async fn main() -> anyhow::Result<()> {
                         dlq::redrive(&client, &dlq_url, &main_url, limit.unwrap_or(usize::MAX))
                             .await
                             .context("Failed to redrive the DLQ")?;
-                    println!("{}", serde_json::json!({ "redriven": moved }));
+                    println!(
+                        "{}",
+                        serde_json::json!({ "redriven": moved.points, "messages": moved.messages })
+                    );
                 }
             }
         }

@@ -1,6 +1,9 @@
 //! Collects points into batches (by size or linger time), writes each batch in one transaction and
 //! deletes its messages only after the commit.
 //!
+//! A packed message is never split between batches: a batch takes whole messages until it holds
+//! `max_rows` points or more, so a message is deleted once, after all of its points are done.
+//!
 //! A batch the database refuses because of its rows is split in halves until the bad rows stand
 //! alone; the good rows commit and each bad one goes to the dead-letter queue with the database's
 //! error. A batch that fails for any other reason (connection lost, server down, lock conflicts)
@@ -59,12 +62,16 @@ impl Batcher {
     /// instead of waiting for MySQL.
     pub async fn run(self, mut inbound: mpsc::Receiver<Inbound>, abandon: CancellationToken) {
         while let Some(first) = inbound.recv().await {
-            let mut batch = Vec::with_capacity(self.max_rows);
+            let mut rows = first.records.len();
+            let mut batch = Vec::with_capacity(self.max_rows.min(1_024));
             batch.push(first);
             let deadline = Instant::now() + self.linger;
-            while batch.len() < self.max_rows {
+            while rows < self.max_rows {
                 match tokio::time::timeout_at(deadline, inbound.recv()).await {
-                    Ok(Some(next)) => batch.push(next),
+                    Ok(Some(next)) => {
+                        rows += next.records.len();
+                        batch.push(next);
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
@@ -76,11 +83,16 @@ impl Batcher {
     /// trying while the database is unavailable, unless `abandon` is cancelled: then the messages
     /// are made visible again for another listener (or this one after a restart).
     pub async fn process_batch(&self, batch: Vec<Inbound>, abandon: &CancellationToken) {
-        let count = batch.len();
-        let (records, handles): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .map(|i| (i.record, i.receipt_handle))
-            .unzip();
+        let count: usize = batch.iter().map(|i| i.records.len()).sum();
+        let mut records = Vec::with_capacity(count);
+        // The message (index into `handles`) of each record.
+        let mut owners = Vec::with_capacity(count);
+        let mut handles = Vec::with_capacity(batch.len());
+        for (message, inbound) in batch.into_iter().enumerate() {
+            owners.extend(std::iter::repeat_n(message, inbound.records.len()));
+            records.extend(inbound.records);
+            handles.push(inbound.receipt_handle);
+        }
 
         let written = if abandon.is_cancelled() {
             None
@@ -88,7 +100,7 @@ impl Batcher {
             self.write_isolating(&records, abandon).await
         };
         match written {
-            Some(written) => self.finish(&records, &handles, written).await,
+            Some(written) => self.finish(&records, &owners, &handles, written).await,
             None => {
                 let failed = self.queue.change_visibility(&handles, 0).await;
                 tracing::warn!(
@@ -101,35 +113,41 @@ impl Batcher {
         self.held.release(&handles);
     }
 
-    /// After the write: dead-letters the refused rows, deletes the others' messages and counts.
-    async fn finish(&self, records: &[PointRecord], handles: &[String], written: Written) {
-        let mut rejected = HashSet::with_capacity(written.rejected.len());
+    /// After the write: dead-letters the refused rows, each alone as a v1 body, then deletes every
+    /// message all of whose points are done (written, duplicate or dead-lettered) and counts.
+    async fn finish(
+        &self,
+        records: &[PointRecord],
+        owners: &[usize],
+        handles: &[String],
+        written: Written,
+    ) {
+        // Messages that keep a point neither written nor dead-lettered: they are not deleted, so
+        // the point comes back (and the others are then duplicates).
+        let mut keep = HashSet::new();
         for (index, error) in &written.rejected {
-            rejected.insert(*index);
             let record = &records[*index];
             let reason = format!("MySQL refused the point: {error}");
             let body = record.encode();
             if let Err(e) = self.dead_letters.record(&body, &reason).await {
                 tracing::warn!(error = %e, accrual_id = %record.accrual_id, "Recording a dead letter failed; the message will be delivered again");
+                keep.insert(owners[*index]);
                 continue;
             }
-            match self
-                .queue
-                .dead_letter(&body, &handles[*index], &reason)
-                .await
-            {
+            match self.queue.send_dead_letter(&body, &reason).await {
                 Ok(()) => {
                     self.metrics.dead_lettered.inc();
                 }
                 Err(e) => {
                     tracing::warn!(error = ?anyhow::Error::new(e), accrual_id = %record.accrual_id, "Dead-lettering failed; the message will be delivered again");
+                    keep.insert(owners[*index]);
                 }
             }
         }
         let to_delete: Vec<String> = handles
             .iter()
             .enumerate()
-            .filter(|(i, _)| !rejected.contains(i))
+            .filter(|(i, _)| !keep.contains(i))
             .map(|(_, h)| h.clone())
             .collect();
         let outcome = written.outcome;
@@ -153,7 +171,8 @@ impl Batcher {
         tracing::debug!(
             written = outcome.written,
             duplicates = outcome.duplicates,
-            rejected = rejected.len(),
+            rejected = written.rejected.len(),
+            kept = keep.len(),
             undeleted,
             "Batch committed"
         );

@@ -11,11 +11,18 @@ use prometheus_client::registry::{Registry, Unit};
 pub struct ListenerMetrics {
     /// Messages received from the main queue (a redelivery counts again).
     pub received: Counter,
+    /// Points in the messages received (a packed message counts each of its points).
+    pub points_received: Counter,
+    /// ReceiveMessage calls made, empty long polls included.
+    pub receive_calls: Counter,
+    /// DeleteMessageBatch calls made, retries included.
+    pub delete_calls: Counter,
     /// Points newly written to the ledger.
     pub written: Counter,
     /// Points already in the ledger (redeliveries, re-sends) that wrote nothing.
     pub duplicates: Counter,
-    /// Messages moved to the dead-letter queue by this listener.
+    /// Points moved to the dead-letter queue by this listener (a body that cannot be read counts
+    /// as one).
     pub dead_lettered: Counter,
     /// Batches committed.
     pub batches: Counter,
@@ -50,6 +57,9 @@ impl ListenerMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("accrual_listener");
         let received = Counter::default();
+        let points_received = Counter::default();
+        let receive_calls = Counter::default();
+        let delete_calls = Counter::default();
         let written = Counter::default();
         let duplicates = Counter::default();
         let dead_lettered = Counter::default();
@@ -73,6 +83,21 @@ impl ListenerMetrics {
             received.clone(),
         );
         registry.register(
+            "points_received",
+            "Points in the messages received (a packed message counts each point), redeliveries included",
+            points_received.clone(),
+        );
+        registry.register(
+            "sqs_receive_calls",
+            "ReceiveMessage calls made, empty long polls included",
+            receive_calls.clone(),
+        );
+        registry.register(
+            "sqs_delete_calls",
+            "DeleteMessageBatch calls made, retries included",
+            delete_calls.clone(),
+        );
+        registry.register(
             "points_written",
             "Points newly written to the ledger",
             written.clone(),
@@ -83,8 +108,8 @@ impl ListenerMetrics {
             duplicates.clone(),
         );
         registry.register(
-            "messages_dead_lettered",
-            "Messages this listener moved to the dead-letter queue",
+            "points_dead_lettered",
+            "Points this listener moved to the dead-letter queue (an unreadable body counts as one)",
             dead_lettered.clone(),
         );
         registry.register("batches", "Batches committed", batches.clone());
@@ -137,6 +162,9 @@ impl ListenerMetrics {
         );
         Self {
             received,
+            points_received,
+            receive_calls,
+            delete_calls,
             written,
             duplicates,
             dead_lettered,

@@ -6,6 +6,7 @@ use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
 };
 use futures_util::{StreamExt, stream};
+use prometheus_client::metrics::counter::Counter;
 
 /// SQS message attribute values are at most 256 KiB; reasons are kept far shorter.
 const MAX_REASON_CHARS: usize = 1_000;
@@ -22,6 +23,8 @@ pub struct Queue {
     pub dlq_url: String,
     /// Name of the main queue, recorded on every dead letter.
     pub main_name: String,
+    /// Counts DeleteMessageBatch calls.
+    pub delete_calls: Counter,
 }
 
 impl Queue {
@@ -48,6 +51,7 @@ impl Queue {
                     .build()
                     .ok()
             });
+            self.delete_calls.inc();
             let result = self
                 .client
                 .delete_message_batch()
@@ -128,6 +132,19 @@ impl Queue {
         receipt_handle: &str,
         reason: &str,
     ) -> Result<(), SqsError> {
+        self.send_dead_letter(body, reason).await?;
+        self.client
+            .delete_message()
+            .queue_url(&self.main_url)
+            .receipt_handle(receipt_handle)
+            .send()
+            .await
+            .map_err(|e| SqsError::new("DeleteMessage", e))?;
+        Ok(())
+    }
+
+    /// Sends `body` to the dead-letter queue with the reason and the source queue as attributes.
+    pub async fn send_dead_letter(&self, body: &str, reason: &str) -> Result<(), SqsError> {
         let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
         let attr = |value: &str| {
             MessageAttributeValue::builder()
@@ -148,14 +165,7 @@ impl Queue {
         send.send()
             .await
             .map_err(|e| SqsError::new("SendMessage", e))?;
-        self.client
-            .delete_message()
-            .queue_url(&self.main_url)
-            .receipt_handle(receipt_handle)
-            .send()
-            .await
-            .map_err(|e| SqsError::new("DeleteMessage", e))?;
-        tracing::warn!(%reason, "Dead-lettered a message");
+        tracing::warn!(%reason, "Dead-lettered a point");
         Ok(())
     }
 }

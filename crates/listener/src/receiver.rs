@@ -1,10 +1,12 @@
-//! Long-poll receive loop: decodes each message, hands good points to the batcher and sends poison
-//! straight to the dead-letter queue.
+//! Long-poll receive loop: decodes each message (v1 or packed v2), hands its good points to the
+//! batcher and sends poison straight to the dead-letter queue: a body that cannot be read goes as
+//! it is; a bad point inside a packed message goes alone, as a v1 body, and the message's other
+//! points go on to the batcher (the message is deleted once they are written).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use accrual_core::message::PointRecord;
+use accrual_core::message::{self, PointRecord, RefusedPoint};
 use accrual_core::sqs::MAX_RECEIVE_MESSAGES;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -19,10 +21,10 @@ use crate::queue::Queue;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// A decoded point and the handle that deletes its message once the point is committed.
+/// A message's decoded points and the handle that deletes it once they are all committed.
 #[derive(Debug)]
 pub struct Inbound {
-    pub record: PointRecord,
+    pub records: Vec<PointRecord>,
     pub receipt_handle: String,
 }
 
@@ -63,6 +65,7 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
         // An in-flight receive is never abandoned: SQS (and LocalStack) would still hand messages
         // to the dropped call, and they would stay invisible for a whole visibility timeout.
         // Shutdown therefore waits for at most one long poll (`wait_secs`).
+        metrics.receive_calls.inc();
         let result = queue
             .client
             .receive_message()
@@ -89,15 +92,30 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
             }
         };
         metrics.received.inc_by(out.messages().len() as u64);
-        for message in out.messages.unwrap_or_default() {
-            let (Some(body), Some(handle)) = (message.body, message.receipt_handle) else {
+        for received in out.messages.unwrap_or_default() {
+            let (Some(body), Some(handle)) = (received.body, received.receipt_handle) else {
                 continue;
             };
-            match PointRecord::decode(&body) {
-                Ok(record) => {
+            match message::decode_message(&body) {
+                Ok(decoded) => {
+                    metrics
+                        .points_received
+                        .inc_by((decoded.points.len() + decoded.refused.len()) as u64);
+                    if !decoded.refused.is_empty()
+                        && !dead_letter_points(&queue, &dead_letters, &metrics, &decoded.refused)
+                            .await
+                    {
+                        // Left for redelivery: its good points are then duplicates, and the
+                        // refused ones are tried again.
+                        continue;
+                    }
+                    if decoded.points.is_empty() {
+                        queue.delete(vec![handle]).await;
+                        continue;
+                    }
                     held.hold(&handle, received_at);
                     let inbound = Inbound {
-                        record,
+                        records: decoded.points,
                         receipt_handle: handle,
                     };
                     // Waits while the batcher is busy: back-pressure instead of an unbounded buffer.
@@ -110,6 +128,7 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
                     }
                 }
                 Err(reason) => {
+                    metrics.points_received.inc();
                     let reason = reason.to_string();
                     if let Err(e) = dead_letters.record(&body, &reason).await {
                         tracing::warn!(error = %e, "Recording a dead letter failed; the message will be delivered again");
@@ -127,6 +146,28 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
             }
         }
     }
+}
+
+/// Sends the refused points of a packed message to the dead-letter queue, each alone, without
+/// deleting the message. False if any could not be sent: the message must then stay.
+async fn dead_letter_points(
+    queue: &Queue,
+    dead_letters: &DeadLetterLog,
+    metrics: &ListenerMetrics,
+    refused: &[RefusedPoint],
+) -> bool {
+    for point in refused {
+        if let Err(e) = dead_letters.record(&point.body, &point.reason).await {
+            tracing::warn!(error = %e, "Recording a dead letter failed; the message will be delivered again");
+            return false;
+        }
+        if let Err(e) = queue.send_dead_letter(&point.body, &point.reason).await {
+            tracing::warn!(error = ?anyhow::Error::new(e), "Dead-lettering a packed point failed; the message will be delivered again");
+            return false;
+        }
+        metrics.dead_lettered.inc();
+    }
+    true
 }
 
 /// Where dead letters of known jobs are recorded, so those jobs can still complete.

@@ -46,14 +46,15 @@ impl Listener {
         let visibility_timeout = sqs::visibility_timeout(&client, &main_url)
             .await
             .context("Failed to read the queue's visibility timeout")?;
+        let metrics = Arc::new(ListenerMetrics::new());
         let queue = Queue {
             client,
             main_url,
             dlq_url,
             main_name: settings.sqs.accrual_queue.clone(),
+            delete_calls: metrics.delete_calls.clone(),
         };
         let progress = Progress::connect(&settings.redis).await;
-        let metrics = Arc::new(ListenerMetrics::new());
         let gate = DatabaseGate::new(
             metrics.database_up.clone(),
             metrics.database_outages.clone(),

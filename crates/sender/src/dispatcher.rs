@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accrual_core::progress::Progress;
-use accrual_core::{chunk, db};
+use accrual_core::{chunk, db, message};
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, MAX_BATCH_BYTES};
 use crate::metrics::SenderMetrics;
 
 /// How long to wait before retrying a chunk whose fan-out failed (SQS down, say).
@@ -29,6 +29,8 @@ const MARK_RETRIES: u32 = 5;
 pub struct Dispatcher {
     pool: MySqlPool,
     fanout: Fanout,
+    /// Points packed into one message (1: v1 messages).
+    points_per_message: usize,
     progress: Progress,
     metrics: Arc<SenderMetrics>,
     /// This replica's name in `lease_owner` and `dispatched_by`.
@@ -51,6 +53,7 @@ impl Dispatcher {
     pub fn new(
         pool: MySqlPool,
         fanout: Fanout,
+        points_per_message: u32,
         progress: Progress,
         metrics: Arc<SenderMetrics>,
         lease: Duration,
@@ -64,6 +67,7 @@ impl Dispatcher {
         Self {
             pool,
             fanout,
+            points_per_message: points_per_message as usize,
             progress,
             metrics,
             owner,
@@ -159,8 +163,14 @@ impl Dispatcher {
     /// Sends a claimed chunk, renewing the lease while it goes; on shutdown, hands it back.
     async fn dispatch(&self, chunk: Claimed, shutdown: &CancellationToken) {
         let (job_id, seq) = (chunk.job_id, chunk.seq);
-        let bodies = match tokio::task::spawn_blocking(move || chunk::decode(&chunk.items)).await {
-            Ok(Ok(bodies)) => bodies,
+        let per_message = self.points_per_message;
+        let unpack = move || -> Result<(usize, Vec<String>), anyhow::Error> {
+            let bodies = chunk::decode(&chunk.items)?;
+            let points = bodies.len();
+            Ok((points, message::pack(bodies, per_message, MAX_BATCH_BYTES)?))
+        };
+        let (points, bodies) = match tokio::task::spawn_blocking(unpack).await {
+            Ok(Ok(unpacked)) => unpacked,
             Ok(Err(e)) => {
                 tracing::error!(%job_id, seq, error = %e, "Stored chunk is unreadable; leaving it leased for an operator");
                 return;
@@ -170,7 +180,6 @@ impl Dispatcher {
                 return;
             }
         };
-        let count = bodies.len();
         let send = self.fanout.send_all(bodies);
         tokio::pin!(send);
         let mut renew = tokio::time::interval(self.lease / 3);
@@ -200,12 +209,13 @@ impl Dispatcher {
                     tracing::warn!(%job_id, seq, error = %e, "Marking a chunk dispatched failed");
                     return;
                 }
-                self.metrics.points_dispatched.inc_by(sent as u64);
+                self.metrics.points_dispatched.inc_by(points as u64);
+                self.metrics.messages_dispatched.inc_by(sent as u64);
                 self.metrics.chunks_dispatched.inc();
                 self.progress
-                    .add(job_id, &[("enqueued", sent as u64)])
+                    .add(job_id, &[("enqueued", points as u64)])
                     .await;
-                tracing::debug!(%job_id, seq, sent = count, "Chunk dispatched");
+                tracing::debug!(%job_id, seq, points, messages = sent, "Chunk dispatched");
             }
             Err(e) => {
                 tracing::error!(%job_id, seq, error = ?anyhow::Error::new(e), "Chunk fan-out failed; retrying it later");

@@ -8,6 +8,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use futures_util::{StreamExt, TryStreamExt, stream};
+use prometheus_client::metrics::counter::Counter;
 
 /// SQS refuses a SendMessageBatch request whose bodies add up to more than 256 KiB.
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
@@ -34,14 +35,17 @@ pub struct Fanout {
     queue_url: String,
     /// Most SendMessageBatch calls in flight at once for one fan-out.
     max_in_flight: usize,
+    /// Counts every SendMessageBatch call, retries included.
+    calls: Counter,
 }
 
 impl Fanout {
-    pub fn new(client: Client, queue_url: String, max_in_flight: usize) -> Self {
+    pub fn new(client: Client, queue_url: String, max_in_flight: usize, calls: Counter) -> Self {
         Self {
             client,
             queue_url,
             max_in_flight: max_in_flight.max(1),
+            calls,
         }
     }
 
@@ -71,6 +75,7 @@ impl Fanout {
                 code: "BuildError".into(),
                 message: e.to_string(),
             })?;
+            self.calls.inc();
             let result = self
                 .client
                 .send_message_batch()

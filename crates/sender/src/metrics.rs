@@ -32,6 +32,10 @@ pub struct SenderMetrics {
     pub points_dispatched: Counter,
     /// Chunks sent by this replica's dispatchers.
     pub chunks_dispatched: Counter,
+    /// SQS messages sent by this replica's dispatchers (fewer than points when packed).
+    pub messages_dispatched: Counter,
+    /// SendMessageBatch calls made by this replica's dispatchers, retries included.
+    pub send_calls: Counter,
     /// Age of the oldest due chunk not yet dispatched, set when `/metrics` is read.
     pub dispatch_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Due chunks not yet dispatched, set when `/metrics` is read.
@@ -57,6 +61,8 @@ impl SenderMetrics {
             rate_limit_unavailable: Counter::default(),
             points_dispatched: Counter::default(),
             chunks_dispatched: Counter::default(),
+            messages_dispatched: Counter::default(),
+            send_calls: Counter::default(),
             dispatch_lag_seconds: Gauge::default(),
             chunks_pending: Gauge::default(),
             registry: Registry::default(),
@@ -96,6 +102,16 @@ impl SenderMetrics {
             "chunks_dispatched",
             "Chunks sent to SQS by this replica",
             m.chunks_dispatched.clone(),
+        );
+        registry.register(
+            "messages_dispatched",
+            "SQS messages sent by this replica (fewer than points when points are packed)",
+            m.messages_dispatched.clone(),
+        );
+        registry.register(
+            "sqs_send_calls",
+            "SendMessageBatch calls made by this replica, retries included",
+            m.send_calls.clone(),
         );
         registry.register_with_unit(
             "dispatch_lag",

@@ -57,6 +57,11 @@ pub struct SenderSettings {
     #[arg(long, env = "CHUNK_ITEMS", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     pub chunk_items: u32,
 
+    /// Points packed into one SQS message (`{"v":2,"points":[…]}`); 1 sends one v1 message per
+    /// point. A message also stays under 256 KiB, so very large values are capped by size.
+    #[arg(long, env = "ACCRUAL_POINTS_PER_MESSAGE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub points_per_message: u32,
+
     /// How long a claimed chunk stays with its replica without renewal (e.g. 60s).
     #[arg(long, env = "DISPATCH_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub dispatch_lease: Duration,

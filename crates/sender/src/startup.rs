@@ -69,10 +69,16 @@ impl Application {
             overrides,
             metrics.clone(),
         );
-        let fanout = Fanout::new(client.clone(), queue_url.clone(), settings.send_concurrency);
+        let fanout = Fanout::new(
+            client.clone(),
+            queue_url.clone(),
+            settings.send_concurrency,
+            metrics.send_calls.clone(),
+        );
         let dispatcher = Dispatcher::new(
             pool.clone(),
             fanout,
+            settings.points_per_message,
             progress.clone(),
             metrics.clone(),
             settings.dispatch_lease,

@@ -117,7 +117,7 @@ async fn dead_letters_can_be_listed_with_their_reason_and_redriven_to_the_main_q
     .await
     .unwrap();
 
-    assert_eq!(moved, 2);
+    assert_eq!((moved.messages, moved.points), (2, 2));
     // Back on the main queue, the listener receives them again; still poison, they return.
     eventually(
         Duration::from_secs(30),

@@ -6,5 +6,6 @@ mod contract;
 mod helpers;
 mod jobs;
 mod ops;
+mod packed;
 mod pipeline;
 mod process;
