@@ -14,7 +14,7 @@ use std::time::Duration;
 use accrual_benches::workload::Workload;
 use accrual_core::settings::{DatabaseSettings, SqsSettings};
 use accrual_core::sqs::QueueOptions;
-use accrual_core::{db, sqs};
+use accrual_core::{db, message, sqs};
 use anyhow::{Context, bail};
 use clap::Parser;
 use uuid::Uuid;
@@ -59,6 +59,10 @@ pub struct Args {
     /// Receive tasks per listener (RECEIVE_TASKS).
     #[arg(long, env = "RECEIVE_TASKS", default_value_t = 8)]
     receive_tasks: usize,
+    /// Points packed into one SQS message (ACCRUAL_POINTS_PER_MESSAGE): 1 sends v1 messages; the
+    /// raw SQS round trip packs its bodies the same way.
+    #[arg(long, env = "ACCRUAL_POINTS_PER_MESSAGE", default_value_t = 1)]
+    points_per_message: usize,
     /// Rows per listener batch and per raw insert statement (BATCH_MAX_ROWS).
     #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 512)]
     batch_max_rows: usize,
@@ -219,6 +223,13 @@ async fn measure(
             .take(args.raw_sqs_points)
             .map(|r| r.encode())
             .collect();
+        let sample_points = bodies.len();
+        // Packed as the dispatcher packs: within a chunk, so at most CHUNK_ITEMS (2,000) a run.
+        let bodies = bodies
+            .chunks(2_000)
+            .map(|chunk| message::pack(chunk.to_vec(), args.points_per_message, 256 * 1024))
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
         let url = client
             .create_queue()
             .queue_name(&scratch.raw_queue)
@@ -233,7 +244,7 @@ async fn measure(
             receivers: args.listeners * args.receive_tasks,
             wait_secs: 2,
         };
-        let outcome = raw::sqs_round_trip(client, &url, bodies, shape).await;
+        let outcome = raw::sqs_round_trip(client, &url, bodies, sample_points, shape).await;
         let _ = client.delete_queue().queue_url(&url).send().await;
         raw_sqs = Some(outcome?);
         let table = "raw_point_accruals";
@@ -270,6 +281,10 @@ async fn measure(
         ("RATE_LIMIT_POINTS_PER_MINUTE".into(), "1000000000".into()),
         ("DISPATCH_TASKS".into(), args.dispatch_tasks.to_string()),
         ("SEND_CONCURRENCY".into(), args.send_concurrency.to_string()),
+        (
+            "ACCRUAL_POINTS_PER_MESSAGE".into(),
+            args.points_per_message.to_string(),
+        ),
     ]);
     let mut listeners = Vec::with_capacity(args.listeners);
     for i in 0..args.listeners.max(1) {

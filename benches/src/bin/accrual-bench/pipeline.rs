@@ -166,6 +166,22 @@ pub struct PipelineOutcome {
     pub sender_peak_rss_accepting_kib: u64,
     /// Points the listeners received again after they were written (redeliveries, re-sent chunks).
     pub duplicates: u64,
+    /// SQS calls until the last point was in MySQL: the sender's SendMessageBatch and the
+    /// listeners' ReceiveMessage (empty long polls included) and DeleteMessageBatch.
+    pub sqs_calls: SqsCalls,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqsCalls {
+    pub send: u64,
+    pub receive: u64,
+    pub delete: u64,
+}
+
+impl SqsCalls {
+    pub fn total(&self) -> u64 {
+        self.send + self.receive + self.delete
+    }
 }
 
 /// The requests of a run and when to give up on them.
@@ -254,10 +270,22 @@ pub async fn run(
     }
     let all_in_mysql = started.elapsed();
     let mut duplicates = 0.0;
+    let mut calls = SqsCalls {
+        send: sender
+            .metric(http, "accrual_sender_sqs_send_calls_total")
+            .await? as u64,
+        ..SqsCalls::default()
+    };
     for listener in listeners.iter() {
         duplicates += listener
             .metric(http, "accrual_listener_points_duplicate_total")
             .await?;
+        calls.receive += listener
+            .metric(http, "accrual_listener_sqs_receive_calls_total")
+            .await? as u64;
+        calls.delete += listener
+            .metric(http, "accrual_listener_sqs_delete_calls_total")
+            .await? as u64;
     }
     let (mut accept_latencies, all_accepted, sender_peak_rss_accepting_kib) =
         accepted.context("the requests were not all accepted")?;
@@ -269,6 +297,7 @@ pub async fn run(
         all_in_mysql,
         sender_peak_rss_accepting_kib,
         duplicates: duplicates as u64,
+        sqs_calls: calls,
     })
 }
 

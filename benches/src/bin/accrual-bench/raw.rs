@@ -9,6 +9,9 @@ use accrual_benches::proc_stats;
 use accrual_benches::progress::ProgressBar;
 use accrual_core::message::PointRecord;
 use accrual_core::sqs::{MAX_BATCH_ENTRIES, MAX_RECEIVE_MESSAGES};
+
+/// SQS refuses a SendMessageBatch whose bodies add up to more than 256 KiB.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 use anyhow::{Context, bail};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
@@ -21,6 +24,9 @@ pub struct RawOutcome {
     pub items: usize,
     pub elapsed: Duration,
     pub client_cpu_seconds: f64,
+    /// Service calls made (SQS: SendMessageBatch, ReceiveMessage, DeleteMessageBatch; MySQL:
+    /// INSERT statements).
+    pub calls: u64,
 }
 
 impl RawOutcome {
@@ -30,6 +36,10 @@ impl RawOutcome {
 
     pub fn cpu_us_per_item(&self) -> f64 {
         self.client_cpu_seconds * 1e6 / self.items.max(1) as f64
+    }
+
+    pub fn calls_per_item(&self) -> f64 {
+        self.calls as f64 / self.items.max(1) as f64
     }
 }
 
@@ -43,28 +53,40 @@ pub struct SqsShape {
     pub wait_secs: i32,
 }
 
-/// Sends every body with SendMessageBatch (10 a call), and at the same time receives and deletes
-/// them with ReceiveMessage/DeleteMessageBatch, until all are deleted.
+/// Sends every body with SendMessageBatch (10 a call, at most 256 KiB), and at the same time
+/// receives and deletes them with ReceiveMessage/DeleteMessageBatch, until all are deleted.
+/// `points` is how many points the bodies carry (more than bodies when they are packed).
 pub async fn sqs_round_trip(
     client: &Client,
     queue_url: &str,
     bodies: Vec<String>,
+    points: usize,
     shape: SqsShape,
 ) -> anyhow::Result<RawOutcome> {
     let total = bodies.len();
     let deleted = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
     let cpu_before = own_cpu();
     let started = Instant::now();
 
     let mut receivers = Vec::with_capacity(shape.receivers);
     for _ in 0..shape.receivers.max(1) {
         let (client, url, deleted) = (client.clone(), queue_url.to_owned(), deleted.clone());
+        let calls = calls.clone();
         receivers.push(tokio::spawn(async move {
-            receive_and_delete(&client, &url, &deleted, total as u64, shape.wait_secs).await
+            receive_and_delete(
+                &client,
+                &url,
+                &deleted,
+                &calls,
+                total as u64,
+                shape.wait_secs,
+            )
+            .await
         }));
     }
-    let send = stream::iter(bodies.chunks(MAX_BATCH_ENTRIES).map(<[String]>::to_vec))
-        .map(|batch| send_batch(client, queue_url, batch))
+    let send = stream::iter(send_batches(bodies))
+        .map(|batch| send_batch(client, queue_url, batch, &calls))
         .buffer_unordered(shape.send_calls.max(1))
         .try_for_each(|()| async { Ok(()) });
     let watch = watch_progress("raw SQS", deleted.clone(), total);
@@ -82,15 +104,43 @@ pub async fn sqs_round_trip(
         "",
     );
     Ok(RawOutcome {
-        items: total,
+        items: points,
         elapsed,
         client_cpu_seconds: own_cpu() - cpu_before,
+        calls: calls.load(Ordering::Relaxed),
     })
 }
 
-async fn send_batch(client: &Client, url: &str, batch: Vec<String>) -> anyhow::Result<()> {
+/// Groups bodies as the dispatcher does: at most 10 a call and 256 KiB of bodies.
+fn send_batches(bodies: Vec<String>) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    for body in bodies {
+        if current.len() == MAX_BATCH_ENTRIES
+            || (!current.is_empty() && bytes + body.len() > MAX_BATCH_BYTES)
+        {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += body.len();
+        current.push(body);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+async fn send_batch(
+    client: &Client,
+    url: &str,
+    batch: Vec<String>,
+    calls: &AtomicU64,
+) -> anyhow::Result<()> {
     let mut pending: Vec<(usize, String)> = batch.into_iter().enumerate().collect();
     for _attempt in 0..10 {
+        calls.fetch_add(1, Ordering::Relaxed);
         let entries = pending
             .iter()
             .map(|(id, body)| {
@@ -121,10 +171,12 @@ async fn receive_and_delete(
     client: &Client,
     url: &str,
     deleted: &AtomicU64,
+    calls: &AtomicU64,
     total: u64,
     wait_secs: i32,
 ) -> anyhow::Result<()> {
     while deleted.load(Ordering::Relaxed) < total {
+        calls.fetch_add(1, Ordering::Relaxed);
         let out = client
             .receive_message()
             .queue_url(url)
@@ -147,6 +199,7 @@ async fn receive_and_delete(
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()?;
+        calls.fetch_add(1, Ordering::Relaxed);
         let out = client
             .delete_message_batch()
             .queue_url(url)
@@ -205,6 +258,7 @@ pub async fn mysql_insert(
         items: records.len(),
         elapsed,
         client_cpu_seconds: own_cpu() - cpu_before,
+        calls: records.len().div_ceil(rows_per_statement) as u64,
     })
 }
 
