@@ -47,6 +47,14 @@ fn sender(c: &mut Criterion) {
     group.bench_function("decode_a_chunk_of_1000_points", |b| {
         b.iter(|| accrual_core::chunk::decode(black_box(&chunk)).expect("a valid chunk"))
     });
+    let bodies: Vec<String> = records.iter().map(PointRecord::encode).collect();
+    group.bench_function("pack_1000_points_100_a_message", |b| {
+        b.iter_batched(
+            || bodies.clone(),
+            |bodies| accrual_core::message::pack(bodies, 100, 256 * 1024).expect("v1 bodies"),
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 
@@ -60,6 +68,15 @@ fn listener(c: &mut Criterion) {
             black_box(&bodies)
                 .iter()
                 .map(|body| PointRecord::decode(body).expect("a valid body"))
+                .collect::<Vec<_>>()
+        })
+    });
+    let packed = accrual_core::message::pack(bodies.clone(), 100, 256 * 1024).expect("v1 bodies");
+    group.bench_function("decode_1000_points_packed_100_a_message", |b| {
+        b.iter(|| {
+            black_box(&packed)
+                .iter()
+                .map(|body| accrual_core::message::decode_message(body).expect("a valid body"))
                 .collect::<Vec<_>>()
         })
     });
