@@ -126,3 +126,46 @@ async fn poison_among_10000_good_points_is_dead_lettered_with_reasons_and_redriv
     assert_eq!(env.depth(&env.queues.dlq).await, 0);
     assert_eq!(env.depth(&env.queues.main).await, 4);
 }
+
+#[tokio::test]
+async fn a_packed_message_in_the_dlq_is_listed_and_redriven_as_its_points() {
+    accrual_core::telemetry::init();
+    let env = TestEnv::new().await;
+    // As SQS leaves it after too many receives: a whole packed message of 25 points.
+    let bodies = (0..25).map(|i| point(i).encode()).collect();
+    let packed = accrual_core::message::pack(bodies, 25, 256 * 1024).unwrap();
+    assert_eq!(packed.len(), 1);
+    env.client
+        .send_message()
+        .queue_url(&env.queues.dlq)
+        .message_body(&packed[0])
+        .send()
+        .await
+        .unwrap();
+    env.client
+        .send_message()
+        .queue_url(&env.queues.dlq)
+        .message_body(point(99).encode())
+        .send()
+        .await
+        .unwrap();
+
+    let listed: Vec<serde_json::Value> = accrualctl(&env, &["dlq", "list"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut points: Vec<u64> = listed
+        .iter()
+        .map(|l| l["points"].as_u64().unwrap())
+        .collect();
+    points.sort_unstable();
+    assert_eq!(points, [1, 25]);
+
+    let redriven: serde_json::Value =
+        serde_json::from_str(accrualctl(&env, &["dlq", "redrive"]).trim()).unwrap();
+    assert_eq!(
+        (redriven["redriven"].as_u64(), redriven["messages"].as_u64()),
+        (Some(26), Some(2))
+    );
+    assert_eq!(env.depth(&env.queues.main).await, 2);
+}

@@ -100,6 +100,22 @@ impl TestEnv {
         sqs::approximate_depth(&self.client, url).await.unwrap()
     }
 
+    /// One receive of up to 10 dead letters with their attributes (2 s long poll); they become
+    /// visible again after the queue's visibility timeout.
+    pub async fn receive_dead_letters(&self) -> Vec<aws_sdk_sqs::types::Message> {
+        self.client
+            .receive_message()
+            .queue_url(&self.queues.dlq)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default()
+    }
+
     /// Puts message bodies on the main queue with SendMessageBatch, 10 a call and 8 calls at once,
     /// as the dispatcher does; panics if any is refused.
     pub async fn send_bodies(&self, bodies: &[String]) {

@@ -78,18 +78,7 @@ async fn a_packed_message_with_a_negative_amount_writes_the_others_and_dead_lett
             .unwrap();
     assert_eq!(missing, 0);
 
-    let out = app
-        .env
-        .client
-        .receive_message()
-        .queue_url(&app.env.queues.dlq)
-        .max_number_of_messages(10)
-        .message_attribute_names("All")
-        .wait_time_seconds(2)
-        .send()
-        .await
-        .unwrap();
-    let letters = out.messages();
+    let letters = app.env.receive_dead_letters().await;
     assert_eq!(letters.len(), 1, "only the bad point is dead-lettered");
     let letter_body = letters[0].body().unwrap();
     // A v1 body: the bad point alone, as it was in the packed message.

@@ -31,18 +31,7 @@ async fn undecodable_messages_go_to_the_dlq_with_their_reason_and_good_ones_are_
     assert_eq!(app.env.ledger_rows().await, 20);
 
     let mut reasons = HashMap::new();
-    let out = app
-        .env
-        .client
-        .receive_message()
-        .queue_url(&app.env.queues.dlq)
-        .max_number_of_messages(10)
-        .message_attribute_names("All")
-        .wait_time_seconds(2)
-        .send()
-        .await
-        .unwrap();
-    for m in out.messages() {
+    for m in app.env.receive_dead_letters().await {
         let attrs = m.message_attributes().unwrap();
         let reason = attrs[ATTR_REASON].string_value().unwrap().to_owned();
         assert_eq!(

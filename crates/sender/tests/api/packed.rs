@@ -59,30 +59,15 @@ async fn fifty_thousand_points_with(per_message: u32) {
 
     // Progress counts points, not messages.
     let url = format!("{}/v1/jobs/{job_id}", app.address);
+    let job = || async {
+        let response = app.http.get(&url).bearer_auth(KEY_A).send().await.unwrap();
+        response.json::<Value>().await.unwrap()
+    };
     eventually(Duration::from_secs(30), "the job completed", || async {
-        let job: Value = app
-            .http
-            .get(&url)
-            .bearer_auth(KEY_A)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        job["status"] == "completed"
+        job().await["status"] == "completed"
     })
     .await;
-    let job: Value = app
-        .http
-        .get(&url)
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = job().await;
     assert_eq!(
         (job["enqueued"].as_u64(), job["written"].as_u64()),
         (Some(50_000), Some(50_000)),
