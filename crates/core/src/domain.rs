@@ -30,6 +30,23 @@ impl TryFrom<String> for MemberId {
     type Error = FieldError;
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::check(&value)?;
+        Ok(Self(value.into()))
+    }
+}
+
+/// From a borrowed string (a message body being decoded): no allocation for up to 24 bytes.
+impl TryFrom<&str> for MemberId {
+    type Error = FieldError;
+
+    fn try_from(value: &str) -> Result<Self, Self::Error> {
+        Self::check(value)?;
+        Ok(Self(CompactString::new(value)))
+    }
+}
+
+impl MemberId {
+    fn check(value: &str) -> Result<(), FieldError> {
         if value.is_empty() || value.len() > MEMBER_ID_MAX_LEN {
             return Err(FieldError("must be 1 to 64 characters long"));
         }
@@ -39,11 +56,9 @@ impl TryFrom<String> for MemberId {
                 "may only contain A-Z, a-z, 0-9, '_', '.' and '-'",
             ));
         }
-        Ok(Self(value.into()))
+        Ok(())
     }
-}
 
-impl MemberId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -57,6 +72,23 @@ impl TryFrom<String> for PointType {
     type Error = FieldError;
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::check(&value)?;
+        Ok(Self(value.into()))
+    }
+}
+
+/// From a borrowed string (a message body being decoded): no allocation for up to 24 bytes.
+impl TryFrom<&str> for PointType {
+    type Error = FieldError;
+
+    fn try_from(value: &str) -> Result<Self, Self::Error> {
+        Self::check(value)?;
+        Ok(Self(CompactString::new(value)))
+    }
+}
+
+impl PointType {
+    fn check(value: &str) -> Result<(), FieldError> {
         if value.is_empty() || value.len() > POINT_TYPE_MAX_LEN {
             return Err(FieldError("must be 1 to 32 characters long"));
         }
@@ -64,11 +96,9 @@ impl TryFrom<String> for PointType {
         if !value.bytes().all(allowed) {
             return Err(FieldError("may only contain A-Z, 0-9 and '_'"));
         }
-        Ok(Self(value.into()))
+        Ok(())
     }
-}
 
-impl PointType {
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -104,15 +134,30 @@ impl TryFrom<String> for Reason {
     type Error = FieldError;
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        // Cheap byte test first: a string of at most 255 bytes has at most 255 characters.
-        if value.len() > REASON_MAX_CHARS && value.chars().count() > REASON_MAX_CHARS {
-            return Err(FieldError("must be at most 255 characters long"));
-        }
+        Self::check(&value)?;
         Ok(Self(value.into()))
     }
 }
 
+/// From a borrowed string (a message body being decoded): no allocation for up to 24 bytes.
+impl TryFrom<&str> for Reason {
+    type Error = FieldError;
+
+    fn try_from(value: &str) -> Result<Self, Self::Error> {
+        Self::check(value)?;
+        Ok(Self(CompactString::new(value)))
+    }
+}
+
 impl Reason {
+    fn check(value: &str) -> Result<(), FieldError> {
+        // Cheap byte test first: a string of at most 255 bytes has at most 255 characters.
+        if value.len() > REASON_MAX_CHARS && value.chars().count() > REASON_MAX_CHARS {
+            return Err(FieldError("must be at most 255 characters long"));
+        }
+        Ok(())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

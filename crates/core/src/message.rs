@@ -5,6 +5,8 @@
 //! (and the `accrual_id`) that were accepted; the listener decodes each point on its own, so one
 //! bad point is refused alone.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -47,18 +49,21 @@ struct WireOut<'a> {
     accepted_at: DateTime<Utc>,
 }
 
-/// A v1 body, or one point of a v2 body (which has no `v`).
+/// A v1 body, or one point of a v2 body (which has no `v`). Strings borrow from the body unless
+/// they hold escapes.
 #[derive(Deserialize)]
-struct WireIn {
+struct WireIn<'a> {
     #[serde(default)]
     v: Option<u8>,
     accrual_id: Uuid,
     job_id: Uuid,
-    member_id: String,
-    point_type: String,
+    #[serde(borrow)]
+    member_id: Cow<'a, str>,
+    #[serde(borrow)]
+    point_type: Cow<'a, str>,
     amount: i64,
-    #[serde(default)]
-    reason: Option<String>,
+    #[serde(default, borrow)]
+    reason: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "timestamp::optional")]
     expires_at: Option<DateTime<Utc>>,
     #[serde(deserialize_with = "timestamp::required")]
@@ -174,17 +179,20 @@ impl PointRecord {
         }
     }
 
-    fn from_wire(w: WireIn) -> Result<Self, DecodeError> {
+    fn from_wire(w: WireIn<'_>) -> Result<Self, DecodeError> {
         let invalid = |field| move |source| DecodeError::Invalid { field, source };
         Ok(Self {
             accrual_id: w.accrual_id,
             job_id: w.job_id,
             accrual: Accrual {
-                member_id: MemberId::try_from(w.member_id).map_err(invalid("member_id"))?,
-                point_type: PointType::try_from(w.point_type).map_err(invalid("point_type"))?,
+                member_id: MemberId::try_from(w.member_id.as_ref())
+                    .map_err(invalid("member_id"))?,
+                point_type: PointType::try_from(w.point_type.as_ref())
+                    .map_err(invalid("point_type"))?,
                 amount: Amount::try_from(w.amount).map_err(invalid("amount"))?,
                 reason: w
                     .reason
+                    .as_deref()
                     .map(Reason::try_from)
                     .transpose()
                     .map_err(invalid("reason"))?,
@@ -218,8 +226,9 @@ struct VersionOnly {
 
 /// A packed body read in one pass, when every point in it is sound.
 #[derive(Deserialize)]
-struct PackedWhole {
-    points: Vec<WireIn>,
+struct PackedWhole<'a> {
+    #[serde(borrow)]
+    points: Vec<WireIn<'a>>,
 }
 
 #[derive(Deserialize)]
