@@ -10,6 +10,9 @@ use crate::settings::SqsSettings;
 
 /// SendMessageBatch and DeleteMessageBatch take at most 10 entries.
 pub const MAX_BATCH_ENTRIES: usize = 10;
+/// SQS refuses a SendMessageBatch request whose bodies add up to more than 256 KiB (and a message
+/// over 256 KiB).
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// ReceiveMessage returns at most 10 messages.
 pub const MAX_RECEIVE_MESSAGES: i32 = 10;
 /// Long polling waits at most 20 seconds.
@@ -18,6 +21,27 @@ pub const MAX_WAIT_TIME_SECS: i32 = 20;
 pub const ATTR_REASON: &str = "dead_letter_reason";
 /// Message attribute on a dead letter: the queue it came from.
 pub const ATTR_SOURCE_QUEUE: &str = "source_queue";
+
+/// Groups bodies, in order, into SendMessageBatch requests of at most 10 entries and 256 KiB.
+pub fn send_batches(bodies: Vec<String>) -> Vec<Vec<String>> {
+    let mut out = Vec::with_capacity(bodies.len().div_ceil(MAX_BATCH_ENTRIES));
+    let mut current: Vec<String> = Vec::with_capacity(MAX_BATCH_ENTRIES);
+    let mut bytes = 0;
+    for body in bodies {
+        if current.len() == MAX_BATCH_ENTRIES
+            || (bytes + body.len() > MAX_BATCH_BYTES && !current.is_empty())
+        {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += body.len();
+        current.push(body);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
 
 /// An SQS call failed; `op` names the call.
 #[derive(Debug, thiserror::Error)]
@@ -210,4 +234,26 @@ pub async fn approximate_depth(client: &Client, url: &str) -> Result<u64, SqsErr
     };
     Ok(get(QueueAttributeName::ApproximateNumberOfMessages)
         + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_ten_entries() {
+        let b = send_batches((0..25).map(|i| i.to_string()).collect());
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 5]);
+        assert_eq!(b[2][4], "24");
+    }
+
+    #[test]
+    fn batches_stay_under_the_request_size_limit() {
+        let big = "x".repeat(100 * 1024);
+        let b = send_batches(vec![big.clone(), big.clone(), big.clone(), "y".into()]);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2]);
+        for batch in b {
+            assert!(batch.iter().map(String::len).sum::<usize>() <= MAX_BATCH_BYTES);
+        }
+    }
 }

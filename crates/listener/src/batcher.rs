@@ -27,7 +27,7 @@ use crate::held::HeldMessages;
 use crate::ledger::{Ledger, WriteOutcome};
 use crate::metrics::ListenerMetrics;
 use crate::queue::Queue;
-use crate::receiver::{DeadLetterLog, Inbound};
+use crate::receiver::{DeadLetterLog, Inbound, dead_letter_point};
 
 /// First pause after a failed write; doubled per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -126,22 +126,18 @@ impl Batcher {
         // the point comes back (and the others are then duplicates).
         let mut keep = HashSet::new();
         for (index, error) in &written.rejected {
-            let record = &records[*index];
             let reason = format!("MySQL refused the point: {error}");
-            let body = record.encode();
-            if let Err(e) = self.dead_letters.record(&body, &reason).await {
-                tracing::warn!(error = %e, accrual_id = %record.accrual_id, "Recording a dead letter failed; the message will be delivered again");
+            let body = records[*index].encode();
+            if !dead_letter_point(
+                &self.queue,
+                &self.dead_letters,
+                &self.metrics,
+                &body,
+                &reason,
+            )
+            .await
+            {
                 keep.insert(owners[*index]);
-                continue;
-            }
-            match self.queue.send_dead_letter(&body, &reason).await {
-                Ok(()) => {
-                    self.metrics.dead_lettered.inc();
-                }
-                Err(e) => {
-                    tracing::warn!(error = ?anyhow::Error::new(e), accrual_id = %record.accrual_id, "Dead-lettering failed; the message will be delivered again");
-                    keep.insert(owners[*index]);
-                }
             }
         }
         let to_delete: Vec<String> = handles

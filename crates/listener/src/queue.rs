@@ -165,7 +165,7 @@ impl Queue {
         send.send()
             .await
             .map_err(|e| SqsError::new("SendMessage", e))?;
-        tracing::warn!(%reason, "Dead-lettered a point");
+        tracing::warn!(%reason, "Sent to the dead-letter queue");
         Ok(())
     }
 }

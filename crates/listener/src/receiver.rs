@@ -157,16 +157,32 @@ async fn dead_letter_points(
     refused: &[RefusedPoint],
 ) -> bool {
     for point in refused {
-        if let Err(e) = dead_letters.record(&point.body, &point.reason).await {
-            tracing::warn!(error = %e, "Recording a dead letter failed; the message will be delivered again");
+        if !dead_letter_point(queue, dead_letters, metrics, &point.body, &point.reason).await {
             return false;
         }
-        if let Err(e) = queue.send_dead_letter(&point.body, &point.reason).await {
-            tracing::warn!(error = ?anyhow::Error::new(e), "Dead-lettering a packed point failed; the message will be delivered again");
-            return false;
-        }
-        metrics.dead_lettered.inc();
     }
+    true
+}
+
+/// Records one point's dead letter for its job and sends it (a v1 body) to the dead-letter queue,
+/// without deleting the message it came in. False if either failed: that message must then stay,
+/// so the point comes back.
+pub(crate) async fn dead_letter_point(
+    queue: &Queue,
+    dead_letters: &DeadLetterLog,
+    metrics: &ListenerMetrics,
+    body: &str,
+    reason: &str,
+) -> bool {
+    if let Err(e) = dead_letters.record(body, reason).await {
+        tracing::warn!(error = %e, "Recording a dead letter failed; the message will be delivered again");
+        return false;
+    }
+    if let Err(e) = queue.send_dead_letter(body, reason).await {
+        tracing::warn!(error = ?anyhow::Error::new(e), "Dead-lettering a point failed; the message will be delivered again");
+        return false;
+    }
+    metrics.dead_lettered.inc();
     true
 }
 

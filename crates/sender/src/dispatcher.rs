@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accrual_core::progress::Progress;
+use accrual_core::sqs::MAX_BATCH_BYTES;
 use accrual_core::{chunk, db, message};
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::fanout::{Fanout, MAX_BATCH_BYTES};
+use crate::fanout::Fanout;
 use crate::metrics::SenderMetrics;
 
 /// How long to wait before retrying a chunk whose fan-out failed (SQS down, say).

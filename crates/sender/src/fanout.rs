@@ -3,15 +3,13 @@
 
 use std::time::Duration;
 
-use accrual_core::sqs::{MAX_BATCH_ENTRIES, SqsError};
+use accrual_core::sqs::{SqsError, send_batches};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use prometheus_client::metrics::counter::Counter;
 
-/// SQS refuses a SendMessageBatch request whose bodies add up to more than 256 KiB.
-pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Attempts per batch before the fan-out gives up (about a minute of back-off in all).
 const MAX_ATTEMPTS: u32 = 12;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -51,8 +49,7 @@ impl Fanout {
 
     /// Sends every body; returns how many were sent. Stops at the first batch that cannot be sent.
     pub async fn send_all(&self, bodies: Vec<String>) -> Result<usize, FanoutError> {
-        let batches = batches(bodies);
-        stream::iter(batches)
+        stream::iter(send_batches(bodies))
             .map(|batch| self.send_batch(batch))
             .buffer_unordered(self.max_in_flight)
             .try_fold(0, |sent, n| async move { Ok(sent + n) })
@@ -60,8 +57,10 @@ impl Fanout {
     }
 
     /// Sends one batch of at most 10 bodies, retrying the call and any failed entries.
-    async fn send_batch(&self, mut pending: Vec<(usize, String)>) -> Result<usize, FanoutError> {
-        let total = pending.len();
+    async fn send_batch(&self, batch: Vec<String>) -> Result<usize, FanoutError> {
+        let total = batch.len();
+        // Entry ids are the bodies' places in the batch, so failed entries can be found again.
+        let mut pending: Vec<(usize, String)> = batch.into_iter().enumerate().collect();
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_ATTEMPTS {
             let entries = pending.iter().map(|(id, body)| {
@@ -141,48 +140,5 @@ pub fn is_retriable<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
                 )
         }
         _ => false,
-    }
-}
-
-/// Groups bodies into batches of at most 10 entries and 256 KiB, numbering entries within a batch.
-fn batches(bodies: Vec<String>) -> Vec<Vec<(usize, String)>> {
-    let mut out = Vec::with_capacity(bodies.len().div_ceil(MAX_BATCH_ENTRIES));
-    let mut current: Vec<(usize, String)> = Vec::with_capacity(MAX_BATCH_ENTRIES);
-    let mut bytes = 0;
-    for body in bodies {
-        if current.len() == MAX_BATCH_ENTRIES
-            || (bytes + body.len() > MAX_BATCH_BYTES && !current.is_empty())
-        {
-            out.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        bytes += body.len();
-        current.push((current.len(), body));
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_hold_at_most_ten_entries() {
-        let b = batches((0..25).map(|i| i.to_string()).collect());
-        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 5]);
-        assert_eq!(b[2][4], (4, "24".to_owned()));
-    }
-
-    #[test]
-    fn batches_stay_under_the_request_size_limit() {
-        let big = "x".repeat(100 * 1024);
-        let b = batches(vec![big.clone(), big.clone(), big.clone(), "y".into()]);
-        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2]);
-        for batch in b {
-            assert!(batch.iter().map(|(_, s)| s.len()).sum::<usize>() <= MAX_BATCH_BYTES);
-        }
     }
 }

@@ -227,7 +227,13 @@ async fn measure(
         // Packed as the dispatcher packs: within a chunk, so at most CHUNK_ITEMS (2,000) a run.
         let bodies = bodies
             .chunks(2_000)
-            .map(|chunk| message::pack(chunk.to_vec(), args.points_per_message, 256 * 1024))
+            .map(|chunk| {
+                message::pack(
+                    chunk.to_vec(),
+                    args.points_per_message,
+                    sqs::MAX_BATCH_BYTES,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?
             .concat();
         let url = client

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 use accrual_benches::proc_stats;
 use accrual_benches::progress::ProgressBar;
 use accrual_core::message::PointRecord;
-use accrual_core::sqs::{MAX_BATCH_ENTRIES, MAX_RECEIVE_MESSAGES};
-
-/// SQS refuses a SendMessageBatch whose bodies add up to more than 256 KiB.
-const MAX_BATCH_BYTES: usize = 256 * 1024;
+use accrual_core::sqs::{MAX_RECEIVE_MESSAGES, send_batches};
 use anyhow::{Context, bail};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
@@ -53,7 +50,7 @@ pub struct SqsShape {
     pub wait_secs: i32,
 }
 
-/// Sends every body with SendMessageBatch (10 a call, at most 256 KiB), and at the same time
+/// Sends every body with SendMessageBatch (grouped as the dispatcher groups them), and at the same time
 /// receives and deletes them with ReceiveMessage/DeleteMessageBatch, until all are deleted.
 /// `points` is how many points the bodies carry (more than bodies when they are packed).
 pub async fn sqs_round_trip(
@@ -109,27 +106,6 @@ pub async fn sqs_round_trip(
         client_cpu_seconds: own_cpu() - cpu_before,
         calls: calls.load(Ordering::Relaxed),
     })
-}
-
-/// Groups bodies as the dispatcher does: at most 10 a call and 256 KiB of bodies.
-fn send_batches(bodies: Vec<String>) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    let mut current: Vec<String> = Vec::new();
-    let mut bytes = 0;
-    for body in bodies {
-        if current.len() == MAX_BATCH_ENTRIES
-            || (!current.is_empty() && bytes + body.len() > MAX_BATCH_BYTES)
-        {
-            out.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        bytes += body.len();
-        current.push(body);
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
 }
 
 async fn send_batch(
