@@ -26,25 +26,6 @@ pub const AMOUNT_MAX: i64 = 1_000_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberId(CompactString);
 
-impl TryFrom<String> for MemberId {
-    type Error = FieldError;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::check(&value)?;
-        Ok(Self(value.into()))
-    }
-}
-
-/// From a borrowed string (a message body being decoded): no allocation for up to 24 bytes.
-impl TryFrom<&str> for MemberId {
-    type Error = FieldError;
-
-    fn try_from(value: &str) -> Result<Self, Self::Error> {
-        Self::check(value)?;
-        Ok(Self(CompactString::new(value)))
-    }
-}
-
 impl MemberId {
     fn check(value: &str) -> Result<(), FieldError> {
         if value.is_empty() || value.len() > MEMBER_ID_MAX_LEN {
@@ -67,25 +48,6 @@ impl MemberId {
 /// A kind of point (`WELFARE`, `BONUS_2026`): 1–32 characters of `[A-Z0-9_]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PointType(CompactString);
-
-impl TryFrom<String> for PointType {
-    type Error = FieldError;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::check(&value)?;
-        Ok(Self(value.into()))
-    }
-}
-
-/// From a borrowed string (a message body being decoded): no allocation for up to 24 bytes.
-impl TryFrom<&str> for PointType {
-    type Error = FieldError;
-
-    fn try_from(value: &str) -> Result<Self, Self::Error> {
-        Self::check(value)?;
-        Ok(Self(CompactString::new(value)))
-    }
-}
 
 impl PointType {
     fn check(value: &str) -> Result<(), FieldError> {
@@ -130,25 +92,6 @@ impl Amount {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reason(CompactString);
 
-impl TryFrom<String> for Reason {
-    type Error = FieldError;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::check(&value)?;
-        Ok(Self(value.into()))
-    }
-}
-
-/// From a borrowed string (a message body being decoded): no allocation for up to 24 bytes.
-impl TryFrom<&str> for Reason {
-    type Error = FieldError;
-
-    fn try_from(value: &str) -> Result<Self, Self::Error> {
-        Self::check(value)?;
-        Ok(Self(CompactString::new(value)))
-    }
-}
-
 impl Reason {
     fn check(value: &str) -> Result<(), FieldError> {
         // Cheap byte test first: a string of at most 255 bytes has at most 255 characters.
@@ -162,6 +105,31 @@ impl Reason {
         &self.0
     }
 }
+
+/// `TryFrom<String>` (keeps the buffer of a long value) and `TryFrom<&str>` (a message body being
+/// decoded: no allocation for up to 24 bytes), both through the type's `check`.
+macro_rules! try_from_strings {
+    ($($t:ty),*) => {$(
+        impl TryFrom<String> for $t {
+            type Error = FieldError;
+
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::check(&value)?;
+                Ok(Self(value.into()))
+            }
+        }
+
+        impl TryFrom<&str> for $t {
+            type Error = FieldError;
+
+            fn try_from(value: &str) -> Result<Self, Self::Error> {
+                Self::check(value)?;
+                Ok(Self(CompactString::new(value)))
+            }
+        }
+    )*};
+}
+try_from_strings!(MemberId, PointType, Reason);
 
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
