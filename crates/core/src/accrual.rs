@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::{Amount, FieldError, MemberId, PointType, Reason};
+use crate::domain::{Amount, FieldError, MemberId, PointType, Reason, check_datetime6};
 use crate::wire::{Loose, RawItem};
 
 /// Most item errors one 422 response lists; the total is reported beside them.
@@ -44,7 +44,7 @@ pub fn validate(
     items: Vec<RawItem>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Accrual>, ValidationFailure> {
-    let mut validator = Validator::new(now);
+    let mut validator = Validator::new(now, None);
     for item in items {
         validator.push(item);
     }
@@ -55,17 +55,22 @@ pub fn validate(
 /// [`crate::wire::parse_items`] reads them), so the raw items never all exist at once.
 #[derive(Debug)]
 pub struct Validator {
-    now: DateTime<Utc>,
+    /// `expires_at` must lie after this: the request's time, or its `reserve_at` (a point must not
+    /// expire before it is credited).
+    not_before: DateTime<Utc>,
+    /// Set when `not_before` is a `reserve_at`, for the error message.
+    reserved: bool,
     next_index: usize,
     accruals: Vec<Accrual>,
     failure: ValidationFailure,
 }
 
 impl Validator {
-    /// `now` is the instant `expires_at` must lie after.
-    pub fn new(now: DateTime<Utc>) -> Self {
+    /// `expires_at` must lie after `now` and, for a reserved accrual, after `reserve_at`.
+    pub fn new(now: DateTime<Utc>, reserve_at: Option<DateTime<Utc>>) -> Self {
         Self {
-            now,
+            not_before: reserve_at.map_or(now, |r| r.max(now)),
+            reserved: reserve_at.is_some(),
             next_index: 0,
             accruals: Vec::new(),
             failure: ValidationFailure {
@@ -80,7 +85,7 @@ impl Validator {
         let index = self.next_index;
         self.next_index += 1;
         let failure = &mut self.failure;
-        match validate_item(item, self.now) {
+        match validate_item(item, self.not_before, self.reserved) {
             // Once anything failed, valid items are no longer kept: nothing will be stored.
             Ok(accrual) if failure.total == 0 => self.accruals.push(accrual),
             Ok(_) => {}
@@ -114,7 +119,11 @@ impl Validator {
 
 type FieldErrors = Vec<(String, String)>;
 
-fn validate_item(item: RawItem, now: DateTime<Utc>) -> Result<Accrual, FieldErrors> {
+fn validate_item(
+    item: RawItem,
+    not_before: DateTime<Utc>,
+    reserved: bool,
+) -> Result<Accrual, FieldErrors> {
     if !item.is_object {
         return Err(vec![("item".into(), "must be a JSON object".into())]);
     }
@@ -134,7 +143,7 @@ fn validate_item(item: RawItem, now: DateTime<Utc>) -> Result<Accrual, FieldErro
         .and_then(|r| r.map(Reason::try_from).transpose())
         .map_err(|e| fail("reason", e));
     let expires_at = optional_string(item.expires_at)
-        .and_then(|s| s.map(|s| future_instant(&s, now)).transpose())
+        .and_then(|s| s.map(|s| expiry(&s, not_before, reserved)).transpose())
         .map_err(|e| fail("expires_at", e));
     for name in item.unknown_fields {
         fail(&name, FieldError("is not a known field"));
@@ -179,21 +188,43 @@ fn integer(value: Option<Loose>) -> Result<i64, FieldError> {
     match value {
         Some(Loose::Int(n)) => Ok(n),
         Some(Loose::BigInt) => Err(FieldError("must be an integer from 1 to 1000000000")),
-        Some(Loose::Float(f)) if f.fract() == 0.0 => {
-            Err(FieldError("must be an integer from 1 to 1000000000"))
-        }
+        // `1e3` and `5.0` are whole numbers to JSON but not to a ledger that stores what was sent:
+        // say what to write instead of calling 1000 out of range.
+        Some(Loose::Float(f)) if f.fract() == 0.0 => Err(FieldError(
+            "must be written as a plain integer (digits only, no decimal point or exponent such as 1e3), from 1 to 1000000000",
+        )),
+        Some(Loose::Float(_)) => Err(FieldError("must be a whole number, not a fraction")),
         None | Some(Loose::Null) => Err(FieldError("is required")),
         Some(_) => Err(FieldError("must be an integer")),
     }
 }
 
-/// Parses an RFC 3339 instant that must lie after `now`.
+/// An `expires_at`: an instant after `not_before` (the request's time or its `reserve_at`).
+fn expiry(
+    value: &str,
+    not_before: DateTime<Utc>,
+    reserved: bool,
+) -> Result<DateTime<Utc>, FieldError> {
+    let at = future_instant(value, not_before).map_err(|e| {
+        if reserved && e.0 == FUTURE {
+            FieldError("must be after reserve_at")
+        } else {
+            e
+        }
+    })?;
+    Ok(at)
+}
+
+const FUTURE: &str = "must be in the future";
+
+/// Parses an RFC 3339 instant that must lie after `now` and fit a `DATETIME(6)` column exactly.
 pub fn future_instant(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, FieldError> {
     let at = DateTime::parse_from_rfc3339(value)
         .map_err(|_| FieldError("must be an RFC 3339 date-time, e.g. 2030-01-31T00:00:00Z"))?
         .with_timezone(&Utc);
+    check_datetime6(at)?;
     if at <= now {
-        return Err(FieldError("must be in the future"));
+        return Err(FieldError(FUTURE));
     }
     Ok(at)
 }
@@ -277,6 +308,69 @@ mod tests {
                 .errors
                 .iter()
                 .all(|e| e.message.contains("from 1 to"))
+        );
+    }
+
+    #[test]
+    fn an_exponent_is_refused_with_a_message_that_says_so() {
+        let failure =
+            check(r#"[{"member_id":"a","point_type":"P","amount":1e3}]"#).expect_err("invalid");
+        assert!(
+            failure.errors[0]
+                .message
+                .contains("no decimal point or exponent"),
+            "{:?}",
+            failure.errors
+        );
+    }
+
+    #[test]
+    fn expires_at_must_fit_datetime6_exactly() {
+        for bad in [
+            "9999-12-31T23:59:59-23:59",
+            "2999-06-30T23:59:60Z",
+            "2999-01-01T00:00:00.1234567Z",
+        ] {
+            let body = format!(
+                r#"[{{"member_id":"a","point_type":"P","amount":1,"expires_at":"{bad}"}}]"#
+            );
+            let failure = check(&body).expect_err(bad);
+            assert_eq!(failure.errors[0].field, "expires_at", "{bad}");
+        }
+    }
+
+    #[test]
+    fn expires_at_must_come_after_reserve_at() {
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        let reserve_at = now + chrono::Duration::days(2);
+        let body = |at: DateTime<Utc>| {
+            format!(
+                r#"[{{"member_id":"a","point_type":"P","amount":1,"expires_at":"{}"}}]"#,
+                at.to_rfc3339()
+            )
+        };
+        let run = |body: String| {
+            let mut v = Validator::new(now, Some(reserve_at));
+            for item in parse_body(body.as_bytes(), 10).expect("json") {
+                v.push(item);
+            }
+            v.finish()
+        };
+        let failure = run(body(now + chrono::Duration::days(1))).expect_err("before reserve_at");
+        assert_eq!(failure.errors[0].message, "must be after reserve_at");
+        assert!(run(body(now + chrono::Duration::days(3))).is_ok());
+    }
+
+    #[test]
+    fn a_reason_with_u_ffff_or_a_nul_is_refused() {
+        let failure = check(
+            r#"[{"member_id":"a","point_type":"P","amount":1,"reason":"\uFFFF"},
+                {"member_id":"a","point_type":"P","amount":1,"reason":"a\u0000b"}]"#,
+        )
+        .expect_err("invalid");
+        assert_eq!(
+            fields(failure),
+            vec![(0, "reason".into()), (1, "reason".into())]
         );
     }
 

@@ -30,6 +30,16 @@ pub fn encode(records: &[PointRecord]) -> Vec<u8> {
         // JSON bodies never contain a raw newline: serde_json escapes it inside strings.
         text.push_str(&record.encode());
     }
+    compress(&text)
+}
+
+/// Encodes message bodies as they are into a stored chunk. For tests and tools that must store
+/// what the API would refuse; a body must not contain a raw newline.
+pub fn encode_bodies(bodies: &[String]) -> Vec<u8> {
+    compress(&bodies.join("\n"))
+}
+
+fn compress(text: &str) -> Vec<u8> {
     let mut out = vec![FORMAT_LZ4_NEWLINE_BODIES];
     out.extend_from_slice(&lz4_flex::compress_prepend_size(text.as_bytes()));
     out
@@ -61,10 +71,10 @@ mod tests {
                 member_id: MemberId::try_from(format!("m{i}")).expect("valid"),
                 point_type: PointType::try_from("WELFARE".to_owned()).expect("valid"),
                 amount: Amount::try_from(i + 1).expect("valid"),
-                reason: Some(Reason::try_from("line\nbreak".to_owned()).expect("valid")),
+                reason: Some(Reason::try_from("said \"hi\" ✓".to_owned()).expect("valid")),
                 expires_at: None,
             },
-            accepted_at: Utc::now(),
+            accepted_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
         }
     }
 

@@ -98,12 +98,57 @@ impl Reason {
         if value.len() > REASON_MAX_CHARS && value.chars().count() > REASON_MAX_CHARS {
             return Err(FieldError("must be at most 255 characters long"));
         }
+        if !value.chars().all(reason_char) {
+            return Err(FieldError(
+                "must not contain control characters (U+0000 to U+001F) or the non-characters U+FFFE and U+FFFF",
+            ));
+        }
         Ok(())
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether SQS accepts `c` in a message body: `#x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD |
+/// #x10000-#x10FFFF` (a Rust `char` is never a surrogate, so `#xD800-#xDFFF` cannot occur).
+/// serde_json escapes C0 controls but writes U+FFFE and U+FFFF raw, which SQS then refuses.
+pub fn sqs_body_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+}
+
+/// Whether a reason may hold `c`: what SQS carries, less the C0 controls it allows (a tab or a
+/// line break in a reason shown to a member is a mistake, and a NUL always is).
+fn reason_char(c: char) -> bool {
+    c >= ' ' && sqs_body_char(c)
+}
+
+/// Earliest instant a `DATETIME(6)` column holds.
+pub const DATETIME_MIN_YEAR: i32 = 1000;
+/// Latest year a `DATETIME(6)` column holds.
+pub const DATETIME_MAX_YEAR: i32 = 9999;
+
+/// Whether `at` is exactly what a `DATETIME(6)` column stores: years 1000-9999 (UTC), whole
+/// microseconds, and no leap second. Over the binary protocol MariaDB stores anything else as
+/// `0000-00-00 00:00:00` without an error, even in strict mode, so it must be refused before.
+pub fn check_datetime6(at: chrono::DateTime<chrono::Utc>) -> Result<(), FieldError> {
+    use chrono::{Datelike, Timelike};
+    if !(DATETIME_MIN_YEAR..=DATETIME_MAX_YEAR).contains(&at.year()) {
+        return Err(FieldError(
+            "must lie in the years 1000 to 9999 once converted to UTC",
+        ));
+    }
+    let nanos = at.nanosecond();
+    if nanos >= 1_000_000_000 {
+        return Err(FieldError("must not be a leap second (:60)"));
+    }
+    if !nanos.is_multiple_of(1_000) {
+        return Err(FieldError(
+            "must have at most 6 fractional digits (microseconds)",
+        ));
+    }
+    Ok(())
 }
 
 /// `TryFrom<String>` (keeps the buffer of a long value) and `TryFrom<&str>` (a message body being
@@ -176,6 +221,59 @@ mod tests {
         for bad in [0, -5, AMOUNT_MAX + 1, i64::MAX, i64::MIN] {
             assert!(Amount::try_from(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reason_refuses_what_sqs_cannot_carry_and_c0_controls() {
+        for bad in [
+            "a\u{FFFF}",
+            "\u{FFFE}",
+            "nul\0",
+            "tab\there",
+            "line\nbreak",
+            "\u{1F}",
+        ] {
+            assert!(Reason::try_from(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "\u{FFFD}",
+            "\u{10FFFF}",
+            "\u{E000}",
+            "\u{7F}",
+            "ポイント 🎉",
+        ] {
+            assert!(Reason::try_from(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn sqs_body_characters_follow_the_sqs_rule() {
+        let allowed = |c: u32| {
+            matches!(c, 0x9 | 0xA | 0xD)
+                || (0x20..=0xD7FF).contains(&c)
+                || (0xE000..=0xFFFD).contains(&c)
+                || (0x10000..=0x10FFFF).contains(&c)
+        };
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            assert_eq!(sqs_body_char(c), allowed(c as u32), "{:#x}", c as u32);
+        }
+    }
+
+    #[test]
+    fn datetime6_holds_years_1000_to_9999_in_whole_microseconds() {
+        use chrono::{DateTime, Utc};
+        let at = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect(s)
+                .with_timezone(&Utc)
+        };
+        assert!(check_datetime6(at("9999-12-31T23:59:59.999999Z")).is_ok());
+        assert!(check_datetime6(at("1000-01-01T00:00:00Z")).is_ok());
+        // Year 10000 once converted to UTC.
+        assert!(check_datetime6(at("9999-12-31T23:59:59-23:59")).is_err());
+        assert!(check_datetime6(at("0999-12-31T23:59:59Z")).is_err());
+        assert!(check_datetime6(at("2030-06-30T23:59:60Z")).is_err());
+        assert!(check_datetime6(at("2030-01-01T00:00:00.0000001Z")).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`api_key`] — API key digests, generation and their configuration entries.
+//! - [`dead_letter`] — record a point's dead letter for its job and send it to the DLQ.
 //! - [`dlq`] — list and redrive the dead-letter queue.
 //! - [`domain`] — newtypes (`MemberId`, `PointType`, `Amount`, `Reason`) that can only hold valid values.
 //! - [`wire`] — lenient parse of a request body into raw items, with the item limit.
@@ -19,6 +20,7 @@ pub mod accrual;
 pub mod api_key;
 pub mod chunk;
 pub mod db;
+pub mod dead_letter;
 pub mod dlq;
 pub mod domain;
 pub mod message;

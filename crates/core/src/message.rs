@@ -7,13 +7,13 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::accrual::Accrual;
-use crate::domain::{Amount, FieldError, MemberId, PointType, Reason};
+use crate::domain::{Amount, FieldError, MemberId, PointType, Reason, check_datetime6};
 
 /// The one-point body version.
 pub const MESSAGE_VERSION: u8 = 1;
@@ -181,6 +181,15 @@ impl PointRecord {
 
     fn from_wire(w: WireIn<'_>) -> Result<Self, DecodeError> {
         let invalid = |field| move |source| DecodeError::Invalid { field, source };
+        // The ledger's DATETIME(6) columns must store exactly these instants (MariaDB turns what
+        // they cannot hold into a zero date without an error).
+        if let Some(at) = w.expires_at {
+            check_datetime6(at).map_err(invalid("expires_at"))?;
+        }
+        // `accepted_at` is the sender's own clock, not a client's value: whole microseconds
+        // since this version, finer before, so it is cut to what the column holds.
+        let accepted_at = w.accepted_at.trunc_subsecs(6);
+        check_datetime6(accepted_at).map_err(invalid("accepted_at"))?;
         Ok(Self {
             accrual_id: w.accrual_id,
             job_id: w.job_id,
@@ -198,7 +207,7 @@ impl PointRecord {
                     .map_err(invalid("reason"))?,
                 expires_at: w.expires_at,
             },
-            accepted_at: w.accepted_at,
+            accepted_at,
         })
     }
 }
@@ -307,6 +316,16 @@ fn as_v1_body(point: &str) -> String {
     }
 }
 
+/// The points of a packed body, each as a v1 body (its bytes as received, with `"v":1` put in
+/// front); `None` for a body that is not a readable packed body.
+pub fn unpack(body: &str) -> Option<Vec<String>> {
+    if !body.starts_with(V2_OPEN) {
+        return None;
+    }
+    let packed: PackedIn<'_> = serde_json::from_str(body).ok()?;
+    Some(packed.points.iter().map(|p| as_v1_body(p.get())).collect())
+}
+
 /// How many points a body carries: the length of a packed body's `points`, otherwise 1 (a v1
 /// body, or one that cannot be read).
 pub fn points_in(body: &str) -> usize {
@@ -386,7 +405,7 @@ mod tests {
                 reason: Some(Reason::try_from("\"quoted\" ✓".to_owned()).expect("valid")),
                 expires_at: None,
             },
-            accepted_at: Utc::now(),
+            accepted_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
         }
     }
 
@@ -527,6 +546,16 @@ mod tests {
         let bodies: Vec<&str> = odd.refused.iter().map(|r| r.body.as_str()).collect();
         assert_eq!(bodies, ["7", r#"{"v":1}"#]);
     }
+
+    #[test]
+    fn unpack_gives_back_the_v1_bodies_that_were_packed() {
+        let bodies: Vec<String> = records(5).iter().map(PointRecord::encode).collect();
+        let packed = pack(bodies.clone(), 5, MAX_TEST_BYTES).expect("v1 bodies");
+        assert_eq!(unpack(&packed[0]), Some(bodies.clone()));
+        assert_eq!(unpack(&bodies[0]), None);
+    }
+
+    const MAX_TEST_BYTES: usize = 256 * 1024;
 
     #[test]
     fn points_in_counts_the_points_a_body_carries() {

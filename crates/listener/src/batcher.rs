@@ -113,8 +113,9 @@ impl Batcher {
         self.held.release(&handles);
     }
 
-    /// After the write: dead-letters the refused rows, each alone as a v1 body, then deletes every
-    /// message all of whose points are done (written, duplicate or dead-lettered) and counts.
+    /// After the write: counts what was committed, dead-letters the refused rows, each alone as a
+    /// v1 body, then deletes every message all of whose points are done (written, duplicate or
+    /// dead-lettered).
     async fn finish(
         &self,
         records: &[PointRecord],
@@ -122,10 +123,26 @@ impl Batcher {
         handles: &[String],
         written: Written,
     ) {
+        // Counted as soon as the rows are committed, before anything else is awaited: a reader
+        // that sees the rows in the ledger (or an empty queue) must not see counters lagging
+        // behind them.
+        let Written { outcome, rejected } = written;
+        self.metrics.written.inc_by(outcome.written as u64);
+        self.metrics.duplicates.inc_by(outcome.duplicates as u64);
+        self.metrics.batches.inc();
+        self.metrics.batch_points.observe(records.len() as f64);
+        for (job_id, (written, duplicates)) in &outcome.by_job {
+            self.progress
+                .add(
+                    *job_id,
+                    &[("written", *written), ("duplicates", *duplicates)],
+                )
+                .await;
+        }
         // Messages that keep a point neither written nor dead-lettered: they are not deleted, so
         // the point comes back (and the others are then duplicates).
         let mut keep = HashSet::new();
-        for (index, error) in &written.rejected {
+        for (index, error) in &rejected {
             let reason = format!("MySQL refused the point: {error}");
             let body = records[*index].encode();
             if !dead_letter_point(
@@ -146,28 +163,15 @@ impl Batcher {
             .filter(|(i, _)| !keep.contains(i))
             .map(|(_, h)| h.clone())
             .collect();
-        let outcome = written.outcome;
         let started = Instant::now();
         let undeleted = self.queue.delete(to_delete).await;
         self.metrics
             .delete_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.written.inc_by(outcome.written as u64);
-        self.metrics.duplicates.inc_by(outcome.duplicates as u64);
-        self.metrics.batches.inc();
-        self.metrics.batch_points.observe(records.len() as f64);
-        for (job_id, (written, duplicates)) in &outcome.by_job {
-            self.progress
-                .add(
-                    *job_id,
-                    &[("written", *written), ("duplicates", *duplicates)],
-                )
-                .await;
-        }
         tracing::debug!(
             written = outcome.written,
             duplicates = outcome.duplicates,
-            rejected = written.rejected.len(),
+            rejected = rejected.len(),
             kept = keep.len(),
             undeleted,
             "Batch committed"

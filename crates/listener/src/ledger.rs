@@ -62,8 +62,10 @@ pub fn insert_query<'q>(
             .bind(a.point_type.as_str())
             .bind(a.amount.get())
             .bind(a.reason.as_ref().map(Reason::as_str))
-            .bind(a.expires_at)
-            .bind(r.accepted_at);
+            // As `DATETIME` values in UTC: sqlx binds a `DateTime<Utc>` as a `TIMESTAMP`, which
+            // MariaDB stores as NULL (or a zero date) past 2038-01-19, without an error.
+            .bind(a.expires_at.map(|t| t.naive_utc()))
+            .bind(r.accepted_at.naive_utc());
     }
     query
 }
@@ -148,21 +150,10 @@ impl Ledger {
     /// Records that a point of a job went to the dead-letter queue, so the job can complete.
     pub async fn record_dead_letter(
         &self,
-        accrual_id: Uuid,
-        job_id: Uuid,
+        ids: accrual_core::dead_letter::PointIds,
         reason: &str,
     ) -> Result<(), sqlx::Error> {
-        let reason: String = reason.chars().take(1_000).collect();
-        sqlx::query(
-            "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason) VALUES (?, ?, ?) \
-             ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
-        )
-        .bind(accrual_id)
-        .bind(job_id)
-        .bind(reason)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        accrual_core::dead_letter::record(&self.pool, ids, reason).await
     }
 
     async fn existing(&self, records: &[&PointRecord]) -> Result<HashSet<Uuid>, sqlx::Error> {

@@ -1,15 +1,13 @@
 //! The listener's side of SQS: deleting handled messages and dead-lettering poison.
 
-use accrual_core::sqs::{ATTR_REASON, ATTR_SOURCE_QUEUE, MAX_BATCH_ENTRIES, SqsError};
+use accrual_core::sqs::{MAX_BATCH_ENTRIES, SqsError};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
 use futures_util::{StreamExt, stream};
 use prometheus_client::metrics::counter::Counter;
 
-/// SQS message attribute values are at most 256 KiB; reasons are kept far shorter.
-const MAX_REASON_CHARS: usize = 1_000;
 /// Attempts for the entries of one DeleteMessageBatch call.
 const DELETE_ATTEMPTS: u32 = 3;
 /// DeleteMessageBatch calls in flight per flush.
@@ -145,27 +143,7 @@ impl Queue {
 
     /// Sends `body` to the dead-letter queue with the reason and the source queue as attributes.
     pub async fn send_dead_letter(&self, body: &str, reason: &str) -> Result<(), SqsError> {
-        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
-        let attr = |value: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(value)
-                .build()
-        };
-        let mut send = self
-            .client
-            .send_message()
-            .queue_url(&self.dlq_url)
-            .message_body(body);
-        if let (Ok(r), Ok(q)) = (attr(&reason), attr(&self.main_name)) {
-            send = send
-                .message_attributes(ATTR_REASON, r)
-                .message_attributes(ATTR_SOURCE_QUEUE, q);
-        }
-        send.send()
+        accrual_core::dead_letter::send(&self.client, &self.dlq_url, &self.main_name, body, reason)
             .await
-            .map_err(|e| SqsError::new("SendMessage", e))?;
-        tracing::warn!(%reason, "Sent to the dead-letter queue");
-        Ok(())
     }
 }

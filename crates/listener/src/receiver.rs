@@ -193,21 +193,13 @@ pub struct DeadLetterLog {
     pub progress: accrual_core::progress::Progress,
 }
 
-#[derive(serde::Deserialize)]
-struct Ids {
-    accrual_id: uuid::Uuid,
-    job_id: uuid::Uuid,
-}
-
 impl DeadLetterLog {
     /// If the body names its point and job, records the dead letter in MySQL and the job's counter.
     pub async fn record(&self, body: &str, reason: &str) -> Result<(), sqlx::Error> {
-        let Ok(ids) = serde_json::from_str::<Ids>(body) else {
+        let Some(ids) = accrual_core::dead_letter::PointIds::of(body) else {
             return Ok(());
         };
-        self.ledger
-            .record_dead_letter(ids.accrual_id, ids.job_id, reason)
-            .await?;
+        self.ledger.record_dead_letter(ids, reason).await?;
         self.progress.add(ids.job_id, &[("dead_lettered", 1)]).await;
         Ok(())
     }

@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use accrual_core::progress::Progress;
 use accrual_core::sqs::MAX_BATCH_BYTES;
-use accrual_core::{chunk, db, message};
+use accrual_core::{chunk, db, dead_letter, message};
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, FanoutError, Refused, Sent};
 use crate::metrics::SenderMetrics;
 
 /// How long to wait before retrying a chunk whose fan-out failed (SQS down, say).
@@ -26,10 +26,20 @@ const FAILED_CHUNK_RETRY: Duration = Duration::from_secs(5);
 /// Retries of marking a chunk dispatched when MySQL reports a deadlock or lock wait timeout.
 const MARK_RETRIES: u32 = 5;
 
+/// Where the dispatcher puts points SQS refuses for good.
+#[derive(Clone, Debug)]
+pub struct DeadLetterQueue {
+    pub client: aws_sdk_sqs::Client,
+    pub url: String,
+    /// Name of the main queue, recorded on every dead letter.
+    pub source_queue: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
     pool: MySqlPool,
     fanout: Fanout,
+    dead_letters: DeadLetterQueue,
     /// Points packed into one message (1: v1 messages).
     points_per_message: usize,
     progress: Progress,
@@ -51,9 +61,11 @@ struct Claimed {
 }
 
 impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: MySqlPool,
         fanout: Fanout,
+        dead_letters: DeadLetterQueue,
         points_per_message: u32,
         progress: Progress,
         metrics: Arc<SenderMetrics>,
@@ -68,6 +80,7 @@ impl Dispatcher {
         Self {
             pool,
             fanout,
+            dead_letters,
             points_per_message: points_per_message as usize,
             progress,
             metrics,
@@ -181,7 +194,7 @@ impl Dispatcher {
                 return;
             }
         };
-        let send = self.fanout.send_all(bodies);
+        let send = self.send_chunk(bodies);
         tokio::pin!(send);
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.tick().await;
@@ -204,17 +217,31 @@ impl Dispatcher {
             }
         };
         match result {
-            Ok(sent) => {
+            Ok(Sent { sent, refused }) => {
+                if let Err(e) = self.dead_letter(job_id, &refused).await {
+                    tracing::warn!(%job_id, seq, error = %e, "Dead-lettering refused points failed; retrying the chunk later");
+                    let _ = self.set_lease(job_id, seq, Some(FAILED_CHUNK_RETRY)).await;
+                    return;
+                }
                 if let Err(e) = self.mark_dispatched(job_id, seq).await {
                     // The chunk will be sent again after its lease ends; harmless, only slower.
                     tracing::warn!(%job_id, seq, error = %e, "Marking a chunk dispatched failed");
                     return;
                 }
-                self.metrics.points_dispatched.inc_by(points as u64);
+                self.metrics
+                    .points_dispatched
+                    .inc_by((points - refused.len()) as u64);
+                self.metrics.points_refused.inc_by(refused.len() as u64);
                 self.metrics.messages_dispatched.inc_by(sent as u64);
                 self.metrics.chunks_dispatched.inc();
                 self.progress
-                    .add(job_id, &[("enqueued", points as u64)])
+                    .add(
+                        job_id,
+                        &[
+                            ("enqueued", points as u64),
+                            ("dead_lettered", refused.len() as u64),
+                        ],
+                    )
                     .await;
                 tracing::debug!(%job_id, seq, points, messages = sent, "Chunk dispatched");
             }
@@ -223,6 +250,54 @@ impl Dispatcher {
                 let _ = self.set_lease(job_id, seq, Some(FAILED_CHUNK_RETRY)).await;
             }
         }
+    }
+
+    /// Sends a chunk's bodies. A packed body SQS refuses for good is sent again as its points, one
+    /// v1 message each, so only the points at fault are refused.
+    async fn send_chunk(&self, bodies: Vec<String>) -> Result<Sent, FanoutError> {
+        let mut sent = self.fanout.send_all(bodies).await?;
+        if self.points_per_message > 1 && !sent.refused.is_empty() {
+            let (packed, single): (Vec<Refused>, Vec<Refused>) = std::mem::take(&mut sent.refused)
+                .into_iter()
+                .partition(|r| message::unpack(&r.body).is_some_and(|p| p.len() > 1));
+            sent.refused = single;
+            let points: Vec<String> = packed
+                .iter()
+                .filter_map(|r| message::unpack(&r.body))
+                .flatten()
+                .collect();
+            tracing::warn!(
+                points = points.len(),
+                "SQS refused packed messages; sending their points one by one"
+            );
+            let again = self.fanout.send_all(points).await?;
+            sent.sent += again.sent;
+            sent.refused.extend(again.refused);
+        }
+        Ok(sent)
+    }
+
+    /// Records each refused point as a dead letter of its job and puts it on the dead-letter
+    /// queue with SQS's reason. Either step failing fails the whole (the chunk is tried again;
+    /// its other points are then duplicates, which the listener absorbs).
+    async fn dead_letter(&self, job_id: Uuid, refused: &[Refused]) -> anyhow::Result<()> {
+        let dlq = &self.dead_letters;
+        for point in refused {
+            let Some(ids) = dead_letter::PointIds::of(&point.body) else {
+                anyhow::bail!("a stored body of job {job_id} names no accrual_id");
+            };
+            tracing::error!(%job_id, accrual_id = %ids.accrual_id, reason = %point.reason, "SQS refused a point for good; dead-lettering it");
+            dead_letter::record(&self.pool, ids, &point.reason).await?;
+            dead_letter::send(
+                &dlq.client,
+                &dlq.url,
+                &dlq.source_queue,
+                &point.body,
+                &point.reason,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Extends (`Some`) or releases (`None`) this replica's lease on a chunk.

@@ -1,5 +1,10 @@
 //! Fan-out of message bodies to SQS with `SendMessageBatch`: 10 entries a call, a bounded number of
 //! calls in flight, failed entries retried with capped exponential back-off.
+//!
+//! What SQS refuses for good (a sender fault: a body it will never accept) is not retried and does
+//! not stop the fan-out: it comes back in [`Sent::refused`] with SQS's reason, so the dispatcher can
+//! dead-letter exactly those points and mark the chunk dispatched. Retrying them would re-claim the
+//! chunk forever and re-send its other points each time.
 
 use std::time::Duration;
 
@@ -15,15 +20,38 @@ const MAX_ATTEMPTS: u32 = 12;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
-/// Why a fan-out stopped before every body was sent.
+/// Why a fan-out stopped before every body was sent or refused: SQS kept failing in a way a later
+/// attempt may not meet (down, throttling), so the whole chunk is tried again later.
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
-    #[error("SQS refused a message for good ({code}): {message}")]
-    Refused { code: String, message: String },
     #[error("SQS kept failing after {MAX_ATTEMPTS} attempts")]
     Exhausted(#[source] SqsError),
     #[error("SQS kept failing entries after {MAX_ATTEMPTS} attempts ({code})")]
     EntriesExhausted { code: String },
+    #[error("SQS refused the call")]
+    Failed(#[source] SqsError),
+}
+
+/// A body SQS refused for good, with SQS's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub body: String,
+    pub reason: String,
+}
+
+/// What a fan-out did: how many bodies SQS took, and the ones it refused for good.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub sent: usize,
+    pub refused: Vec<Refused>,
+}
+
+impl Sent {
+    fn absorb(mut self, other: Sent) -> Sent {
+        self.sent += other.sent;
+        self.refused.extend(other.refused);
+        self
+    }
 }
 
 /// Sends message bodies to one queue.
@@ -47,20 +75,26 @@ impl Fanout {
         }
     }
 
-    /// Sends every body; returns how many were sent. Stops at the first batch that cannot be sent.
-    pub async fn send_all(&self, bodies: Vec<String>) -> Result<usize, FanoutError> {
+    /// Sends every body; returns how many were sent and which were refused for good. Fails only
+    /// when SQS kept failing for reasons that may pass.
+    pub async fn send_all(&self, bodies: Vec<String>) -> Result<Sent, FanoutError> {
         stream::iter(send_batches(bodies))
             .map(|batch| self.send_batch(batch))
             .buffer_unordered(self.max_in_flight)
-            .try_fold(0, |sent, n| async move { Ok(sent + n) })
+            .try_fold(
+                Sent::default(),
+                |all, one| async move { Ok(all.absorb(one)) },
+            )
             .await
     }
 
-    /// Sends one batch of at most 10 bodies, retrying the call and any failed entries.
-    async fn send_batch(&self, batch: Vec<String>) -> Result<usize, FanoutError> {
-        let total = batch.len();
+    /// Sends one batch of at most 10 bodies, retrying the call and any failed entries. A call
+    /// refused as a whole for a reason retrying cannot fix is split into single entries, so only
+    /// the body at fault is refused.
+    async fn send_batch(&self, batch: Vec<String>) -> Result<Sent, FanoutError> {
         // Entry ids are the bodies' places in the batch, so failed entries can be found again.
         let mut pending: Vec<(usize, String)> = batch.into_iter().enumerate().collect();
+        let mut done = Sent::default();
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_ATTEMPTS {
             let entries = pending.iter().map(|(id, body)| {
@@ -69,11 +103,8 @@ impl Fanout {
                     .message_body(body.clone())
                     .build()
             });
-            let entries = entries.collect::<Result<Vec<_>, _>>();
-            let entries = entries.map_err(|e| FanoutError::Refused {
-                code: "BuildError".into(),
-                message: e.to_string(),
-            })?;
+            // Building fails only without an id or a body, which every entry has.
+            let entries: Vec<_> = entries.filter_map(Result::ok).collect();
             self.calls.inc();
             let result = self
                 .client
@@ -85,19 +116,34 @@ impl Fanout {
             match result {
                 Ok(out) => {
                     let failed = out.failed();
+                    done.sent += pending.len() - failed.len();
                     if failed.is_empty() {
-                        return Ok(total);
+                        return Ok(done);
                     }
-                    if let Some(f) = failed.iter().find(|f| f.sender_fault()) {
-                        return Err(FanoutError::Refused {
-                            code: f.code().to_owned(),
-                            message: f.message().unwrap_or_default().to_owned(),
-                        });
+                    let mut retry = Vec::new();
+                    for (id, body) in std::mem::take(&mut pending) {
+                        let Some(f) = failed.iter().find(|f| f.id() == id.to_string()) else {
+                            continue;
+                        };
+                        if f.sender_fault() {
+                            done.refused.push(Refused {
+                                body,
+                                reason: format!(
+                                    "SQS refused the message ({}): {}",
+                                    f.code(),
+                                    f.message().unwrap_or("no message")
+                                ),
+                            });
+                        } else {
+                            retry.push((id, body));
+                        }
+                    }
+                    if retry.is_empty() {
+                        return Ok(done);
                     }
                     let code = failed[0].code().to_owned();
-                    tracing::warn!(attempt, failed = failed.len(), %code, "SendMessageBatch entries failed; retrying them");
-                    let retry: Vec<&str> = failed.iter().map(|f| f.id()).collect();
-                    pending.retain(|(id, _)| retry.contains(&id.to_string().as_str()));
+                    tracing::warn!(attempt, failed = retry.len(), %code, "SendMessageBatch entries failed; retrying them");
+                    pending = retry;
                     if attempt == MAX_ATTEMPTS {
                         return Err(FanoutError::EntriesExhausted { code });
                     }
@@ -111,11 +157,31 @@ impl Fanout {
                         err,
                     )));
                 }
+                Err(err) if !refuses_content(&err) => {
+                    // Credentials, permissions, a missing queue: nothing a body can fix, and
+                    // nothing to dead-letter; the chunk is tried again later.
+                    return Err(FanoutError::Failed(SqsError::new("SendMessageBatch", err)));
+                }
+                Err(err) if pending.len() > 1 => {
+                    // The whole call was refused (a body too large, say): find the body at fault.
+                    tracing::warn!(error = %err, entries = pending.len(), "SendMessageBatch refused; sending its entries one by one");
+                    for (_, body) in pending {
+                        let one = Box::pin(self.send_batch(vec![body])).await?;
+                        done = done.absorb(one);
+                    }
+                    return Ok(done);
+                }
                 Err(err) => {
-                    return Err(FanoutError::Refused {
-                        code: err.code().unwrap_or("unknown").to_owned(),
-                        message: err.message().unwrap_or("no message").to_owned(),
+                    let (_, body) = pending.remove(0);
+                    done.refused.push(Refused {
+                        body,
+                        reason: format!(
+                            "SQS refused the message ({}): {}",
+                            err.code().unwrap_or("unknown"),
+                            err.message().unwrap_or("no message")
+                        ),
                     });
+                    return Ok(done);
                 }
             }
             tokio::time::sleep(backoff).await;
@@ -123,6 +189,23 @@ impl Fanout {
         }
         unreachable!("the loop returns on its last attempt")
     }
+}
+
+/// True when SQS refused a whole call because of what the bodies hold (too long, characters it does
+/// not take, bad parameters): sending the bodies one by one finds the one at fault.
+fn refuses_content<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    let SdkError::ServiceError(e) = err else {
+        return false;
+    };
+    let code = e.err().code().unwrap_or_default();
+    let code = code.rsplit('.').next().unwrap_or(code);
+    matches!(
+        code,
+        "InvalidMessageContents"
+            | "BatchRequestTooLong"
+            | "InvalidParameterValue"
+            | "MessageTooLong"
+    )
 }
 
 /// True for failures that a later attempt may not meet: network, timeouts, throttling, 5xx.

@@ -31,7 +31,7 @@ pub async fn upsert(pool: &MySqlPool, accruals: &[Accrual]) -> Result<usize, sql
 }
 
 async fn upsert_once(pool: &MySqlPool, members: &[&str]) -> Result<(), sqlx::Error> {
-    let now = Utc::now();
+    let now = Utc::now().naive_utc();
     let mut tx = pool.begin().await?;
     let mut rest = members;
     for size in statement_sizes(members.len(), UPSERT_ROWS) {

@@ -30,6 +30,8 @@ pub struct SenderMetrics {
     pub rate_limit_unavailable: Counter,
     /// Points sent to SQS by this replica's dispatchers.
     pub points_dispatched: Counter,
+    /// Points SQS refused for good, dead-lettered by this replica's dispatchers.
+    pub points_refused: Counter,
     /// Chunks sent by this replica's dispatchers.
     pub chunks_dispatched: Counter,
     /// SQS messages sent by this replica's dispatchers (fewer than points when packed).
@@ -60,6 +62,7 @@ impl SenderMetrics {
             rate_limited: Counter::default(),
             rate_limit_unavailable: Counter::default(),
             points_dispatched: Counter::default(),
+            points_refused: Counter::default(),
             chunks_dispatched: Counter::default(),
             messages_dispatched: Counter::default(),
             send_calls: Counter::default(),
@@ -97,6 +100,11 @@ impl SenderMetrics {
             "points_dispatched",
             "Points sent to SQS by this replica",
             m.points_dispatched.clone(),
+        );
+        registry.register(
+            "points_refused",
+            "Points SQS refused for good, dead-lettered by this replica's dispatchers",
+            m.points_refused.clone(),
         );
         registry.register(
             "chunks_dispatched",

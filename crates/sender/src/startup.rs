@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, auth::ApiKeys};
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::{DeadLetterQueue, Dispatcher};
 use crate::fanout::Fanout;
 use crate::metrics::SenderMetrics;
 use crate::rate_limit::{Limits, RateLimiter};
@@ -54,6 +54,7 @@ impl Application {
             .context("Failed to connect to MySQL")?;
         let client = sqs::client(&settings.sqs).await;
         let queue_url = sqs::find_queue(&client, &settings.sqs.accrual_queue).await?;
+        let dlq_url = sqs::find_queue(&client, &settings.sqs.accrual_dlq).await?;
         let progress = Progress::connect(&settings.redis).await;
         let metrics = Arc::new(SenderMetrics::new());
         let overrides = crate::rate_limit::parse_overrides(&settings.rate_limits)
@@ -78,6 +79,11 @@ impl Application {
         let dispatcher = Dispatcher::new(
             pool.clone(),
             fanout,
+            DeadLetterQueue {
+                client: client.clone(),
+                url: dlq_url,
+                source_queue: settings.sqs.accrual_queue.clone(),
+            },
             settings.points_per_message,
             progress.clone(),
             metrics.clone(),

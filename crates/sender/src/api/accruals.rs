@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -51,7 +51,11 @@ impl From<JobRow> for Accepted {
     }
 }
 
+/// The query parameters `POST /v1/accruals` knows; any other is refused with a 400, so a typo
+/// (`reserveAt`) or a parameter of a newer version (`dry_run`) never turns into an immediate,
+/// real job.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PostParams {
     /// RFC 3339 instant: makes the job a reserved accrual released at that time.
     reserve_at: Option<String>,
@@ -87,7 +91,9 @@ pub async fn post(
         params.map_err(|rejection| ApiError::InvalidParameter(rejection.body_text()))?;
     require_json(&headers)?;
     let idempotency_key = idempotency_key(&headers)?;
-    let now = Utc::now();
+    // Whole microseconds: what `DATETIME(6)` stores, so the ledger's `accepted_at` is the very
+    // instant the message carries.
+    let now = Utc::now().trunc_subsecs(6);
     let reserve_at = params
         .reserve_at
         .as_deref()
@@ -97,7 +103,7 @@ pub async fn post(
 
     let (body_sha256, parsed) = blocking(move || {
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        (digest, parse_and_validate(&bytes))
+        (digest, parse_and_validate(&bytes, reserve_at))
     })
     .await?;
     if let Some(key) = &idempotency_key
@@ -264,8 +270,11 @@ async fn read_limited(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError
     Ok(Bytes::from(buf))
 }
 
-fn parse_and_validate(body: &[u8]) -> Result<Vec<Accrual>, ApiError> {
-    let mut validator = accrual::Validator::new(Utc::now());
+fn parse_and_validate(
+    body: &[u8],
+    reserve_at: Option<DateTime<Utc>>,
+) -> Result<Vec<Accrual>, ApiError> {
+    let mut validator = accrual::Validator::new(Utc::now(), reserve_at);
     let items = wire::parse_items(body, MAX_ITEMS_PER_REQUEST, |item| validator.push(item));
     let count = items.map_err(|e| match e {
         BodyError::TooManyItems => ApiError::PayloadTooLarge(e.to_string()),
@@ -350,7 +359,7 @@ mod tests {
     #[test]
     fn an_empty_array_is_refused() {
         assert!(matches!(
-            parse_and_validate(b"[]"),
+            parse_and_validate(b"[]", None),
             Err(ApiError::EmptyRequest)
         ));
     }
@@ -360,13 +369,13 @@ mod tests {
         let item = r#"{"member_id":"m","point_type":"P","amount":1}"#;
         let body = |n: usize| format!("[{}]", vec![item; n].join(","));
         assert_eq!(
-            parse_and_validate(body(500_000).as_bytes())
+            parse_and_validate(body(500_000).as_bytes(), None)
                 .map(|v| v.len())
                 .ok(),
             Some(500_000)
         );
         assert!(matches!(
-            parse_and_validate(body(500_001).as_bytes()),
+            parse_and_validate(body(500_001).as_bytes(), None),
             Err(ApiError::PayloadTooLarge(_))
         ));
     }
@@ -375,7 +384,8 @@ mod tests {
     fn every_point_gets_its_own_accrual_id_and_chunks_hold_all_points() {
         let one = r#"{"member_id":"m","point_type":"P","amount":1}"#;
         let accruals =
-            parse_and_validate(format!("[{}]", vec![one; 25].join(",")).as_bytes()).expect("valid");
+            parse_and_validate(format!("[{}]", vec![one; 25].join(",")).as_bytes(), None)
+                .expect("valid");
         let chunks = encode_chunks(Uuid::now_v7(), Utc::now(), accruals, 10);
         assert_eq!(
             chunks.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
@@ -391,7 +401,7 @@ mod tests {
 
     #[test]
     fn reserve_at_must_be_future_and_within_ninety_days() {
-        let now = Utc::now();
+        let now = Utc::now().trunc_subsecs(6);
         let at = |d: chrono::Duration| (now + d).to_rfc3339();
         assert!(parse_reserve_at(&at(chrono::Duration::seconds(5)), now).is_ok());
         assert!(

@@ -93,8 +93,8 @@ pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
     .bind(job.total as u32)
     .bind(job.members as u32)
     .bind(status)
-    .bind(job.reserve_at)
-    .bind(job.created_at)
+    .bind(job.reserve_at.map(|t| t.naive_utc()))
+    .bind(job.created_at.naive_utc())
     .execute(&mut *tx)
     .await;
     match inserted {
@@ -112,7 +112,7 @@ pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
             .bind(seq as u32)
             .bind(items)
             .bind(*count as u32)
-            .bind(due_at)
+            .bind(due_at.naive_utc())
             .execute(&mut *tx)
             .await?;
     }

@@ -253,3 +253,104 @@ async fn a_chunked_body_over_100_mib_returns_413_while_streaming() {
     assert_eq!(status, 413);
     assert_nothing_stored_or_queued(&app).await;
 }
+
+/// Values SQS or a `DATETIME(6)` column cannot carry exactly: accepted before, they jammed a chunk
+/// forever (U+FFFF) or were stored as `0000-00-00` (year 10000 in UTC, a leap second).
+#[tokio::test]
+async fn values_sqs_or_the_ledger_cannot_hold_get_a_422_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let body = r#"[
+        {"member_id":"a","point_type":"P","amount":1,"reason":"\uFFFF"},
+        {"member_id":"b","point_type":"P","amount":1,"reason":"nul \u0000 inside"},
+        {"member_id":"c","point_type":"P","amount":1,"expires_at":"9999-12-31T23:59:59-23:59"},
+        {"member_id":"d","point_type":"P","amount":1,"expires_at":"2999-06-30T23:59:60Z"},
+        {"member_id":"e","point_type":"P","amount":1e3}
+    ]"#;
+
+    let problem = problem(app.post_accruals(body).await, 422).await;
+
+    let errors: Vec<(u64, String, String)> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["field"].as_str().unwrap().to_owned(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let fields: Vec<(u64, &str)> = errors.iter().map(|(i, f, _)| (*i, f.as_str())).collect();
+    assert_eq!(
+        fields,
+        [
+            (0, "reason"),
+            (1, "reason"),
+            (2, "expires_at"),
+            (3, "expires_at"),
+            (4, "amount")
+        ]
+    );
+    assert!(errors[2].2.contains("1000 to 9999"), "{errors:?}");
+    assert!(errors[3].2.contains("leap second"), "{errors:?}");
+    assert!(errors[4].2.contains("exponent"), "{errors:?}");
+    assert_nothing_stored_or_queued(&app).await;
+}
+
+#[tokio::test]
+async fn an_expiry_before_the_reservation_time_gets_a_422() {
+    let app = spawn_app().await;
+    let now = chrono::Utc::now();
+    let reserve_at = (now + chrono::Duration::days(2)).format("%Y-%m-%dT%H:%M:%SZ");
+    let expires_at = (now + chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ");
+    let body =
+        format!(r#"[{{"member_id":"a","point_type":"P","amount":1,"expires_at":"{expires_at}"}}]"#);
+
+    let response = app
+        .http
+        .post(format!(
+            "{}/v1/accruals?reserve_at={reserve_at}",
+            app.address
+        ))
+        .bearer_auth(crate::helpers::KEY_A)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+
+    let problem = problem(response, 422).await;
+    assert_eq!(problem["errors"][0]["field"], "expires_at");
+    assert_eq!(problem["errors"][0]["message"], "must be after reserve_at");
+    assert_nothing_stored_or_queued(&app).await;
+}
+
+/// A typo (`reserveAt`) used to dispatch at once a job meant for later, and a parameter of a newer
+/// version (`dry_run`) stored and sent a real job.
+#[tokio::test]
+async fn unknown_query_parameters_get_a_400_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let at = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ");
+    for query in [format!("reserveAt={at}"), "dry_run=true".to_owned()] {
+        let response = app
+            .http
+            .post(format!("{}/v1/accruals?{query}", app.address))
+            .bearer_auth(crate::helpers::KEY_A)
+            .header("Content-Type", "application/json")
+            .body(format!("[{}]", item("a", "P", 1)))
+            .send()
+            .await
+            .unwrap();
+        let problem = problem(response, 400).await;
+        assert_eq!(problem["type"], "/problems/invalid-parameter", "{query}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field"),
+            "{problem}"
+        );
+    }
+    assert_nothing_stored_or_queued(&app).await;
+}

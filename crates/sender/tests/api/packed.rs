@@ -54,6 +54,17 @@ async fn fifty_thousand_points_with(per_message: u32) {
         (rows, distinct, sum),
         (POINTS as i64, POINTS as i64, expected_sum)
     );
+    // What the listener promises: every point it received is counted once, as written, as a
+    // duplicate (a redelivery) or as dead-lettered, and each point is written exactly once.
+    eventually(
+        Duration::from_secs(10),
+        "every received point counted",
+        || async {
+            listener.written.get() + listener.duplicates.get() + listener.dead_lettered.get()
+                == listener.points_received.get()
+        },
+    )
+    .await;
     assert_eq!(listener.written.get(), POINTS as u64);
     assert_eq!(app.env.depth(&app.env.queues.dlq).await, 0);
 

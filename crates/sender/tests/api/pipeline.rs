@@ -62,6 +62,15 @@ async fn twenty_thousand_points_for_seven_thousand_members_reach_the_ledger_exac
     .await
     .unwrap();
     assert_eq!(types_of_first, 3);
+    eventually(
+        Duration::from_secs(10),
+        "every received point counted",
+        || async {
+            stats.written.get() + stats.duplicates.get() + stats.dead_lettered.get()
+                == stats.points_received.get()
+        },
+    )
+    .await;
     assert_eq!(stats.written.get(), 20_000);
     assert_eq!(app.env.depth(&app.env.queues.dlq).await, 0);
 }
