@@ -125,7 +125,9 @@ impl Fanout {
                         let Some(f) = failed.iter().find(|f| f.id() == id.to_string()) else {
                             continue;
                         };
-                        if f.sender_fault() {
+                        // LocalStack marks an entry it refuses for its characters with
+                        // `SenderFault: false`; the code says what the flag should.
+                        if f.sender_fault() || is_content_code(f.code()) {
                             done.refused.push(Refused {
                                 body,
                                 reason: format!(
@@ -197,7 +199,12 @@ fn refuses_content<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     let SdkError::ServiceError(e) = err else {
         return false;
     };
-    let code = e.err().code().unwrap_or_default();
+    is_content_code(e.err().code().unwrap_or_default())
+}
+
+/// SQS error codes (with or without the `AWS.SimpleQueueService.` prefix) that refuse a message
+/// for what it holds: sending the same bytes again can never succeed.
+fn is_content_code(code: &str) -> bool {
     let code = code.rsplit('.').next().unwrap_or(code);
     matches!(
         code,

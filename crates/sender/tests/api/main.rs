@@ -9,3 +9,4 @@ mod ops;
 mod packed;
 mod pipeline;
 mod process;
+mod refused;

@@ -1,0 +1,148 @@
+//! No chunk loops forever: a point SQS refuses for good is dead-lettered alone with SQS's reason,
+//! the rest of its chunk goes on, and the job finishes `completed_with_errors`.
+//!
+//! The API no longer accepts such a point, so the test stores the job directly (the path a job
+//! accepted by an older version, or a future SQS rule, would take).
+
+use std::time::Duration;
+
+use accrual_core::accrual::Accrual;
+use accrual_core::domain::{Amount, MemberId, PointType, Reason};
+use accrual_core::message::PointRecord;
+use accrual_core::{chunk, dead_letter};
+use accrual_sender::jobs::store::{self, NewJob};
+use accrual_testkit::eventually;
+use chrono::{SubsecRound, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{KEY_A, spawn_app_with};
+
+const POINTS: usize = 30;
+const BAD: usize = 7;
+
+/// Stores a 30-point job for client_a whose 8th point carries U+FFFF, which SQS refuses in a
+/// message body; returns the job id and the bad point's accrual id.
+async fn store_job_with_a_point_sqs_refuses(pool: &sqlx::MySqlPool) -> (Uuid, Uuid) {
+    let job_id = Uuid::now_v7();
+    let now = Utc::now().trunc_subsecs(6);
+    let records: Vec<PointRecord> = (0..POINTS)
+        .map(|i| PointRecord {
+            accrual_id: Uuid::now_v7(),
+            job_id,
+            accrual: Accrual {
+                member_id: MemberId::try_from(format!("m{i}")).unwrap(),
+                point_type: PointType::try_from("WELFARE").unwrap(),
+                amount: Amount::try_from(i as i64 + 1).unwrap(),
+                reason: Some(Reason::try_from("MARK").unwrap()),
+                expires_at: None,
+            },
+            accepted_at: now,
+        })
+        .collect();
+    let mut bodies: Vec<String> = records.iter().map(PointRecord::encode).collect();
+    bodies[BAD] = bodies[BAD].replace("MARK", "\u{FFFF}");
+    assert!(bodies[BAD].contains('\u{FFFF}'));
+    let job = NewJob {
+        job_id,
+        client_id: "client_a".into(),
+        idempotency_key: None,
+        body_sha256: [0; 32],
+        total: POINTS,
+        members: POINTS,
+        reserve_at: None,
+        created_at: now,
+        chunks: vec![(chunk::encode_bodies(&bodies), POINTS)],
+    };
+    store::insert(pool, &job).await.unwrap();
+    (job_id, records[BAD].accrual_id)
+}
+
+async fn a_point_sqs_refuses_is_dead_lettered_alone(per_message: u32) {
+    let app = spawn_app_with(|s| s.points_per_message = per_message).await;
+    let listener = app.spawn_listener().await;
+    let (job_id, bad) = store_job_with_a_point_sqs_refuses(&app.env.pool).await;
+
+    let url = format!("{}/v1/jobs/{job_id}", app.address);
+    let job = || async {
+        let response = app.http.get(&url).bearer_auth(KEY_A).send().await.unwrap();
+        response.json::<Value>().await.unwrap()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the job completed with errors",
+        || async { job().await["status"] == "completed_with_errors" },
+    )
+    .await;
+    let view = job().await;
+    assert_eq!(
+        (
+            view["written"].as_u64(),
+            view["dead_lettered"].as_u64(),
+            view["enqueued"].as_u64()
+        ),
+        (Some(POINTS as u64 - 1), Some(1), Some(POINTS as u64)),
+        "{view}"
+    );
+
+    // The ledger holds every other point once, and not the refused one.
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT accrual_id) FROM point_accruals")
+            .fetch_one(&app.env.pool)
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (POINTS as i64 - 1, POINTS as i64 - 1));
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM accrual_dead_letters WHERE accrual_id = ?")
+            .bind(bad)
+            .fetch_one(&app.env.pool)
+            .await
+            .unwrap();
+    assert!(reason.starts_with("SQS refused the message"), "{reason}");
+
+    // On the dead-letter queue, with SQS's reason, in characters SQS carries.
+    let letters = app.env.receive_dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    let body = letters[0].body().unwrap();
+    assert_eq!(dead_letter::PointIds::of(body).unwrap().accrual_id, bad);
+    let letter: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(letter["reason"], "\u{FFFF}", "the same JSON value, escaped");
+    assert!(
+        letters[0].message_attributes().unwrap()[accrual_core::sqs::ATTR_REASON]
+            .string_value()
+            .unwrap()
+            .starts_with("SQS refused the message")
+    );
+
+    // Sent once: the chunk was not re-claimed and nothing reached the listener twice.
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("accrual_sender_chunks_dispatched_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "accrual_sender_points_dispatched_total {}\n",
+            POINTS - 1
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("accrual_sender_points_refused_total 1\n"));
+    eventually(Duration::from_secs(10), "every point counted", || async {
+        listener.written.get() + listener.duplicates.get() == listener.points_received.get()
+    })
+    .await;
+    assert_eq!(listener.points_received.get(), POINTS as u64 - 1);
+    assert_eq!(listener.duplicates.get(), 0);
+}
+
+#[tokio::test]
+async fn a_point_sqs_refuses_is_dead_lettered_alone_and_the_job_completes_with_errors() {
+    a_point_sqs_refuses_is_dead_lettered_alone(1).await;
+}
+
+#[tokio::test]
+async fn a_packed_message_sqs_refuses_is_sent_again_point_by_point_and_only_the_bad_one_is_dead_lettered()
+ {
+    a_point_sqs_refuses_is_dead_lettered_alone(10).await;
+}
