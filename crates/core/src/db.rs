@@ -12,8 +12,19 @@ use crate::settings::DatabaseSettings;
 pub const MAX_PLACEHOLDERS: usize = 65_535;
 
 /// The schema, in order. Each runs once; its number is recorded in `schema_migrations`.
-const MIGRATIONS: &[(u32, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "job_outcome",
+        include_str!("../migrations/0002_job_outcome.sql"),
+    ),
+];
+
+/// MySQL error: the column exists already (an `ADD COLUMN` run a second time).
+const ER_DUP_FIELDNAME: u16 = 1060;
+/// MySQL error: the index exists already (an `ADD KEY` run a second time).
+const ER_DUP_KEYNAME: u16 = 1061;
 
 /// Named lock that keeps two `init` runs from migrating at once.
 const MIGRATION_LOCK: &str = "accrual_schema_migrations";
@@ -113,16 +124,28 @@ async fn apply_pending(conn: &mut sqlx::MySqlConnection) -> Result<Vec<u32>, DbE
         if applied.contains(&version) {
             continue;
         }
-        // DDL is not transactional in MySQL: every statement is written to be re-runnable
-        // (IF NOT EXISTS), so a migration cut short can simply run again.
-        sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await
-            .map_err(|source| DbError::Migration {
-                version,
-                name,
-                source,
-            })?;
+        // DDL is not transactional in MySQL, so a migration cut short must be able to run again:
+        // tables are created IF NOT EXISTS, and an `ALTER TABLE` that finds its column or index
+        // already there (MySQL 8 has no `ADD COLUMN IF NOT EXISTS`) counts as done. Each
+        // `ALTER TABLE` is one statement, so it is applied whole or not at all.
+        for statement in statements(sql) {
+            match sqlx::raw_sql(AssertSqlSafe(statement))
+                .execute(&mut *conn)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if matches!(error_number(&e), Some(ER_DUP_FIELDNAME | ER_DUP_KEYNAME)) => {
+                    tracing::info!(version, name, "Migration statement was applied before");
+                }
+                Err(source) => {
+                    return Err(DbError::Migration {
+                        version,
+                        name,
+                        source,
+                    });
+                }
+            }
+        }
         sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)")
             .bind(version)
             .bind(name)
@@ -132,6 +155,27 @@ async fn apply_pending(conn: &mut sqlx::MySqlConnection) -> Result<Vec<u32>, DbE
         newly.push(version);
     }
     Ok(newly)
+}
+
+/// The statements of a migration file: split at `;` that end a line, with `--` comment lines
+/// dropped. Migrations are plain DDL, with no `;` inside strings.
+fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        if line.trim_start().starts_with("--") {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line.trim_end().ends_with(';') {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 /// MySQL error: duplicate entry for a unique key.
@@ -223,6 +267,19 @@ mod tests {
         for n in 0..2_000 {
             assert_eq!(statement_sizes(n, 512).iter().sum::<usize>(), n);
         }
+    }
+
+    #[test]
+    fn every_migration_splits_into_whole_statements() {
+        for (_, name, sql) in MIGRATIONS {
+            let statements = statements(sql);
+            assert!(!statements.is_empty(), "{name}");
+            for s in &statements {
+                assert!(s.trim_end().ends_with(';'), "{name}: {s}");
+                assert_eq!(s.matches(';').count(), 1, "{name}: {s}");
+            }
+        }
+        assert_eq!(statements(MIGRATIONS[1].2).len(), 2);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`api_key`] — API key digests, generation and their configuration entries.
 //! - [`dead_letter`] — record a point's dead letter for its job and send it to the DLQ.
 //! - [`dlq`] — list and redrive the dead-letter queue.
+//! - [`job_outcome`] — a job's exact counts and its final state, stored when it is done.
 //! - [`domain`] — newtypes (`MemberId`, `PointType`, `Amount`, `Reason`) that can only hold valid values.
 //! - [`wire`] — lenient parse of a request body into raw items, with the item limit.
 //! - [`accrual`] — all-or-nothing validation of raw items into [`accrual::Accrual`]s.
@@ -23,6 +24,7 @@ pub mod db;
 pub mod dead_letter;
 pub mod dlq;
 pub mod domain;
+pub mod job_outcome;
 pub mod message;
 pub mod progress;
 pub mod settings;

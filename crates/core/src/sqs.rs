@@ -215,6 +215,29 @@ pub async fn visibility_timeout(
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// The `maxReceiveCount` of the queue's redrive policy: the receives after which SQS moves a
+/// message to the dead-letter queue. `None` when the queue has no redrive policy.
+pub async fn max_receive_count(client: &Client, url: &str) -> Result<Option<u32>, SqsError> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| SqsError::new("GetQueueAttributes", e))?;
+    let policy = out
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok());
+    // SQS returns the count as a number; some emulators as a string.
+    let count = policy.and_then(|p| match &p["maxReceiveCount"] {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    });
+    Ok(count.and_then(|c| u32::try_from(c).ok()))
+}
+
 /// Approximate number of messages visible plus in flight (for progress and tests).
 pub async fn approximate_depth(client: &Client, url: &str) -> Result<u64, SqsError> {
     let out = client

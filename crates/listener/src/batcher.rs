@@ -15,9 +15,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use accrual_core::db;
 use accrual_core::message::PointRecord;
 use accrual_core::progress::Progress;
+use accrual_core::{db, job_outcome};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -88,10 +88,13 @@ impl Batcher {
         // The message (index into `handles`) of each record.
         let mut owners = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(batch.len());
+        // The batch's room in the batcher's input, given back (dropped) once it is done.
+        let mut _room = Vec::with_capacity(batch.len());
         for (message, inbound) in batch.into_iter().enumerate() {
             owners.extend(std::iter::repeat_n(message, inbound.records.len()));
             records.extend(inbound.records);
             handles.push(inbound.receipt_handle);
+            _room.extend(inbound.room);
         }
 
         let written = if abandon.is_cancelled() {
@@ -138,6 +141,14 @@ impl Batcher {
                     &[("written", *written), ("duplicates", *duplicates)],
                 )
                 .await;
+        }
+        for job_id in &outcome.resettle {
+            // A dead letter of this job is now written: its outcome changes (a finished job may
+            // become `completed`). A failure here is repaired by the sender's completion task
+            // for running jobs; a finished one keeps its counts until its next change.
+            if let Err(e) = job_outcome::settle(self.ledger.pool(), *job_id).await {
+                tracing::warn!(%job_id, error = %e, "Settling a job again after a dead letter was written failed");
+            }
         }
         // Messages that keep a point neither written nor dead-lettered: they are not deleted, so
         // the point comes back (and the others are then duplicates).

@@ -21,6 +21,9 @@ pub struct WriteOutcome {
     pub duplicates: usize,
     /// The same two counts per job, for progress counters.
     pub by_job: HashMap<Uuid, (u64, u64)>,
+    /// Jobs one of whose points had been dead-lettered and is now written (redriven, or recorded
+    /// ahead of time on its last receive): their outcome must be counted again.
+    pub resettle: HashSet<Uuid>,
 }
 
 impl WriteOutcome {
@@ -28,6 +31,7 @@ impl WriteOutcome {
     pub fn absorb(&mut self, other: WriteOutcome) {
         self.written += other.written;
         self.duplicates += other.duplicates;
+        self.resettle.extend(other.resettle);
         for (job_id, (written, duplicates)) in other.by_job {
             let counts = self.by_job.entry(job_id).or_default();
             counts.0 += written;
@@ -75,9 +79,11 @@ pub fn insert_query<'q>(
 pub struct Ledger {
     pool: MySqlPool,
     max_rows: usize,
-    /// `insert_sql[k]` inserts `2^k` rows; `select_sql[k]` looks up `2^k` accrual ids.
+    /// `insert_sql[k]` inserts `2^k` rows; `select_sql[k]` looks up `2^k` accrual ids;
+    /// `dead_letter_sql[k]` finds the jobs of `2^k` accrual ids that have dead letters.
     insert_sql: Arc<Vec<Arc<str>>>,
     select_sql: Arc<Vec<Arc<str>>>,
+    dead_letter_sql: Arc<Vec<Arc<str>>>,
 }
 
 impl Ledger {
@@ -96,12 +102,27 @@ impl Ledger {
                 .into()
             })
             .collect();
+        let dead_letter_sql = (0..shapes)
+            .map(|k| {
+                format!(
+                    "SELECT DISTINCT job_id FROM accrual_dead_letters WHERE accrual_id IN ({})",
+                    vec!["?"; 1 << k].join(",")
+                )
+                .into()
+            })
+            .collect();
         Self {
             pool,
             max_rows,
             insert_sql: Arc::new(insert_sql),
             select_sql: Arc::new(select_sql),
+            dead_letter_sql: Arc::new(dead_letter_sql),
         }
+    }
+
+    /// The pool the ledger writes through.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
     }
 
     /// Stores the points not yet in the ledger; counts the others as duplicates.
@@ -140,10 +161,12 @@ impl Ledger {
             counts.0 += 1;
             counts.1 -= 1;
         }
+        let resettle = self.jobs_with_dead_letters(&fresh).await?;
         Ok(WriteOutcome {
             written: fresh.len(),
             duplicates: records.len() - fresh.len(),
             by_job,
+            resettle,
         })
     }
 
@@ -154,6 +177,56 @@ impl Ledger {
         reason: &str,
     ) -> Result<(), sqlx::Error> {
         accrual_core::dead_letter::record(&self.pool, ids, reason).await
+    }
+
+    /// The jobs of `records` that have a dead letter recorded for one of them.
+    async fn jobs_with_dead_letters(
+        &self,
+        records: &[&PointRecord],
+    ) -> Result<HashSet<Uuid>, sqlx::Error> {
+        let mut jobs = HashSet::new();
+        let mut rest = records;
+        for size in statement_sizes(records.len(), self.max_rows) {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let sql = self.dead_letter_sql[size.ilog2() as usize].clone();
+            let mut query = sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(sql));
+            for r in chunk {
+                query = query.bind(r.accrual_id);
+            }
+            jobs.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(jobs)
+    }
+
+    /// Records dead letters ahead of time for points on their last receive: each counts only from
+    /// `counts_from`, and never once its point is in the ledger. An existing dead letter stays.
+    pub async fn record_dead_letters_ahead(
+        &self,
+        records: &[PointRecord],
+        reason: &str,
+        counts_from: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let mut rest = records;
+        for size in statement_sizes(records.len(), self.max_rows) {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let sql = format!(
+                "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason, counts_from) VALUES {} \
+                 ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
+                accrual_core::db::placeholders(size, 4)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                query = query
+                    .bind(r.accrual_id)
+                    .bind(r.job_id)
+                    .bind(reason)
+                    .bind(counts_from.naive_utc());
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
     }
 
     async fn existing(&self, records: &[&PointRecord]) -> Result<HashSet<Uuid>, sqlx::Error> {

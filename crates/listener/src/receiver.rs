@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use accrual_core::message::{self, PointRecord, RefusedPoint};
 use accrual_core::sqs::MAX_RECEIVE_MESSAGES;
-use tokio::sync::mpsc;
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +27,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct Inbound {
     pub records: Vec<PointRecord>,
     pub receipt_handle: String,
+    /// This message's share of the points the batcher's input may hold; given back when its
+    /// batch is done.
+    pub room: Option<OwnedSemaphorePermit>,
+}
+
+/// What SQS does to a message after its last receive, so the listener can record it first.
+#[derive(Clone, Copy, Debug)]
+pub struct LastReceive {
+    /// The main queue's `maxReceiveCount`: a message received this many times is moved to the
+    /// dead-letter queue by SQS, not delivered again, if it is not deleted.
+    pub max_receive_count: u32,
+    /// The queue's visibility timeout: if the message is neither written nor deleted by then, SQS
+    /// moves it at its next receive, and its dead letter counts.
+    pub visibility_timeout: Duration,
 }
 
 /// One long-poll receive loop; a listener runs several.
@@ -36,6 +51,13 @@ pub struct Receiver {
     /// Long-poll wait per call, in seconds.
     pub wait_secs: i32,
     pub to_batcher: mpsc::Sender<Inbound>,
+    /// Points the batcher's input may hold (received, not yet written): a packed message of
+    /// hundreds of points takes as much room as hundreds of v1 messages.
+    pub room: Arc<Semaphore>,
+    /// Room for this many points in all (a message larger than this waits for all of it).
+    pub room_points: u32,
+    /// `None` when the queue has no redrive policy.
+    pub last_receive: Option<LastReceive>,
     /// Receiving pauses while this says MySQL is down.
     pub gate: DatabaseGate,
     pub held: HeldMessages,
@@ -44,34 +66,28 @@ pub struct Receiver {
 
 /// Receives until `shutdown` is cancelled or the batcher is gone.
 pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
-    let Receiver {
-        queue,
-        dead_letters,
-        wait_secs,
-        to_batcher,
-        gate,
-        held,
-        metrics,
-    } = receiver;
     let mut backoff = FIRST_BACKOFF;
+    let r = &receiver;
     while !shutdown.is_cancelled() {
-        if !gate.is_up() {
+        if !r.gate.is_up() {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = gate.wait_up() => {}
+                () = r.gate.wait_up() => {}
             }
             continue;
         }
         // An in-flight receive is never abandoned: SQS (and LocalStack) would still hand messages
         // to the dropped call, and they would stay invisible for a whole visibility timeout.
         // Shutdown therefore waits for at most one long poll (`wait_secs`).
-        metrics.receive_calls.inc();
-        let result = queue
+        r.metrics.receive_calls.inc();
+        let result = r
+            .queue
             .client
             .receive_message()
-            .queue_url(&queue.main_url)
+            .queue_url(&r.queue.main_url)
             .max_number_of_messages(MAX_RECEIVE_MESSAGES)
-            .wait_time_seconds(wait_secs)
+            .wait_time_seconds(r.wait_secs)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await;
         let received_at = Instant::now();
@@ -81,7 +97,7 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
                 out
             }
             Err(e) => {
-                metrics.receive_errors.inc();
+                r.metrics.receive_errors.inc();
                 tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "ReceiveMessage failed; backing off");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -91,49 +107,44 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
                 continue;
             }
         };
-        metrics.received.inc_by(out.messages().len() as u64);
-        for received in out.messages.unwrap_or_default() {
-            let (Some(body), Some(handle)) = (received.body, received.receipt_handle) else {
-                continue;
-            };
-            match message::decode_message(&body) {
-                Ok(decoded) => {
-                    metrics
-                        .points_received
-                        .inc_by((decoded.points.len() + decoded.refused.len()) as u64);
-                    if !decoded.refused.is_empty()
-                        && !dead_letter_points(&queue, &dead_letters, &metrics, &decoded.refused)
-                            .await
-                    {
-                        // Left for redelivery: its good points are then duplicates, and the
-                        // refused ones are tried again.
-                        continue;
-                    }
-                    if decoded.points.is_empty() {
-                        queue.delete(vec![handle]).await;
-                        continue;
-                    }
-                    held.hold(&handle, received_at);
-                    let inbound = Inbound {
-                        records: decoded.points,
-                        receipt_handle: handle,
-                    };
-                    // Waits while the batcher is busy: back-pressure instead of an unbounded buffer.
-                    if let Err(unsent) = to_batcher.send(inbound).await {
-                        held.release(&[unsent.0.receipt_handle]);
-                        tracing::error!(
-                            "Batcher stopped before the receivers; the rest of this receive will be delivered again"
-                        );
-                        return;
-                    }
-                }
-                Err(reason) => {
-                    metrics.points_received.inc();
-                    let reason = reason.to_string();
-                    if let Err(e) = dead_letters.record(&body, &reason).await {
-                        tracing::warn!(error = %e, "Recording a dead letter failed; the message will be delivered again");
-                        continue;
-                    }
+        let messages = out.messages.unwrap_or_default();
+        r.metrics.received.inc_by(messages.len() as u64);
+        // Every message of this receive is held (kept invisible) from now on, also those that
+        // wait here while the batcher has no room.
+        for handle in messages.iter().filter_map(|m| m.receipt_handle()) {
+            r.held.hold(handle, received_at);
+        }
+        for received in messages {
+            if !r.handle(received).await {
+                tracing::error!(
+                    "Batcher stopped before the receivers; the rest of this receive will be delivered again"
+                );
+                return;
+            }
+        }
+    }
+}
+
+impl Receiver {
+    /// Decodes one held message and passes it on: its good points to the batcher, poison to the
+    /// dead-letter queue. False when the batcher is gone.
+    async fn handle(&self, received: Message) -> bool {
+        let receive_count = received
+            .attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+            .and_then(|c| c.parse::<u32>().ok());
+        let (Some(body), Some(handle)) = (received.body, received.receipt_handle) else {
+            return true;
+        };
+        let (queue, dead_letters, metrics) = (&self.queue, &self.dead_letters, &self.metrics);
+        let decoded = match message::decode_message(&body) {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                metrics.points_received.inc();
+                let reason = reason.to_string();
+                if let Err(e) = dead_letters.record(&body, &reason).await {
+                    tracing::warn!(error = %e, "Recording a dead letter failed; the message will be delivered again");
+                } else {
                     match queue.dead_letter(&body, &handle, &reason).await {
                         Ok(()) => {
                             metrics.dead_lettered.inc();
@@ -143,6 +154,74 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
                         }
                     }
                 }
+                self.held.release(&[handle]);
+                return true;
+            }
+        };
+        metrics
+            .points_received
+            .inc_by((decoded.points.len() + decoded.refused.len()) as u64);
+        if !decoded.refused.is_empty()
+            && !dead_letter_points(queue, dead_letters, metrics, &decoded.refused).await
+        {
+            // Left for redelivery: its good points are then duplicates, and the refused ones are
+            // tried again.
+            self.held.release(&[handle]);
+            return true;
+        }
+        if decoded.points.is_empty() {
+            queue.delete(vec![handle.clone()]).await;
+            self.held.release(&[handle]);
+            return true;
+        }
+        if let (Some(last), Some(count)) = (self.last_receive, receive_count)
+            && count >= last.max_receive_count
+        {
+            self.record_ahead(&decoded.points, last, count).await;
+        }
+        let wanted = u32::try_from(decoded.points.len())
+            .unwrap_or(u32::MAX)
+            .min(self.room_points);
+        // Waits while the batcher is busy: back-pressure instead of an unbounded buffer.
+        let Ok(room) = self.room.clone().acquire_many_owned(wanted).await else {
+            self.held.release(&[handle]);
+            return false;
+        };
+        let inbound = Inbound {
+            records: decoded.points,
+            receipt_handle: handle,
+            room: Some(room),
+        };
+        if let Err(unsent) = self.to_batcher.send(inbound).await {
+            self.held.release(&[unsent.0.receipt_handle]);
+            return false;
+        }
+        true
+    }
+
+    /// A message on its last receive: if this listener dies before its points are written, SQS
+    /// moves it to the dead-letter queue, where nobody would count it. Its points are recorded as
+    /// dead letters now, counting from when SQS would move them, and not at all once written.
+    async fn record_ahead(&self, points: &[PointRecord], last: LastReceive, count: u32) {
+        let reason = format!(
+            "moved by SQS to the dead-letter queue after {} receives",
+            last.max_receive_count
+        );
+        let counts_from = chrono::Utc::now()
+            + chrono::Duration::from_std(last.visibility_timeout).unwrap_or_default();
+        let recorded = self
+            .dead_letters
+            .ledger
+            .record_dead_letters_ahead(points, &reason, counts_from)
+            .await;
+        match recorded {
+            Ok(()) => tracing::warn!(
+                points = points.len(),
+                receive_count = count,
+                "Message on its last receive before SQS dead-letters it; recorded its points ahead"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "Recording a last-receive message's points ahead failed")
             }
         }
     }

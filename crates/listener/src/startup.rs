@@ -28,6 +28,8 @@ pub struct Listener {
     metrics: Arc<ListenerMetrics>,
     gate: DatabaseGate,
     visibility_timeout: Duration,
+    /// The main queue's `maxReceiveCount` (`None` without a redrive policy).
+    max_receive_count: Option<u32>,
     http: TcpListener,
 }
 
@@ -46,6 +48,12 @@ impl Listener {
         let visibility_timeout = sqs::visibility_timeout(&client, &main_url)
             .await
             .context("Failed to read the queue's visibility timeout")?;
+        let max_receive_count = sqs::max_receive_count(&client, &main_url)
+            .await
+            .context("Failed to read the queue's redrive policy")?;
+        if max_receive_count.is_none() {
+            tracing::warn!(queue = %settings.sqs.accrual_queue, "The queue has no redrive policy; run `accrualctl init`");
+        }
         let metrics = Arc::new(ListenerMetrics::new());
         let queue = Queue {
             client,
@@ -66,6 +74,7 @@ impl Listener {
             metrics,
             gate,
             visibility_timeout,
+            max_receive_count,
             http,
             settings,
         })
@@ -86,7 +95,9 @@ impl Listener {
     /// messages are made visible again instead.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let max_rows = self.settings.batch_max_rows as usize;
-        // Room for two batches: receivers keep the next batch ready while one is written.
+        // Room for two batches of points: receivers keep the next batch ready while one is
+        // written. The channel's own bound (messages) is never the tighter one.
+        let room_points = (max_rows * 2) as u32;
         let (to_batcher, inbound) = mpsc::channel(max_rows * 2);
         let dead_letters = DeadLetterLog {
             ledger: self.ledger.clone(),
@@ -99,6 +110,14 @@ impl Listener {
             dead_letters: dead_letters.clone(),
             wait_secs: self.settings.receive_wait_secs,
             to_batcher,
+            room: Arc::new(tokio::sync::Semaphore::new(room_points as usize)),
+            room_points,
+            last_receive: self
+                .max_receive_count
+                .map(|max_receive_count| receiver::LastReceive {
+                    max_receive_count,
+                    visibility_timeout: self.visibility_timeout,
+                }),
             gate: self.gate.clone(),
             held: held.clone(),
             metrics: self.metrics.clone(),

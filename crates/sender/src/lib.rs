@@ -9,11 +9,13 @@
 //! - [`members`] — multi-row member upserts.
 //! - [`jobs`] — durable jobs (`accrual_jobs` + compressed `accrual_chunks`), status and progress.
 //! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
+//! - [`completion`] — the task that settles finished jobs (final status, counts, `completed_at`).
 //! - [`fanout`] — `SendMessageBatch` with bounded concurrency and retries.
 //! - [`rate_limit`] — per-client GCRA limits in Redis (fail open).
 //! - [`metrics`] — Prometheus metrics.
 
 pub mod api;
+pub mod completion;
 pub mod dispatcher;
 pub mod fanout;
 pub mod jobs;

@@ -129,6 +129,11 @@ impl Application {
         self.state
             .dispatcher
             .spawn(self.dispatch_tasks, &tracker, &shutdown);
+        let completion = crate::completion::Completion {
+            pool: self.state.pool.clone(),
+            progress: self.state.progress.clone(),
+        };
+        tracker.spawn(completion.run(shutdown.clone()));
         tracker.close();
         let router = api::router(self.state);
         let served = axum::serve(self.listener, router)

@@ -4,6 +4,7 @@
 mod helpers;
 mod idempotency;
 mod outage;
+mod outcome;
 mod packed;
 mod poison;
 mod process;

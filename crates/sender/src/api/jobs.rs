@@ -18,9 +18,6 @@ use crate::state::AppState;
 
 /// How often an SSE stream looks for changes.
 const EVENT_POLL: Duration = Duration::from_millis(500);
-/// Every this many polls, an SSE stream reconciles against MySQL even if Redis says nothing changed
-/// (Redis may have been flushed).
-const RECONCILE_EVERY: u32 = 10;
 
 #[utoipa::path(
     get,
@@ -77,7 +74,7 @@ pub async fn cancel(
 
 /// The client's job, reconciled with MySQL; 404 when it has no such job.
 async fn find_view(state: &AppState, job_id: Uuid, client_id: &str) -> Result<JobView, ApiError> {
-    status::view(&state.pool, &state.progress, job_id, client_id, true)
+    status::view(&state.pool, &state.progress, job_id, client_id)
         .await
         .map_err(ApiError::database)?
         .ok_or(ApiError::NotFound)
@@ -115,7 +112,6 @@ pub async fn events(
         job_id,
         pending: Some(first),
         last: None,
-        polls: 0,
         done: false,
     };
     let stream = futures_util::stream::unfold(follow, |mut f| async move {
@@ -133,7 +129,6 @@ struct Follow {
     /// A view read but not yet compared with the last one sent.
     pending: Option<JobView>,
     last: Option<JobView>,
-    polls: u32,
     /// Set once the final view has been sent: the stream then ends.
     done: bool,
 }
@@ -157,18 +152,8 @@ impl Follow {
                 return Some(event);
             }
             tokio::time::sleep(EVENT_POLL).await;
-            self.polls += 1;
-            let reconcile = self.polls.is_multiple_of(RECONCILE_EVERY);
             let s = &self.state;
-            match status::view(
-                &s.pool,
-                &s.progress,
-                self.job_id,
-                &self.client_id,
-                reconcile,
-            )
-            .await
-            {
+            match status::view(&s.pool, &s.progress, self.job_id, &self.client_id).await {
                 Ok(Some(view)) => self.pending = Some(view),
                 Ok(None) => return None,
                 Err(e) => {

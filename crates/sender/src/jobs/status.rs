@@ -1,5 +1,11 @@
-//! A job's status and progress: live counters from Redis, final state reconciled against MySQL.
+//! A job as its client sees it: stored outcome once final, live counters from Redis before.
+//!
+//! Reading a job never changes it and never counts a finished job's ledger rows: its outcome is
+//! stored when it happens (see `accrual_core::job_outcome` and [`crate::completion`]). While the
+//! job runs, Redis's live counters are shown; only when Redis is unavailable are the counts read
+//! from MySQL.
 
+use accrual_core::job_outcome;
 use accrual_core::progress::{Counters, Progress};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -8,8 +14,7 @@ use uuid::Uuid;
 
 use super::store::{self, JobRow};
 
-/// Statuses after which nothing changes.
-pub const FINAL_STATUSES: [&str; 3] = ["completed", "completed_with_errors", "cancelled"];
+pub use accrual_core::job_outcome::FINAL_STATUSES;
 
 /// `GET /v1/jobs/{job_id}` and each SSE event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -32,40 +37,26 @@ impl JobView {
     }
 }
 
-/// Counts of a job as MySQL has them: the truth, whatever Redis holds.
-async fn mysql_counters(pool: &MySqlPool, job_id: Uuid) -> Result<Counters, sqlx::Error> {
-    let (enqueued, written, dead_lettered): (i64, i64, i64) = sqlx::query_as(
-        "SELECT \
-           (SELECT CAST(COALESCE(SUM(item_count), 0) AS SIGNED) FROM accrual_chunks WHERE job_id = ? AND dispatched_at IS NOT NULL), \
-           (SELECT COUNT(*) FROM point_accruals WHERE job_id = ?), \
-           (SELECT COUNT(*) FROM accrual_dead_letters WHERE job_id = ?)",
+/// Points of a job sent so far, as MySQL has them.
+async fn enqueued(pool: &MySqlPool, job_id: Uuid) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(item_count), 0) AS SIGNED) FROM accrual_chunks \
+         WHERE job_id = ? AND dispatched_at IS NOT NULL",
     )
-    .bind(job_id)
-    .bind(job_id)
     .bind(job_id)
     .fetch_one(pool)
     .await?;
-    Ok(Counters {
-        enqueued: enqueued as u64,
-        written: written as u64,
-        duplicates: 0,
-        dead_lettered: dead_lettered as u64,
-    })
+    Ok(n as u64)
 }
 
 /// The job as its owner sees it (`None` for an unknown job or another client's).
-///
-/// With `reconcile`, counts come from MySQL and a job whose points are all written or
-/// dead-lettered is marked `completed` (or `completed_with_errors`) there. Without it, live
-/// counters from Redis are used while they are available and do not claim completion.
 pub async fn view(
     pool: &MySqlPool,
     progress: &Progress,
     job_id: Uuid,
     client_id: &str,
-    reconcile: bool,
 ) -> Result<Option<JobView>, sqlx::Error> {
-    let Some(mut row) = store::get(pool, job_id).await? else {
+    let Some(row) = store::get(pool, job_id).await? else {
         return Ok(None);
     };
     if row.client_id != client_id {
@@ -73,61 +64,77 @@ pub async fn view(
     }
     let live = progress.get(job_id).await;
     let total = u64::from(row.total);
-    let live_is_enough = !reconcile
-        && live.is_some_and(|c| c.written + c.dead_lettered < total)
-        && !FINAL_STATUSES.contains(&row.status.as_str());
-    let counters = match live {
-        Some(c) if live_is_enough => c,
-        _ => {
-            let mut c = mysql_counters(pool, job_id).await?;
-            c.duplicates = live.map_or(0, |l| l.duplicates);
-            finalize(pool, &mut row, &c).await?;
-            c
-        }
+    let counters = match (row.status.as_str(), row.written, row.dead_lettered) {
+        ("completed" | "completed_with_errors", Some(written), Some(dead_lettered)) => Counters {
+            enqueued: total,
+            written: u64::from(written),
+            dead_lettered: u64::from(dead_lettered),
+            duplicates: live.map_or(0, |l| l.duplicates),
+        },
+        ("cancelled" | "reserved", _, _) => Counters::default(),
+        _ => match live {
+            Some(live) => clamp(live, total),
+            None => {
+                let outcome = job_outcome::count(pool, job_id).await?;
+                Counters {
+                    enqueued: enqueued(pool, job_id).await?,
+                    written: outcome.written,
+                    duplicates: 0,
+                    dead_lettered: outcome.dead_lettered,
+                }
+            }
+        },
     };
-    Ok(Some(JobView {
-        job_id,
+    Ok(Some(to_view(row, total, counters)))
+}
+
+/// Live counters can run ahead of the truth (two listeners counting one point while they race):
+/// never show more than the job holds.
+fn clamp(live: Counters, total: u64) -> Counters {
+    let written = live.written.min(total);
+    Counters {
+        enqueued: live.enqueued.min(total),
+        written,
+        duplicates: live.duplicates,
+        dead_lettered: live.dead_lettered.min(total - written),
+    }
+}
+
+fn to_view(row: JobRow, total: u64, c: Counters) -> JobView {
+    JobView {
+        job_id: row.job_id,
         status: row.status,
         total,
-        enqueued: counters.enqueued.min(total),
-        written: counters.written,
-        duplicates: counters.duplicates,
-        dead_lettered: counters.dead_lettered,
+        enqueued: c.enqueued,
+        written: c.written,
+        duplicates: c.duplicates,
+        dead_lettered: c.dead_lettered,
         created_at: row.created_at,
         reserve_at: row.reserve_at,
         completed_at: row.completed_at,
-    }))
+    }
 }
 
-/// Moves a job to `enqueued` / `completed*` when MySQL's counts say so.
-async fn finalize(pool: &MySqlPool, row: &mut JobRow, c: &Counters) -> Result<(), sqlx::Error> {
-    let total = u64::from(row.total);
-    let next = if c.written + c.dead_lettered >= total {
-        if c.dead_lettered > 0 {
-            "completed_with_errors"
-        } else {
-            "completed"
-        }
-    } else if c.enqueued >= total {
-        "enqueued"
-    } else {
-        return Ok(());
-    };
-    if row.status == next || !matches!(row.status.as_str(), "dispatching" | "enqueued") {
-        return Ok(());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_counters_never_show_more_than_the_job_holds() {
+        let live = Counters {
+            enqueued: 12,
+            written: 11,
+            duplicates: 3,
+            dead_lettered: 2,
+        };
+        assert_eq!(
+            clamp(live, 10),
+            Counters {
+                enqueued: 10,
+                written: 10,
+                duplicates: 3,
+                dead_lettered: 0
+            }
+        );
     }
-    let done = next.starts_with("completed");
-    sqlx::query(
-        "UPDATE accrual_jobs SET status = ?, completed_at = IF(?, NOW(6), completed_at) \
-         WHERE job_id = ? AND status IN ('dispatching', 'enqueued')",
-    )
-    .bind(next)
-    .bind(done)
-    .bind(row.job_id)
-    .execute(pool)
-    .await?;
-    if let Some(fresh) = store::get(pool, row.job_id).await? {
-        *row = fresh;
-    }
-    Ok(())
 }

@@ -32,10 +32,13 @@ pub struct JobRow {
     pub reserve_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Counts stored when the job was settled (see `accrual_core::job_outcome`).
+    pub written: Option<u32>,
+    pub dead_lettered: Option<u32>,
 }
 
-const JOB_COLUMNS: &str =
-    "job_id, client_id, body_sha256, total, members, status, reserve_at, created_at, completed_at";
+const JOB_COLUMNS: &str = "job_id, client_id, body_sha256, total, members, status, reserve_at, \
+     created_at, completed_at, written, dead_lettered";
 
 type JobTuple = (
     Uuid,
@@ -47,6 +50,8 @@ type JobTuple = (
     Option<DateTime<Utc>>,
     DateTime<Utc>,
     Option<DateTime<Utc>>,
+    Option<u32>,
+    Option<u32>,
 );
 
 impl From<JobTuple> for JobRow {
@@ -61,6 +66,8 @@ impl From<JobTuple> for JobRow {
             reserve_at: t.6,
             created_at: t.7,
             completed_at: t.8,
+            written: t.9,
+            dead_lettered: t.10,
         }
     }
 }

@@ -6,6 +6,7 @@ mod contract;
 mod helpers;
 mod jobs;
 mod ops;
+mod outcome;
 mod packed;
 mod pipeline;
 mod process;

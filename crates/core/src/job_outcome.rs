@@ -1,0 +1,146 @@
+//! A job's outcome, counted exactly from MySQL and stored when the job is done.
+//!
+//! Every accepted point ends written (a ledger row) or dead-lettered (a row in
+//! `accrual_dead_letters`), whoever moved it. The counts follow three rules:
+//! - a point is written once: the ledger's unique `accrual_id`;
+//! - a dead letter whose point is in the ledger (redriven, then written) is not counted: a point
+//!   counts as written or dead-lettered, never both;
+//! - a dead letter recorded ahead of time (`counts_from`, see the listener's last-receive rule)
+//!   counts only from that instant.
+//!
+//! [`settle`] stores the outcome in `accrual_jobs` (status, `written`, `dead_lettered`, and
+//! `completed_at`: the time of the last write or dead letter, not the time anyone looked). The
+//! sender's completion task settles jobs whose points are all sent; the listener settles again a
+//! finished job one of whose dead letters it has just written.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::MySqlPool;
+use uuid::Uuid;
+
+/// Statuses a job keeps once it has them (a `completed_with_errors` job may still become
+/// `completed` if its dead letters are redriven and written).
+pub const FINAL_STATUSES: [&str; 3] = ["completed", "completed_with_errors", "cancelled"];
+
+/// A job's points as MySQL has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub written: u64,
+    pub dead_lettered: u64,
+    /// When the last of those points was written or dead-lettered.
+    pub last_at: Option<DateTime<Utc>>,
+}
+
+/// Counts a job's written and dead-lettered points (see the module rules). One index range of the
+/// ledger per job: meant for settling a job, not for every read of it.
+pub async fn count(pool: &MySqlPool, job_id: Uuid) -> Result<Outcome, sqlx::Error> {
+    let (written, dead_lettered, last_written, last_dead): (
+        i64,
+        i64,
+        Option<NaiveDateTime>,
+        Option<NaiveDateTime>,
+    ) = sqlx::query_as(
+        "SELECT \
+           (SELECT COUNT(*) FROM point_accruals WHERE job_id = ?), \
+           (SELECT COUNT(*) FROM accrual_dead_letters d WHERE d.job_id = ? \
+              AND (d.counts_from IS NULL OR d.counts_from <= NOW(6)) \
+              AND NOT EXISTS (SELECT 1 FROM point_accruals p WHERE p.accrual_id = d.accrual_id)), \
+           (SELECT created_at FROM point_accruals WHERE id = \
+              (SELECT MAX(id) FROM point_accruals WHERE job_id = ?)), \
+           (SELECT MAX(COALESCE(d.counts_from, d.created_at)) FROM accrual_dead_letters d \
+              WHERE d.job_id = ? AND (d.counts_from IS NULL OR d.counts_from <= NOW(6)) \
+              AND NOT EXISTS (SELECT 1 FROM point_accruals p WHERE p.accrual_id = d.accrual_id))",
+    )
+    .bind(job_id)
+    .bind(job_id)
+    .bind(job_id)
+    .bind(job_id)
+    .fetch_one(pool)
+    .await?;
+    let last_at = last_written.max(last_dead).map(|t| t.and_utc());
+    Ok(Outcome {
+        written: written as u64,
+        dead_lettered: dead_lettered as u64,
+        last_at,
+    })
+}
+
+/// The status a job of `total` points has with `outcome`, once every point is accounted for.
+pub fn final_status(total: u64, outcome: &Outcome) -> Option<&'static str> {
+    if outcome.written + outcome.dead_lettered < total {
+        None
+    } else if outcome.dead_lettered > 0 {
+        Some("completed_with_errors")
+    } else {
+        Some("completed")
+    }
+}
+
+/// Counts a job exactly and, when every point is written or dead-lettered, stores its final
+/// status, counts and completion time. Returns the status stored, if it changed.
+///
+/// A job not yet released (`reserved`) or `cancelled` is left alone; a finished job is settled
+/// again (its counts change when a dead letter is redriven and written).
+pub async fn settle(pool: &MySqlPool, job_id: Uuid) -> Result<Option<&'static str>, sqlx::Error> {
+    let row: Option<(u32, String, Option<u32>, Option<u32>)> = sqlx::query_as(
+        "SELECT total, status, written, dead_lettered FROM accrual_jobs WHERE job_id = ?",
+    )
+    .bind(job_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((total, status, stored_written, stored_dead)) = row else {
+        return Ok(None);
+    };
+    if matches!(status.as_str(), "reserved" | "cancelled") {
+        return Ok(None);
+    }
+    let outcome = count(pool, job_id).await?;
+    let Some(next) = final_status(u64::from(total), &outcome) else {
+        return Ok(None);
+    };
+    let unchanged = status == next
+        && stored_written.map(u64::from) == Some(outcome.written)
+        && stored_dead.map(u64::from) == Some(outcome.dead_lettered);
+    if unchanged {
+        return Ok(None);
+    }
+    let completed_at = outcome.last_at.unwrap_or_else(Utc::now).naive_utc();
+    let updated = sqlx::query(
+        "UPDATE accrual_jobs SET status = ?, completed_at = ?, written = ?, dead_lettered = ? \
+         WHERE job_id = ? AND status IN ('dispatching', 'enqueued', 'completed', 'completed_with_errors')",
+    )
+    .bind(next)
+    .bind(completed_at)
+    .bind(outcome.written as u32)
+    .bind(outcome.dead_lettered as u32)
+    .bind(job_id)
+    .execute(pool)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(None);
+    }
+    tracing::info!(%job_id, status = next, written = outcome.written, dead_lettered = outcome.dead_lettered, "Job settled");
+    Ok(Some(next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(written: u64, dead_lettered: u64) -> Outcome {
+        Outcome {
+            written,
+            dead_lettered,
+            last_at: None,
+        }
+    }
+
+    #[test]
+    fn a_job_is_final_only_when_every_point_is_accounted_for() {
+        assert_eq!(final_status(10, &outcome(9, 0)), None);
+        assert_eq!(final_status(10, &outcome(10, 0)), Some("completed"));
+        assert_eq!(
+            final_status(10, &outcome(9, 1)),
+            Some("completed_with_errors")
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Every point's fate is counted on its job, whoever moved it: SQS after `maxReceiveCount`, the
+//! listener, or an operator's redrive. Counts stay exact through dead letter → redrive → written.
+
+use std::time::Duration;
+
+use accrual_core::job_outcome;
+use accrual_core::message::PointRecord;
+use accrual_core::sqs::QueueOptions;
+use accrual_testkit::{TestEnv, eventually};
+use sqlx::MySqlPool;
+use uuid::Uuid;
+
+use crate::helpers::{listener_settings, point, spawn_listener_on};
+use crate::process::ListenerProcess;
+
+/// Stores an `enqueued` job of `total` points, as the sender leaves it once its chunks are sent.
+async fn store_job(pool: &MySqlPool, total: u32) -> Uuid {
+    let job_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO accrual_jobs (job_id, client_id, body_sha256, total, members, status, created_at) \
+         VALUES (?, 'client_a', ?, ?, ?, 'enqueued', NOW(6))",
+    )
+    .bind(job_id)
+    .bind(&[0u8; 32][..])
+    .bind(total)
+    .bind(total)
+    .execute(pool)
+    .await
+    .unwrap();
+    job_id
+}
+
+fn points_of(job_id: Uuid, n: usize) -> Vec<PointRecord> {
+    (0..n)
+        .map(|i| {
+            let mut p = point(&format!("m{i}"), i as i64 + 1);
+            p.job_id = job_id;
+            p
+        })
+        .collect()
+}
+
+/// The stored status and counts of a job.
+async fn stored(pool: &MySqlPool, job_id: Uuid) -> (String, Option<u32>, Option<u32>) {
+    sqlx::query_as("SELECT status, written, dead_lettered FROM accrual_jobs WHERE job_id = ?")
+        .bind(job_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A listener that dies on a message's last receive (SIGKILL while its batch waits for MySQL)
+/// leaves it to SQS, which moves it to the DLQ with no reason attached. Its points were recorded
+/// ahead on that receive, so the job still completes with errors, each with its reason.
+#[tokio::test]
+async fn points_sqs_moves_after_the_last_receive_are_counted_as_dead_lettered_with_a_reason() {
+    let env = TestEnv::with_queue_options(QueueOptions {
+        max_receive_count: 2,
+        visibility_timeout_secs: 2,
+    })
+    .await;
+    let job_id = store_job(&env.pool, 5).await;
+    let points = points_of(job_id, 5);
+    env.send_bodies(&points.iter().map(PointRecord::encode).collect::<Vec<_>>())
+        .await;
+    // A first consumer receives everything and dies (nothing deleted): receive count 1.
+    let mut first = 0;
+    while first < 5 {
+        let out = env
+            .client
+            .receive_message()
+            .queue_url(&env.queues.main)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        first += out.messages().len();
+    }
+    // The next one finds MySQL's ledger locked, and is killed while it waits.
+    let mut locker = env.pool.acquire().await.unwrap();
+    sqlx::query("LOCK TABLES point_accruals WRITE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let mut second = ListenerProcess::spawn(&env, &[]).await;
+    eventually(
+        Duration::from_secs(30),
+        "the last receive recorded ahead",
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM accrual_dead_letters WHERE counts_from IS NOT NULL",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            n == 5
+        },
+    )
+    .await;
+    second.kill();
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    drop(locker);
+    // A healthy listener now: SQS moves the messages to the DLQ at its receives.
+    let settings = listener_settings(&env);
+    let pool = env.pool.clone();
+    let dlq = env.queues.dlq.clone();
+    let client = env.client.clone();
+    let third = spawn_listener_on(env, settings).await;
+
+    eventually(
+        Duration::from_secs(60),
+        "the job completed with errors",
+        || async {
+            job_outcome::settle(&pool, job_id).await.unwrap();
+            stored(&pool, job_id).await.0 == "completed_with_errors"
+        },
+    )
+    .await;
+    assert_eq!(
+        stored(&pool, job_id).await,
+        ("completed_with_errors".into(), Some(0), Some(5))
+    );
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT reason FROM accrual_dead_letters WHERE job_id = ?")
+            .bind(job_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        reasons,
+        ["moved by SQS to the dead-letter queue after 2 receives"]
+    );
+    // SQS moves them at the first receive after their visibility timeout.
+    eventually(Duration::from_secs(30), "five messages in the DLQ", || async {
+        accrual_core::sqs::approximate_depth(&client, &dlq)
+            .await
+            .unwrap()
+            == 5
+    })
+    .await;
+    assert_eq!(third.env.ledger_rows().await, 0);
+    assert_eq!(third.metrics.written.get(), 0);
+}
+
+/// A point dead-lettered, then redriven and written, counts as written only; the finished job
+/// becomes `completed` by itself. A dead letter whose point is in the ledger is never counted.
+#[tokio::test]
+async fn a_dead_letter_redriven_and_written_counts_as_written_and_the_job_completes() {
+    let env = TestEnv::new().await;
+    // A rule the database enforces and message validation does not know about.
+    sqlx::query("ALTER TABLE point_accruals ADD CONSTRAINT no_m2 CHECK (member_id <> 'm2')")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let job_id = store_job(&env.pool, 4).await;
+    let points = points_of(job_id, 4);
+    env.send_bodies(&points.iter().map(PointRecord::encode).collect::<Vec<_>>())
+        .await;
+    let settings = listener_settings(&env);
+    let app = spawn_listener_on(env, settings).await;
+    let pool = app.env.pool.clone();
+
+    eventually(
+        Duration::from_secs(30),
+        "three written and one dead-lettered",
+        || async { app.metrics.written.get() == 3 && app.metrics.dead_lettered.get() == 1 },
+    )
+    .await;
+    job_outcome::settle(&pool, job_id).await.unwrap();
+    assert_eq!(
+        stored(&pool, job_id).await,
+        ("completed_with_errors".into(), Some(3), Some(1))
+    );
+
+    // The operator fixes the cause and redrives.
+    sqlx::query("ALTER TABLE point_accruals DROP CONSTRAINT no_m2")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let moved = accrual_core::dlq::redrive(
+        &app.env.client,
+        &app.env.queues.dlq,
+        &app.env.queues.main,
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.points, 1);
+
+    eventually(
+        Duration::from_secs(30),
+        "the job completed by itself",
+        || async { stored(&pool, job_id).await.0 == "completed" },
+    )
+    .await;
+    assert_eq!(
+        stored(&pool, job_id).await,
+        ("completed".into(), Some(4), Some(0))
+    );
+    let outcome = job_outcome::count(&pool, job_id).await.unwrap();
+    assert_eq!((outcome.written, outcome.dead_lettered), (4, 0));
+    // The dead letter stays on record, but is not counted.
+    let letters: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accrual_dead_letters")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(letters, 1);
+}

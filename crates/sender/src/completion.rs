@@ -1,0 +1,73 @@
+//! The completion task: settles jobs whose points are all sent, so a job reaches its final status
+//! (and `completed_at` the time of its last point) by itself, with nobody reading it.
+//!
+//! Every sender replica runs one; settling is idempotent, so replicas need no lease. A job is
+//! counted exactly ([`job_outcome::settle`]) when Redis's live counters say it may be done, and in
+//! any case every [`RECHECK`]: live counters can lag (Redis flushed or down) and a dead letter
+//! recorded ahead of time starts counting later without anyone touching Redis.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use accrual_core::job_outcome;
+use accrual_core::progress::Progress;
+use sqlx::MySqlPool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How often the task looks for jobs to settle.
+pub const POLL: Duration = Duration::from_secs(1);
+/// Longest time a sent job goes without an exact count.
+pub const RECHECK: Duration = Duration::from_secs(5);
+/// Jobs looked at per round, oldest first.
+const JOBS_PER_ROUND: u32 = 500;
+
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub pool: MySqlPool,
+    pub progress: Progress,
+}
+
+impl Completion {
+    /// Settles jobs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut counted: HashMap<Uuid, Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(POLL) => {}
+            }
+            if let Err(e) = self.round(&mut counted).await {
+                tracing::warn!(error = %e, "Settling jobs failed; trying again");
+            }
+        }
+    }
+
+    /// One look at every job whose points are all sent.
+    async fn round(&self, counted: &mut HashMap<Uuid, Instant>) -> Result<(), sqlx::Error> {
+        let jobs: Vec<(Uuid, u32)> = sqlx::query_as(
+            "SELECT job_id, total FROM accrual_jobs WHERE status = 'enqueued' \
+             ORDER BY created_at LIMIT ?",
+        )
+        .bind(JOBS_PER_ROUND)
+        .fetch_all(&self.pool)
+        .await?;
+        counted.retain(|job, _| jobs.iter().any(|(j, _)| j == job));
+        for (job_id, total) in jobs {
+            let may_be_done = self
+                .progress
+                .get(job_id)
+                .await
+                .is_some_and(|c| c.written + c.dead_lettered >= u64::from(total));
+            let stale = counted
+                .get(&job_id)
+                .is_none_or(|at| at.elapsed() >= RECHECK);
+            if may_be_done || stale {
+                counted.insert(job_id, Instant::now());
+                job_outcome::settle(&self.pool, job_id).await?;
+            }
+        }
+        Ok(())
+    }
+}
