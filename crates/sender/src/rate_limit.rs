@@ -4,12 +4,14 @@
 //! whole minute at once and then waits as it refills.
 //!
 //! Redis is not allowed to take the API down: if it is unreachable, requests are let through
-//! (fail open), with a warning and the `accrual_sender_rate_limit_unavailable_total` metric.
+//! (fail open), with a warning and the `accrual_sender_rate_limit_unavailable_total` metric. The
+//! connection is taken at each check, so limits apply again as soon as Redis answers, even if it
+//! was away when the sender started.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use accrual_core::progress::RedisHandle;
 
 use crate::metrics::SenderMetrics;
 
@@ -108,8 +110,8 @@ pub fn parse_overrides(spec: &str) -> Result<HashMap<String, Limits>, String> {
 /// Shared handle on the buckets; cheap to clone.
 #[derive(Clone)]
 pub struct RateLimiter {
-    /// `None` when Redis was unreachable at start-up: every request is let through.
-    conn: Option<ConnectionManager>,
+    /// Without a connection (Redis away since start-up), every request is let through.
+    redis: RedisHandle,
     prefix: String,
     defaults: Limits,
     overrides: std::sync::Arc<HashMap<String, Limits>>,
@@ -120,7 +122,7 @@ pub struct RateLimiter {
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
-            .field("connected", &self.conn.is_some())
+            .field("redis", &self.redis)
             .field("defaults", &self.defaults)
             .field("overrides", &self.overrides)
             .finish()
@@ -129,14 +131,14 @@ impl std::fmt::Debug for RateLimiter {
 
 impl RateLimiter {
     pub fn new(
-        conn: Option<ConnectionManager>,
+        redis: RedisHandle,
         prefix: &str,
         defaults: Limits,
         overrides: HashMap<String, Limits>,
         metrics: std::sync::Arc<SenderMetrics>,
     ) -> Self {
         Self {
-            conn,
+            redis,
             prefix: prefix.to_owned(),
             defaults,
             overrides: std::sync::Arc::new(overrides),
@@ -160,14 +162,13 @@ impl RateLimiter {
         if cost > per_minute {
             return Decision::TooLarge { per_minute };
         }
-        let Some(conn) = &self.conn else {
+        let Some(mut conn) = self.redis.get() else {
             self.metrics.rate_limit_unavailable.inc();
             return Decision::Allowed;
         };
         // Whole microseconds per unit; rounding up keeps the limit a ceiling.
         let emission = PERIOD_MICROS.div_ceil(per_minute);
         let key = format!("{}rate:{}:{}", self.prefix, client, kind.as_str());
-        let mut conn = conn.clone();
         let result: redis::RedisResult<(i64, String)> = tokio::time::timeout(
             Duration::from_millis(500),
             self.script

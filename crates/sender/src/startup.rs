@@ -61,7 +61,7 @@ impl Application {
             .map_err(anyhow::Error::msg)
             .context("Invalid RATE_LIMITS")?;
         let rate_limiter = RateLimiter::new(
-            progress.connection(),
+            progress.redis(),
             &settings.redis.redis_key_prefix,
             Limits {
                 requests_per_minute: settings.rate_limit_requests_per_minute,
