@@ -17,19 +17,20 @@ pub struct ListenerSettings {
     #[arg(long, env = "LISTENER_ADDR", default_value = "127.0.0.1:8081")]
     pub listener_addr: std::net::SocketAddr,
 
-    /// Concurrent long-poll receive tasks (each asks for 10 messages a call).
+    /// Concurrent long-poll receive tasks (each asks for 10 messages a call); at least 1.
     #[arg(long, env = "RECEIVE_TASKS", default_value_t = 8)]
     pub receive_tasks: usize,
 
-    /// Long-poll wait per ReceiveMessage call, 0-20 seconds. Shutdown waits for at most one.
-    #[arg(long, env = "RECEIVE_WAIT_SECS", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=20))]
+    /// Long-poll wait per ReceiveMessage call, 1-20 seconds (0, a short poll, would make every
+    /// receive task spin while the queue is empty). Shutdown waits for at most one.
+    #[arg(long, env = "RECEIVE_WAIT_SECS", default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..=20))]
     pub receive_wait_secs: i32,
 
     /// A batch is written when it holds this many points...
     #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch_max_rows: u32,
 
-    /// ...or when its first point has waited this long (e.g. 200ms).
+    /// ...or when its first point has waited this long (e.g. 200ms; at least 1ms).
     #[arg(long, env = "BATCH_LINGER", default_value = "200ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
 
@@ -46,4 +47,97 @@ pub struct ListenerSettings {
 
     #[command(flatten)]
     pub redis: RedisSettings,
+}
+
+impl ListenerSettings {
+    /// Refuses values that would make a component spin, hang or panic, naming each one. Flags
+    /// with a range are checked when parsed already; they are checked again here for settings
+    /// built in code.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        let mut require = |ok: bool, problem: &str| {
+            if !ok {
+                problems.push(problem.to_owned());
+            }
+        };
+        require(
+            self.receive_tasks >= 1,
+            "RECEIVE_TASKS must be at least 1 (nothing would be received)",
+        );
+        require(
+            (1..=20).contains(&self.receive_wait_secs),
+            "RECEIVE_WAIT_SECS must be 1-20 (0 makes the receive tasks spin on an empty queue)",
+        );
+        require(
+            (1..=4096).contains(&self.batch_max_rows),
+            "BATCH_MAX_ROWS must be 1-4096",
+        );
+        require(
+            !self.batch_linger.is_zero(),
+            "BATCH_LINGER must be at least 1ms",
+        );
+        require(
+            self.database.database_max_connections >= 1,
+            "DATABASE_MAX_CONNECTIONS must be at least 1 (every write would wait for a connection)",
+        );
+        if let Err(e) = self.redis.validate() {
+            problems.push(e);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("Invalid settings: {}", problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<ListenerSettings, clap::Error> {
+        let mut all = vec!["accrual-listener"];
+        all.extend_from_slice(args);
+        ListenerSettings::try_parse_from(all)
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert!(parse(&[]).expect("parses").validate().is_ok());
+    }
+
+    #[test]
+    fn settings_that_would_spin_or_hang_are_refused_by_name() {
+        for (args, named) in [
+            (&["--receive-tasks", "0"][..], "RECEIVE_TASKS"),
+            (&["--batch-linger", "0ms"], "BATCH_LINGER"),
+            (
+                &["--database-max-connections", "0"],
+                "DATABASE_MAX_CONNECTIONS",
+            ),
+            (&["--redis-url", "localhost"], "REDIS_URL"),
+        ] {
+            let message = parse(args)
+                .expect("parses")
+                .validate()
+                .expect_err("refused")
+                .to_string();
+            assert!(message.contains(named), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_zero_long_poll_wait_is_refused_when_parsed_and_when_built_in_code() {
+        assert!(parse(&["--receive-wait-secs", "0"]).is_err());
+        assert!(parse(&["--receive-wait-secs", "21"]).is_err());
+        let mut settings = parse(&[]).expect("parses");
+        settings.receive_wait_secs = 0;
+        settings.batch_max_rows = 0;
+        let message = settings.validate().expect_err("refused").to_string();
+        assert!(
+            message.contains("RECEIVE_WAIT_SECS") && message.contains("BATCH_MAX_ROWS"),
+            "{message}"
+        );
+    }
 }

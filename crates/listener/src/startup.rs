@@ -36,6 +36,7 @@ pub struct Listener {
 impl Listener {
     /// Connects to MySQL, finds the queues and binds the HTTP address.
     pub async fn build(settings: ListenerSettings) -> anyhow::Result<Self> {
+        settings.validate()?;
         let http = TcpListener::bind(settings.listener_addr)
             .await
             .with_context(|| format!("Failed to bind LISTENER_ADDR {}", settings.listener_addr))?;

@@ -1,7 +1,6 @@
 //! Sender settings: environment variables and the matching CLI flags.
 
 use std::net::SocketAddr;
-
 use std::time::Duration;
 
 use accrual_core::progress::RedisSettings;
@@ -44,7 +43,7 @@ pub struct SenderSettings {
     #[arg(long, env = "RATE_LIMITS", default_value = "")]
     pub rate_limits: String,
 
-    /// Most SendMessageBatch calls in flight per dispatcher task.
+    /// Most SendMessageBatch calls in flight per dispatcher task (at least 1).
     #[arg(long, env = "SEND_CONCURRENCY", default_value_t = 8)]
     pub send_concurrency: usize,
 
@@ -62,11 +61,12 @@ pub struct SenderSettings {
     #[arg(long, env = "ACCRUAL_POINTS_PER_MESSAGE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub points_per_message: u32,
 
-    /// How long a claimed chunk stays with its replica without renewal (e.g. 60s).
+    /// How long a claimed chunk stays with its replica without renewal (e.g. 60s; at least 1s).
     #[arg(long, env = "DISPATCH_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub dispatch_lease: Duration,
 
-    /// How often idle dispatchers look for due chunks, e.g. reserved jobs coming due (e.g. 1s).
+    /// How often idle dispatchers look for due chunks, e.g. reserved jobs coming due (e.g. 1s; at
+    /// least 10ms).
     #[arg(long, env = "DISPATCH_POLL", default_value = "1s", value_parser = parse_duration)]
     pub dispatch_poll: Duration,
 
@@ -82,4 +82,123 @@ pub struct SenderSettings {
 
     #[command(flatten)]
     pub redis: RedisSettings,
+}
+
+/// A lease is renewed every third of its length; shorter than this, renewals would be all it does.
+pub const MIN_DISPATCH_LEASE: Duration = Duration::from_secs(1);
+
+/// Idle dispatchers poll MySQL this often at most; below it they would do little else.
+pub const MIN_DISPATCH_POLL: Duration = Duration::from_millis(10);
+
+impl SenderSettings {
+    /// Refuses values that would make a component spin, hang or panic, naming each one. Flags
+    /// with a range are checked when parsed already; they are checked again here for settings
+    /// built in code.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        let mut require = |ok: bool, problem: &str| {
+            if !ok {
+                problems.push(problem.to_owned());
+            }
+        };
+        require(
+            self.dispatch_lease >= MIN_DISPATCH_LEASE,
+            "DISPATCH_LEASE must be at least 1s (a lease is renewed every third of it)",
+        );
+        require(
+            self.dispatch_poll >= MIN_DISPATCH_POLL,
+            "DISPATCH_POLL must be at least 10ms (idle dispatchers would query MySQL without pause)",
+        );
+        require(
+            self.send_concurrency >= 1,
+            "SEND_CONCURRENCY must be at least 1 (no chunk could be sent)",
+        );
+        require(
+            (1..=50_000).contains(&self.chunk_items),
+            "CHUNK_ITEMS must be 1-50000",
+        );
+        require(
+            (1..=10_000).contains(&self.points_per_message),
+            "ACCRUAL_POINTS_PER_MESSAGE must be 1-10000",
+        );
+        require(
+            self.rate_limit_requests_per_minute >= 1 && self.rate_limit_points_per_minute >= 1,
+            "RATE_LIMIT_REQUESTS_PER_MINUTE and RATE_LIMIT_POINTS_PER_MINUTE must be at least 1",
+        );
+        require(
+            self.database.database_max_connections >= 1,
+            "DATABASE_MAX_CONNECTIONS must be at least 1 (every query would wait for a connection)",
+        );
+        if let Err(e) = self.redis.validate() {
+            problems.push(e);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("Invalid settings: {}", problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> SenderSettings {
+        let mut all = vec!["accrual-sender", "--accrual-api-keys", "client_a:key_a"];
+        all.extend_from_slice(args);
+        SenderSettings::try_parse_from(all).expect("parses")
+    }
+
+    fn refusal(settings: &SenderSettings) -> String {
+        settings.validate().expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        let settings = SenderSettings::try_parse_from(["accrual-sender"]).expect("parses");
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn settings_that_would_spin_or_hang_are_refused_by_name() {
+        for (args, named) in [
+            (&["--dispatch-lease", "0s"][..], "DISPATCH_LEASE"),
+            (&["--dispatch-lease", "500ms"], "DISPATCH_LEASE"),
+            (&["--dispatch-poll", "0ms"], "DISPATCH_POLL"),
+            (&["--dispatch-poll", "1ms"], "DISPATCH_POLL"),
+            (&["--send-concurrency", "0"], "SEND_CONCURRENCY"),
+            (
+                &["--database-max-connections", "0"],
+                "DATABASE_MAX_CONNECTIONS",
+            ),
+            (&["--redis-url", "localhost"], "REDIS_URL"),
+        ] {
+            let message = refusal(&parse(args));
+            assert!(message.contains(named), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn ranged_flags_are_refused_when_parsed_and_when_built_in_code() {
+        for args in [
+            &["--chunk-items", "0"][..],
+            &["--rate-limit-requests-per-minute", "0"],
+            &["--rate-limit-points-per-minute", "0"],
+            &["--accrual-points-per-message", "0"],
+        ] {
+            let mut all = vec!["accrual-sender"];
+            all.extend_from_slice(args);
+            assert!(SenderSettings::try_parse_from(all).is_err(), "{args:?}");
+        }
+        let mut settings = parse(&[]);
+        settings.chunk_items = 0;
+        settings.rate_limit_points_per_minute = 0;
+        let message = refusal(&settings);
+        assert!(
+            message.contains("CHUNK_ITEMS") && message.contains("RATE_LIMIT_POINTS_PER_MINUTE"),
+            "{message}"
+        );
+    }
 }

@@ -18,9 +18,6 @@ use crate::rate_limit::{Limits, RateLimiter};
 use crate::settings::SenderSettings;
 use crate::state::AppState;
 
-/// A lease is renewed every third of its length; shorter than this, renewals would be all it does.
-const MIN_DISPATCH_LEASE: Duration = Duration::from_secs(1);
-
 pub struct Application {
     listener: TcpListener,
     state: AppState,
@@ -31,11 +28,7 @@ pub struct Application {
 impl Application {
     /// Connects to MySQL and SQS and binds the HTTP listener (port 0 picks a free port).
     pub async fn build(settings: SenderSettings) -> anyhow::Result<Self> {
-        if settings.dispatch_lease < MIN_DISPATCH_LEASE || settings.dispatch_poll.is_zero() {
-            anyhow::bail!(
-                "DISPATCH_LEASE must be at least {MIN_DISPATCH_LEASE:?} and DISPATCH_POLL above zero"
-            );
-        }
+        settings.validate()?;
         let mut api_keys = ApiKeys::parse(&settings.accrual_api_keys)
             .map_err(anyhow::Error::msg)
             .context("Invalid ACCRUAL_API_KEYS")?;
