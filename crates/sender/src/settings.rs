@@ -18,11 +18,12 @@ pub struct SenderSettings {
     pub sender_addr: SocketAddr,
 
     /// Clients and their keys, comma-separated: `client:sha256:<hex digest>` (what `accrualctl keys
-    /// new` prints) or, for development, `client:key`. Empty to use only `ACCRUAL_API_KEYS_FILE`.
+    /// new` prints) or, for development, `client:key`. None by default: set it, or
+    /// `ACCRUAL_API_KEYS_FILE`, or both.
     #[arg(
         long,
         env = "ACCRUAL_API_KEYS",
-        default_value = "client_a:key_a,client_b:key_b",
+        default_value = "",
         hide_env_values = true
     )]
     pub accrual_api_keys: String,
@@ -156,9 +157,10 @@ mod tests {
     }
 
     #[test]
-    fn the_defaults_are_valid() {
+    fn the_defaults_are_valid_and_hold_no_api_keys() {
         let settings = SenderSettings::try_parse_from(["accrual-sender"]).expect("parses");
         assert!(settings.validate().is_ok());
+        assert_eq!(settings.accrual_api_keys, "");
     }
 
     #[test]

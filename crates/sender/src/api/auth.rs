@@ -1,4 +1,5 @@
-//! API keys: `Authorization: Bearer <key>` identifies the client.
+//! API keys: `Authorization: Bearer <key>` identifies the client. The scheme is case-insensitive
+//! (RFC 9110 §11.1); an empty key never authenticates, and no configured key can be empty.
 //!
 //! Keys are kept only as SHA-256 digests (the configuration may hold nothing else), and a presented
 //! key's digest is compared with every known digest in constant time, so neither a memory dump nor
@@ -65,9 +66,13 @@ impl ApiKeys {
             ));
         }
         let digest = match key.strip_prefix(DIGEST_PREFIX) {
-            Some(hex) => api_key::parse_hex(hex).ok_or_else(|| {
-                format!("the key digest of `{client}` must be 64 hex digits after `sha256:`")
-            })?,
+            Some(hex) => api_key::parse_hex(hex)
+                .filter(|digest| *digest != api_key::digest(""))
+                .ok_or_else(|| {
+                    format!(
+                        "the key digest of `{client}` must be 64 hex digits after `sha256:`, of a key that is not empty"
+                    )
+                })?,
             None if key.len() >= 4 && key.bytes().all(|b| b.is_ascii_graphic()) => {
                 api_key::digest(key)
             }
@@ -97,8 +102,7 @@ impl ApiKeys {
         let key = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_key)
             .ok_or(ApiError::Unauthorized)?;
         let presented = api_key::digest(key);
         // Every digest is compared, whether or not an earlier one matched.
@@ -110,6 +114,14 @@ impl ApiKeys {
         }
         found.cloned().ok_or(ApiError::Unauthorized)
     }
+}
+
+/// The key of an `Authorization` value with the `Bearer` scheme in any case; `None` for another
+/// scheme or an empty key.
+fn bearer_key(value: &str) -> Option<&str> {
+    let (scheme, key) = value.trim().split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }
 
 #[cfg(test)]
@@ -184,6 +196,44 @@ mod tests {
             keys.authenticate(&HeaderMap::new()),
             Err(ApiError::Unauthorized)
         ));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let keys = ApiKeys::parse("client_a:key_a").expect("valid");
+        for auth in [
+            "bearer key_a",
+            "BEARER key_a",
+            "BeArEr   key_a",
+            "Bearer key_a ",
+        ] {
+            assert_eq!(
+                keys.authenticate(&headers(auth)).ok(),
+                Some("client_a".into()),
+                "{auth}"
+            );
+        }
+        assert!(keys.authenticate(&headers("Bearerkey_a")).is_err());
+    }
+
+    #[test]
+    fn an_empty_key_never_authenticates() {
+        // Even a configuration holding the digest of the empty key could not be matched: it is
+        // refused at start-up, and an empty presented key is refused before any comparison.
+        let empty_digest = format!("sha256:{}", api_key::hex(&api_key::digest("")));
+        assert!(ApiKeys::parse(&format!("client_x:{empty_digest}")).is_err());
+        assert!(ApiKeys::parse("client_x:").is_err());
+        assert!(ApiKeys::parse("client_x: ").is_err());
+        let keys = ApiKeys::parse("client_a:key_a").expect("valid");
+        for auth in ["Bearer", "Bearer ", "bearer   ", ""] {
+            assert!(
+                matches!(
+                    keys.authenticate(&headers(auth)),
+                    Err(ApiError::Unauthorized)
+                ),
+                "{auth:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -42,6 +42,29 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(request_id::assign))
 }
 
+/// The methods counted under their own name; any other is counted as `OTHER`, so that made-up
+/// methods cannot create a new time series each.
+const KNOWN_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// The `method` label of a request.
+fn method_label(method: &Method) -> &str {
+    if KNOWN_METHODS.contains(method) {
+        method.as_str()
+    } else {
+        "OTHER"
+    }
+}
+
 /// Middleware: counts each request by route pattern, method and status.
 async fn count_request(
     State(metrics): State<Arc<SenderMetrics>>,
@@ -53,7 +76,7 @@ async fn count_request(
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let response = next.run(request).await;
     metrics
         .requests
@@ -112,6 +135,21 @@ pub async fn limit_points(state: &AppState, client_id: &str, points: u64) -> Res
                 ),
                 retry_after: std::time::Duration::from_secs(60),
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_standard_methods_are_labelled_by_name() {
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        assert_eq!(method_label(&Method::CONNECT), "CONNECT");
+        for made_up in ["PURGE", "get", "X1"] {
+            let method = Method::from_bytes(made_up.as_bytes()).expect("a token");
+            assert_eq!(method_label(&method), "OTHER", "{made_up}");
         }
     }
 }

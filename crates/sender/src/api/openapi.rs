@@ -8,7 +8,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::error::Problem;
-use super::ops::{Check, Readiness};
+use super::ops::{CheckStatus, Checks, Readiness, ReadinessStatus};
 use crate::api::accruals::Accepted;
 use crate::jobs::status::JobView;
 
@@ -150,7 +150,7 @@ impl Modify for CommonErrors {
         super::ops::metrics,
         openapi_json,
     ),
-    components(schemas(AccrualItemSchema, ItemErrorSchema, JobEventSchema, Accepted, JobView, Problem, Readiness, Check)),
+    components(schemas(AccrualItemSchema, ItemErrorSchema, JobEventSchema, Accepted, JobView, Problem, Readiness, ReadinessStatus, Checks, CheckStatus)),
     modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "accruals", description = "Submit point accruals"),

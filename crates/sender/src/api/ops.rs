@@ -19,47 +19,65 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// The state of one dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Up,
+    Down,
+}
+
+/// Whether the sender can do its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessStatus {
+    Ready,
+    NotReady,
+}
+
+/// Each dependency, `up` or `down`. Why one is down goes to the log only: errors name hosts,
+/// queue URLs and account ids.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Check {
-    /// `up` or `down`.
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+pub struct Checks {
+    pub mysql: CheckStatus,
+    pub redis: CheckStatus,
+    pub sqs: CheckStatus,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
-    /// `ready` when MySQL and SQS answer (Redis is optional: without it rate limits fail open and
-    /// progress comes from MySQL), `not_ready` otherwise.
-    pub status: &'static str,
-    pub mysql: Check,
-    pub redis: Check,
-    pub sqs: Check,
+    /// `ready` when MySQL, Redis and SQS all answer, `not_ready` otherwise.
+    pub status: ReadinessStatus,
+    pub checks: Checks,
 }
 
-fn check<E: std::fmt::Display>(
-    result: Result<Result<(), E>, tokio::time::error::Elapsed>,
-) -> Check {
+/// `up` or `down` for one check, logging why it is down.
+fn check(
+    dependency: &'static str,
+    result: Result<anyhow::Result<()>, tokio::time::error::Elapsed>,
+) -> CheckStatus {
     match result {
-        Ok(Ok(())) => Check {
-            status: "up",
-            error: None,
-        },
-        Ok(Err(e)) => Check {
-            status: "down",
-            error: Some(e.to_string()),
-        },
-        Err(_) => Check {
-            status: "down",
-            error: Some(format!("no answer within {CHECK_TIMEOUT:?}")),
-        },
+        Ok(Ok(())) => CheckStatus::Up,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                dependency,
+                error = format!("{e:#}"),
+                "Readiness check failed"
+            );
+            CheckStatus::Down
+        }
+        Err(_) => {
+            tracing::warn!(dependency, timeout = ?CHECK_TIMEOUT, "Readiness check got no answer in time");
+            CheckStatus::Down
+        }
     }
 }
 
-/// Readiness: 200 when MySQL and SQS answer, 503 otherwise; each dependency's state in the body.
+/// Readiness: 200 when MySQL, Redis and SQS answer, 503 otherwise; each dependency's state in
+/// the body.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "MySQL and SQS answer", body = Readiness),
-    (status = 503, description = "MySQL or SQS does not answer", body = Readiness),
+    (status = 200, description = "MySQL, Redis and SQS answer", body = Readiness),
+    (status = 503, description = "MySQL, Redis or SQS does not answer", body = Readiness),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mysql = tokio::time::timeout(CHECK_TIMEOUT, async {
@@ -67,41 +85,44 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             .execute(&state.pool)
             .await
             .map(|_| ())
+            .map_err(anyhow::Error::new)
     });
     let redis = tokio::time::timeout(CHECK_TIMEOUT, async {
-        match state.progress.connection() {
-            Some(mut conn) => redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            None => Err("not connected (unreachable at start-up)".to_owned()),
-        }
+        let mut conn = state
+            .progress
+            .connection()
+            .ok_or_else(|| anyhow::anyhow!("not connected since start-up; retrying"))?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::new)
     });
     let sqs = tokio::time::timeout(CHECK_TIMEOUT, async {
         accrual_core::sqs::approximate_depth(&state.sqs, &state.queue_url)
             .await
             .map(|_| ())
-            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+            .map_err(anyhow::Error::new)
     });
     let (mysql, redis, sqs) = tokio::join!(mysql, redis, sqs);
-    let body = Readiness {
-        mysql: check(mysql),
-        redis: check(redis),
-        sqs: check(sqs),
-        status: "ready",
+    let checks = Checks {
+        mysql: check("mysql", mysql),
+        redis: check("redis", redis),
+        sqs: check("sqs", sqs),
     };
-    let ready = body.mysql.status == "up" && body.sqs.status == "up";
-    let status = if ready {
-        StatusCode::OK
+    let ready = [checks.mysql, checks.redis, checks.sqs]
+        .iter()
+        .all(|c| *c == CheckStatus::Up);
+    let (status, readiness) = if ready {
+        (StatusCode::OK, ReadinessStatus::Ready)
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::SERVICE_UNAVAILABLE, ReadinessStatus::NotReady)
     };
     (
         status,
         Json(Readiness {
-            status: if ready { "ready" } else { "not_ready" },
-            ..body
+            status: readiness,
+            checks,
         }),
     )
 }

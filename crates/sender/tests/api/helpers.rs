@@ -9,6 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 pub const KEY_A: &str = "key_a";
 
+/// The development keys the tests use (the sender has none by default).
+pub const DEV_KEYS: &str = "client_a:key_a,client_b:key_b";
+
 /// A sender on a free port with its own database and queues; a listener on demand.
 pub struct TestApp {
     pub env: TestEnv,
@@ -28,15 +31,25 @@ pub async fn spawn_app_with_dispatchers(dispatch_tasks: usize) -> TestApp {
     spawn_app_with(|s| s.dispatch_tasks = dispatch_tasks).await
 }
 
-/// An app with the test defaults, changed by `adjust`.
+/// An app with the test defaults and the development keys, changed by `adjust`.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut SenderSettings)) -> TestApp {
+    spawn_app_parsing(&[], |settings| {
+        settings.accrual_api_keys = DEV_KEYS.into();
+        adjust(settings);
+    })
+    .await
+}
+
+/// An app whose settings are parsed from the command-line flags `args` (no API key unless they
+/// give one), then given the test's database, queues, Redis prefix and timings and changed by
+/// `adjust`.
+pub async fn spawn_app_parsing(args: &[&str], adjust: impl FnOnce(&mut SenderSettings)) -> TestApp {
     accrual_core::telemetry::init();
     let env = TestEnv::new().await;
-    // Every setting at its documented default, then the test's own.
-    let mut settings =
-        <SenderSettings as clap::Parser>::try_parse_from(["accrual-sender"]).unwrap();
+    // Every setting at its documented default or as `args` give it, then the test's own.
+    let command_line = std::iter::once("accrual-sender").chain(args.iter().copied());
+    let mut settings = <SenderSettings as clap::Parser>::try_parse_from(command_line).unwrap();
     settings.sender_addr = "127.0.0.1:0".parse().unwrap();
-    settings.accrual_api_keys = "client_a:key_a,client_b:key_b".into();
     settings.dispatch_lease = std::time::Duration::from_secs(10);
     settings.dispatch_poll = std::time::Duration::from_millis(200);
     settings.shutdown_grace_secs = 5;

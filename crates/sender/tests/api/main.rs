@@ -3,6 +3,7 @@
 
 mod accruals;
 mod contract;
+mod front_door;
 mod helpers;
 mod jobs;
 mod ops;

@@ -51,6 +51,7 @@ impl SenderProcess {
         command
             .envs(env.service_env())
             .env("SENDER_ADDR", format!("127.0.0.1:{port}"))
+            .env("ACCRUAL_API_KEYS", crate::helpers::DEV_KEYS)
             .env("CHUNK_ITEMS", "2000")
             .env("DISPATCH_LEASE", "3s")
             .env("DISPATCH_POLL", "200ms")
