@@ -73,11 +73,13 @@ fn check(
     }
 }
 
-/// Readiness: 200 when MySQL, Redis and SQS answer, 503 otherwise; each dependency's state in
-/// the body.
+/// Readiness: 200 when MySQL and SQS answer, 503 otherwise; each dependency's state in the body.
+/// Redis is reported but does not decide: it holds nothing the API needs to accept a job (rate
+/// limits fail open, progress falls back to MySQL), and a Redis blip must not take every replica
+/// out of its Service at once.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "MySQL, Redis and SQS answer", body = Readiness),
-    (status = 503, description = "MySQL, Redis or SQS does not answer", body = Readiness),
+    (status = 200, description = "MySQL and SQS answer (Redis may be down: see checks)", body = Readiness),
+    (status = 503, description = "MySQL or SQS does not answer", body = Readiness),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mysql = tokio::time::timeout(CHECK_TIMEOUT, async {
@@ -110,7 +112,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         redis: check("redis", redis),
         sqs: check("sqs", sqs),
     };
-    let ready = [checks.mysql, checks.redis, checks.sqs]
+    let ready = [checks.mysql, checks.sqs]
         .iter()
         .all(|c| *c == CheckStatus::Up);
     let (status, readiness) = if ready {

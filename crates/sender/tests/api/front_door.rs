@@ -110,7 +110,7 @@ async fn readyz_is_200_with_each_dependency_up() {
 }
 
 #[tokio::test]
-async fn readyz_is_503_with_redis_down_and_shows_no_error_text() {
+async fn readyz_stays_ready_with_redis_down_says_so_and_shows_no_error_text() {
     let app = spawn_app_with(|s| s.redis.redis_url = "redis://127.0.0.1:1".into()).await;
 
     let response = app
@@ -120,13 +120,14 @@ async fn readyz_is_503_with_redis_down_and_shows_no_error_text() {
         .await
         .unwrap();
 
-    assert_eq!(response.status(), 503);
+    // Redis holds nothing the API needs to accept a job: reported, but still ready.
+    assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     let body: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
         body,
         serde_json::json!({
-            "status": "not_ready",
+            "status": "ready",
             "checks": {"mysql": "up", "redis": "down", "sqs": "up"},
         })
     );
