@@ -1,7 +1,6 @@
 //! MySQL connections, database creation and the embedded migrations.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Executor};
@@ -54,14 +53,50 @@ fn options(url: &str) -> Result<MySqlConnectOptions, DbError> {
     MySqlConnectOptions::from_str(url).map_err(DbError::BadUrl)
 }
 
-/// Opens a pool on the database `settings` names.
+/// MySQL/MariaDB error: unknown system variable (`max_statement_time` on MySQL).
+const ER_UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
+
+/// Opens a pool on the database `settings` names. Waiting for a connection is bounded by
+/// `DATABASE_ACQUIRE_TIMEOUT`, and every connection gets `DATABASE_STATEMENT_TIMEOUT` as its
+/// statement and lock-wait limits, so no caller waits on MySQL forever.
 pub async fn connect(settings: &DatabaseSettings) -> Result<MySqlPool, DbError> {
+    let secs = settings.database_statement_timeout.as_secs().max(1);
     MySqlPoolOptions::new()
         .max_connections(settings.database_max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(settings.database_acquire_timeout)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                set_statement_timeout(conn, secs).await?;
+                Ok(())
+            })
+        })
         .connect_with(options(&settings.database_url)?)
         .await
         .map_err(DbError::Connect)
+}
+
+/// Limits how long a statement may run and wait for locks on this connection. MariaDB's
+/// `max_statement_time` covers every statement; MySQL's `max_execution_time` only reads. The lock
+/// waits (row locks, and metadata locks such as `LOCK TABLES`, whose default is a year) are set
+/// on both.
+async fn set_statement_timeout(
+    conn: &mut sqlx::MySqlConnection,
+    secs: u64,
+) -> Result<(), sqlx::Error> {
+    let locks =
+        format!("SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}");
+    conn.execute(AssertSqlSafe(locks)).await?;
+    let mariadb = format!("SET SESSION max_statement_time = {secs}");
+    match conn.execute(AssertSqlSafe(mariadb)).await {
+        Err(e) if error_number(&e) == Some(ER_UNKNOWN_SYSTEM_VARIABLE) => {
+            let mysql = format!("SET SESSION max_execution_time = {}", secs * 1_000);
+            conn.execute(AssertSqlSafe(mysql)).await?;
+        }
+        other => {
+            other?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the database named in `url` if it does not exist (utf8mb4, for `reason`).

@@ -16,7 +16,48 @@ pub struct DatabaseSettings {
     /// Most pooled connections per process.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
     pub database_max_connections: u32,
+
+    /// Longest wait for a pooled connection (e.g. 10s) before the caller gets an error.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub database_acquire_timeout: Duration,
+
+    /// Longest a statement may run or wait for a lock (e.g. 30s): the server aborts it after that
+    /// (`max_statement_time` on MariaDB, `max_execution_time` for reads on MySQL, and the row and
+    /// metadata lock waits on both).
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub database_statement_timeout: Duration,
 }
+
+impl DatabaseSettings {
+    /// Settings for `url` with `max_connections` and the default timeouts.
+    pub fn new(url: impl Into<String>, max_connections: u32) -> Self {
+        Self {
+            database_url: url.into(),
+            database_max_connections: max_connections,
+            database_acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            database_statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+        }
+    }
+
+    /// Refuses values that would make every database call fail or wait forever.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.database_max_connections == 0 {
+            return Err("DATABASE_MAX_CONNECTIONS must be at least 1".into());
+        }
+        if self.database_acquire_timeout < Duration::from_millis(100) {
+            return Err("DATABASE_ACQUIRE_TIMEOUT must be at least 100ms".into());
+        }
+        if self.database_statement_timeout < Duration::from_secs(1) {
+            return Err("DATABASE_STATEMENT_TIMEOUT must be at least 1s".into());
+        }
+        Ok(())
+    }
+}
+
+const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_SQS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SQS_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where SQS is and which queues to use.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,9 +81,46 @@ pub struct SqsSettings {
     /// Name of the dead-letter queue.
     #[arg(long, env = "ACCRUAL_DLQ", default_value = "point-accruals-dlq")]
     pub accrual_dlq: String,
+
+    /// Longest one SQS request may take (e.g. 10s); a long poll gets its wait on top. A request
+    /// that takes longer is abandoned and retried like a network error.
+    #[arg(long, env = "SQS_ATTEMPT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub sqs_attempt_timeout: Duration,
+
+    /// Longest one SQS call may take with the SDK's own retries (e.g. 60s).
+    #[arg(long, env = "SQS_OPERATION_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub sqs_operation_timeout: Duration,
 }
 
 impl SqsSettings {
+    /// Settings for these queues at `endpoint` (empty: real AWS) with the default timeouts.
+    pub fn new(
+        endpoint: impl Into<String>,
+        region: impl Into<String>,
+        queue: impl Into<String>,
+        dlq: impl Into<String>,
+    ) -> Self {
+        Self {
+            aws_endpoint_url: endpoint.into(),
+            aws_region: region.into(),
+            accrual_queue: queue.into(),
+            accrual_dlq: dlq.into(),
+            sqs_attempt_timeout: DEFAULT_SQS_ATTEMPT_TIMEOUT,
+            sqs_operation_timeout: DEFAULT_SQS_OPERATION_TIMEOUT,
+        }
+    }
+
+    /// Refuses timeouts that would fail every call or let one hang.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sqs_attempt_timeout < Duration::from_millis(100) {
+            return Err("SQS_ATTEMPT_TIMEOUT must be at least 100ms".into());
+        }
+        if self.sqs_operation_timeout < self.sqs_attempt_timeout {
+            return Err("SQS_OPERATION_TIMEOUT must be at least SQS_ATTEMPT_TIMEOUT".into());
+        }
+        Ok(())
+    }
+
     /// The endpoint override, or `None` for real AWS.
     pub fn endpoint(&self) -> Option<&str> {
         Some(self.aws_endpoint_url.trim()).filter(|s| !s.is_empty())
@@ -83,14 +161,25 @@ mod tests {
 
     #[test]
     fn an_empty_endpoint_means_real_aws() {
-        let mut s = SqsSettings {
-            aws_endpoint_url: " ".into(),
-            aws_region: "us-east-1".into(),
-            accrual_queue: "q".into(),
-            accrual_dlq: "d".into(),
-        };
+        let mut s = SqsSettings::new(" ", "us-east-1", "q", "d");
         assert_eq!(s.endpoint(), None);
         s.aws_endpoint_url = "http://127.0.0.1:4566".into();
         assert_eq!(s.endpoint(), Some("http://127.0.0.1:4566"));
+    }
+
+    #[test]
+    fn timeouts_that_would_fail_every_call_are_refused() {
+        let mut s = SqsSettings::new("", "us-east-1", "q", "d");
+        assert!(s.validate().is_ok());
+        s.sqs_attempt_timeout = Duration::ZERO;
+        assert!(s.validate().is_err());
+        s.sqs_attempt_timeout = Duration::from_secs(20);
+        assert!(s.validate().is_err(), "operation shorter than one attempt");
+        let mut d = DatabaseSettings::new("mysql://root@127.0.0.1/a", 8);
+        assert!(d.validate().is_ok());
+        d.database_statement_timeout = Duration::ZERO;
+        assert!(d.validate().is_err());
+        d = DatabaseSettings::new("mysql://root@127.0.0.1/a", 0);
+        assert!(d.validate().is_err());
     }
 }

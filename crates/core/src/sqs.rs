@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::QueueAttributeName;
 
@@ -68,7 +69,8 @@ impl SqsError {
 /// metadata address, which is unreachable (and slow to time out) on a developer's machine.
 pub async fn client(settings: &SqsSettings) -> Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(settings.aws_region.clone()));
+        .region(Region::new(settings.aws_region.clone()))
+        .timeout_config(timeouts(settings, std::time::Duration::ZERO));
     if let Some(endpoint) = settings.endpoint() {
         loader = loader.endpoint_url(endpoint);
         if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
@@ -82,6 +84,28 @@ pub async fn client(settings: &SqsSettings) -> Client {
         }
     }
     Client::new(&loader.load().await)
+}
+
+/// How long to connect (at most 3 s), how long one request may take (`SQS_ATTEMPT_TIMEOUT`, plus
+/// `wait` for a long poll) and one call with retries (`SQS_OPERATION_TIMEOUT`, at least an attempt).
+pub fn timeouts(settings: &SqsSettings, wait: std::time::Duration) -> TimeoutConfig {
+    let attempt = settings.sqs_attempt_timeout + wait;
+    TimeoutConfig::builder()
+        .connect_timeout(
+            settings
+                .sqs_attempt_timeout
+                .min(std::time::Duration::from_secs(3)),
+        )
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(settings.sqs_operation_timeout.max(attempt))
+        .build()
+}
+
+/// A configuration override for one long-poll `ReceiveMessage` of `wait_secs`: its attempt may
+/// take the wait on top of `SQS_ATTEMPT_TIMEOUT`.
+pub fn long_poll_override(settings: &SqsSettings, wait_secs: i32) -> aws_sdk_sqs::config::Builder {
+    let wait = std::time::Duration::from_secs(u64::try_from(wait_secs).unwrap_or(0));
+    aws_sdk_sqs::config::Builder::default().timeout_config(timeouts(settings, wait))
 }
 
 /// URLs of the main queue and its dead-letter queue.

@@ -50,6 +50,8 @@ pub struct Receiver {
     pub dead_letters: DeadLetterLog,
     /// Long-poll wait per call, in seconds.
     pub wait_secs: i32,
+    /// Timeouts of one receive: the attempt timeout plus the long-poll wait.
+    pub long_poll: aws_sdk_sqs::config::Builder,
     pub to_batcher: mpsc::Sender<Inbound>,
     /// Points the batcher's input may hold (received, not yet written): a packed message of
     /// hundreds of points takes as much room as hundreds of v1 messages.
@@ -88,6 +90,8 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
             .max_number_of_messages(MAX_RECEIVE_MESSAGES)
             .wait_time_seconds(r.wait_secs)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .customize()
+            .config_override(r.long_poll.clone())
             .send()
             .await;
         let received_at = Instant::now();

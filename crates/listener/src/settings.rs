@@ -76,12 +76,14 @@ impl ListenerSettings {
             !self.batch_linger.is_zero(),
             "BATCH_LINGER must be at least 1ms",
         );
-        require(
-            self.database.database_max_connections >= 1,
-            "DATABASE_MAX_CONNECTIONS must be at least 1 (every write would wait for a connection)",
-        );
-        if let Err(e) = self.redis.validate() {
-            problems.push(e);
+        for checked in [
+            self.database.validate(),
+            self.sqs.validate(),
+            self.redis.validate(),
+        ] {
+            if let Err(e) = checked {
+                problems.push(e);
+            }
         }
         if problems.is_empty() {
             Ok(())

@@ -110,6 +110,7 @@ impl Listener {
             queue: self.queue.clone(),
             dead_letters: dead_letters.clone(),
             wait_secs: self.settings.receive_wait_secs,
+            long_poll: sqs::long_poll_override(&self.settings.sqs, self.settings.receive_wait_secs),
             to_batcher,
             room: Arc::new(tokio::sync::Semaphore::new(room_points as usize)),
             room_points,

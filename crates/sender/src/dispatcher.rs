@@ -13,7 +13,10 @@ use accrual_core::progress::Progress;
 use accrual_core::sqs::MAX_BATCH_BYTES;
 use accrual_core::{chunk, db, dead_letter, message};
 use sqlx::MySqlPool;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -51,6 +54,15 @@ pub struct Dispatcher {
     poll: Duration,
     /// Woken when a request stores a job, so idle tasks start at once.
     wake: Arc<Notify>,
+}
+
+/// How a dispatch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dispatched {
+    /// Sent, handed back at shutdown, or left for a retry after an error.
+    Done,
+    /// SQS made no progress for a whole lease: the chunk is another replica's now.
+    GaveUp,
 }
 
 /// A chunk this replica holds the lease on.
@@ -115,7 +127,14 @@ impl Dispatcher {
             match self.claim().await {
                 Ok(Some(chunk)) => {
                     backoff = Duration::from_millis(200);
-                    self.dispatch(chunk, &shutdown).await;
+                    if self.dispatch(chunk, &shutdown).await == Dispatched::GaveUp {
+                        // This replica's SQS makes no progress: leave due chunks to replicas
+                        // whose SQS works for a lease before claiming again.
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = tokio::time::sleep(self.lease) => {}
+                        }
+                    }
                 }
                 Ok(None) => {
                     tokio::select! {
@@ -175,7 +194,7 @@ impl Dispatcher {
     }
 
     /// Sends a claimed chunk, renewing the lease while it goes; on shutdown, hands it back.
-    async fn dispatch(&self, chunk: Claimed, shutdown: &CancellationToken) {
+    async fn dispatch(&self, chunk: Claimed, shutdown: &CancellationToken) -> Dispatched {
         let (job_id, seq) = (chunk.job_id, chunk.seq);
         let per_message = self.points_per_message;
         let unpack = move || -> Result<(usize, Vec<String>), anyhow::Error> {
@@ -187,23 +206,40 @@ impl Dispatcher {
             Ok(Ok(unpacked)) => unpacked,
             Ok(Err(e)) => {
                 tracing::error!(%job_id, seq, error = %e, "Stored chunk is unreadable; leaving it leased for an operator");
-                return;
+                return Dispatched::Done;
             }
             Err(e) => {
                 tracing::error!(%job_id, seq, error = %e, "Decoding a chunk panicked");
-                return;
+                return Dispatched::Done;
             }
         };
-        let send = self.send_chunk(bodies);
+        let progress = AtomicU64::new(0);
+        let send = self.send_chunk(bodies, &progress);
         tokio::pin!(send);
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.tick().await;
+        // The lease is renewed only while SQS answers: a replica whose sends hang (a network that
+        // drops its packets, a stuck connection pool) lets its lease run out, so another replica
+        // takes the chunk over, and gives the chunk up itself once the lease has lapsed.
+        let mut answered = 0;
+        let mut renewed_at = Instant::now();
         let result = loop {
             tokio::select! {
                 r = &mut send => break r,
                 _ = renew.tick() => {
-                    if let Err(e) = self.set_lease(job_id, seq, Some(self.lease)).await {
-                        tracing::warn!(%job_id, seq, error = %e, "Renewing a lease failed");
+                    let now = progress.load(Ordering::Relaxed);
+                    if now > answered {
+                        answered = now;
+                        match self.set_lease(job_id, seq, Some(self.lease)).await {
+                            Ok(()) => renewed_at = Instant::now(),
+                            Err(e) => tracing::warn!(%job_id, seq, error = %e, "Renewing a lease failed"),
+                        }
+                    } else if renewed_at.elapsed() >= self.lease {
+                        self.metrics.chunks_abandoned.inc();
+                        tracing::warn!(%job_id, seq, lease_ms = self.lease.as_millis() as u64, "SQS made no progress for a whole lease; leaving the chunk to another replica");
+                        return Dispatched::GaveUp;
+                    } else {
+                        tracing::warn!(%job_id, seq, "SQS made no progress since the last renewal; not renewing the lease");
                     }
                 }
                 () = shutdown.cancelled() => {
@@ -212,7 +248,7 @@ impl Dispatcher {
                         Ok(()) => tracing::info!(%job_id, seq, "Released a chunk at shutdown"),
                         Err(e) => tracing::warn!(%job_id, seq, error = %e, "Releasing a chunk failed; it is taken over when its lease ends"),
                     }
-                    return;
+                    return Dispatched::Done;
                 }
             }
         };
@@ -221,12 +257,12 @@ impl Dispatcher {
                 if let Err(e) = self.dead_letter(job_id, &refused).await {
                     tracing::warn!(%job_id, seq, error = %e, "Dead-lettering refused points failed; retrying the chunk later");
                     let _ = self.set_lease(job_id, seq, Some(FAILED_CHUNK_RETRY)).await;
-                    return;
+                    return Dispatched::Done;
                 }
                 if let Err(e) = self.mark_dispatched(job_id, seq).await {
                     // The chunk will be sent again after its lease ends; harmless, only slower.
                     tracing::warn!(%job_id, seq, error = %e, "Marking a chunk dispatched failed");
-                    return;
+                    return Dispatched::Done;
                 }
                 self.metrics
                     .points_dispatched
@@ -250,12 +286,17 @@ impl Dispatcher {
                 let _ = self.set_lease(job_id, seq, Some(FAILED_CHUNK_RETRY)).await;
             }
         }
+        Dispatched::Done
     }
 
     /// Sends a chunk's bodies. A packed body SQS refuses for good is sent again as its points, one
     /// v1 message each, so only the points at fault are refused.
-    async fn send_chunk(&self, bodies: Vec<String>) -> Result<Sent, FanoutError> {
-        let mut sent = self.fanout.send_all(bodies).await?;
+    async fn send_chunk(
+        &self,
+        bodies: Vec<String>,
+        progress: &AtomicU64,
+    ) -> Result<Sent, FanoutError> {
+        let mut sent = self.fanout.send_all(bodies, progress).await?;
         if self.points_per_message > 1 && !sent.refused.is_empty() {
             let (packed, single): (Vec<Refused>, Vec<Refused>) = std::mem::take(&mut sent.refused)
                 .into_iter()
@@ -270,7 +311,7 @@ impl Dispatcher {
                 points = points.len(),
                 "SQS refused packed messages; sending their points one by one"
             );
-            let again = self.fanout.send_all(points).await?;
+            let again = self.fanout.send_all(points, progress).await?;
             sent.sent += again.sent;
             sent.refused.extend(again.refused);
         }

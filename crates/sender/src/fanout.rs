@@ -6,6 +6,7 @@
 //! dead-letter exactly those points and mark the chunk dispatched. Retrying them would re-claim the
 //! chunk forever and re-send its other points each time.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use accrual_core::sqs::{SqsError, send_batches};
@@ -76,10 +77,15 @@ impl Fanout {
     }
 
     /// Sends every body; returns how many were sent and which were refused for good. Fails only
-    /// when SQS kept failing for reasons that may pass.
-    pub async fn send_all(&self, bodies: Vec<String>) -> Result<Sent, FanoutError> {
+    /// when SQS kept failing for reasons that may pass. `progress` counts the calls SQS answered,
+    /// so a caller can tell a slow fan-out from one that makes no progress at all.
+    pub async fn send_all(
+        &self,
+        bodies: Vec<String>,
+        progress: &AtomicU64,
+    ) -> Result<Sent, FanoutError> {
         stream::iter(send_batches(bodies))
-            .map(|batch| self.send_batch(batch))
+            .map(|batch| self.send_batch(batch, progress))
             .buffer_unordered(self.max_in_flight)
             .try_fold(
                 Sent::default(),
@@ -91,7 +97,11 @@ impl Fanout {
     /// Sends one batch of at most 10 bodies, retrying the call and any failed entries. A call
     /// refused as a whole for a reason retrying cannot fix is split into single entries, so only
     /// the body at fault is refused.
-    async fn send_batch(&self, batch: Vec<String>) -> Result<Sent, FanoutError> {
+    async fn send_batch(
+        &self,
+        batch: Vec<String>,
+        progress: &AtomicU64,
+    ) -> Result<Sent, FanoutError> {
         // Entry ids are the bodies' places in the batch, so failed entries can be found again.
         let mut pending: Vec<(usize, String)> = batch.into_iter().enumerate().collect();
         let mut done = Sent::default();
@@ -113,6 +123,9 @@ impl Fanout {
                 .set_entries(Some(entries))
                 .send()
                 .await;
+            if result.is_ok() {
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
             match result {
                 Ok(out) => {
                     let failed = out.failed();
@@ -168,7 +181,7 @@ impl Fanout {
                     // The whole call was refused (a body too large, say): find the body at fault.
                     tracing::warn!(error = %err, entries = pending.len(), "SendMessageBatch refused; sending its entries one by one");
                     for (_, body) in pending {
-                        let one = Box::pin(self.send_batch(vec![body])).await?;
+                        let one = Box::pin(self.send_batch(vec![body], progress)).await?;
                         done = done.absorb(one);
                     }
                     return Ok(done);

@@ -32,6 +32,8 @@ pub struct SenderMetrics {
     pub points_dispatched: Counter,
     /// Points SQS refused for good, dead-lettered by this replica's dispatchers.
     pub points_refused: Counter,
+    /// Chunks given up because SQS made no progress for a whole lease (another replica takes them).
+    pub chunks_abandoned: Counter,
     /// Chunks sent by this replica's dispatchers.
     pub chunks_dispatched: Counter,
     /// SQS messages sent by this replica's dispatchers (fewer than points when packed).
@@ -64,6 +66,7 @@ impl SenderMetrics {
             points_dispatched: Counter::default(),
             points_refused: Counter::default(),
             chunks_dispatched: Counter::default(),
+            chunks_abandoned: Counter::default(),
             messages_dispatched: Counter::default(),
             send_calls: Counter::default(),
             dispatch_lag_seconds: Gauge::default(),
@@ -105,6 +108,11 @@ impl SenderMetrics {
             "points_refused",
             "Points SQS refused for good, dead-lettered by this replica's dispatchers",
             m.points_refused.clone(),
+        );
+        registry.register(
+            "chunks_abandoned",
+            "Chunks given up because SQS made no progress for a whole lease",
+            m.chunks_abandoned.clone(),
         );
         registry.register(
             "chunks_dispatched",

@@ -126,12 +126,14 @@ impl SenderSettings {
             self.rate_limit_requests_per_minute >= 1 && self.rate_limit_points_per_minute >= 1,
             "RATE_LIMIT_REQUESTS_PER_MINUTE and RATE_LIMIT_POINTS_PER_MINUTE must be at least 1",
         );
-        require(
-            self.database.database_max_connections >= 1,
-            "DATABASE_MAX_CONNECTIONS must be at least 1 (every query would wait for a connection)",
-        );
-        if let Err(e) = self.redis.validate() {
-            problems.push(e);
+        for checked in [
+            self.database.validate(),
+            self.sqs.validate(),
+            self.redis.validate(),
+        ] {
+            if let Err(e) = checked {
+                problems.push(e);
+            }
         }
         if problems.is_empty() {
             Ok(())

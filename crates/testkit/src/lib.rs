@@ -44,22 +44,18 @@ impl TestEnv {
         // The tail of a v7 UUID is random; its head is the clock, shared by tests started together.
         let uuid = Uuid::now_v7().simple().to_string();
         let id = &uuid[16..];
-        let database = DatabaseSettings {
-            database_url: format!("{}/accrual_test_{}", server_url(), id),
-            database_max_connections: 8,
-        };
+        let database = DatabaseSettings::new(format!("{}/accrual_test_{}", server_url(), id), 8);
         db::create_database_if_absent(&database.database_url)
             .await
             .unwrap();
         let pool = db::connect(&database).await.unwrap();
         db::migrate(&pool).await.unwrap();
-        let sqs = SqsSettings {
-            aws_endpoint_url: std::env::var("AWS_ENDPOINT_URL")
-                .unwrap_or_else(|_| "http://127.0.0.1:4566".into()),
-            aws_region: "us-east-1".into(),
-            accrual_queue: format!("test-{}", id),
-            accrual_dlq: format!("test-{}-dlq", id),
-        };
+        let sqs = SqsSettings::new(
+            std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into()),
+            "us-east-1",
+            format!("test-{id}"),
+            format!("test-{id}-dlq"),
+        );
         let client = sqs::client(&sqs).await;
         let queues = sqs::ensure_queues(&client, &sqs.accrual_queue, &sqs.accrual_dlq, options)
             .await
@@ -169,6 +165,18 @@ impl TestEnv {
         let url = url::Url::parse(&self.database.database_url).unwrap();
         let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
         (host, url.port().unwrap_or(3306))
+            .to_socket_addrs()
+            .unwrap()
+            .next()
+            .unwrap()
+    }
+
+    /// The SQS endpoint's address, for a proxy in front of it.
+    pub fn sqs_addr(&self) -> std::net::SocketAddr {
+        use std::net::ToSocketAddrs;
+        let url = url::Url::parse(&self.sqs.aws_endpoint_url).unwrap();
+        let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
+        (host, url.port().unwrap_or(4566))
             .to_socket_addrs()
             .unwrap()
             .next()

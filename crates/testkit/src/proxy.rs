@@ -14,9 +14,13 @@ pub struct TcpProxy {
 }
 
 struct State {
-    /// Cancelled when the proxy is cut: ends every connection opened before.
+    /// Cancelled when the proxy is cut or stalled: ends the forwarding of every connection opened
+    /// before.
     generation: Mutex<CancellationToken>,
     cut: std::sync::atomic::AtomicBool,
+    /// Black-holed: connections stay open but no byte moves either way, as on a network that drops
+    /// packets; nobody on either side gets an error.
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 impl TcpProxy {
@@ -26,6 +30,7 @@ impl TcpProxy {
         let state = Arc::new(State {
             generation: Mutex::new(CancellationToken::new()),
             cut: false.into(),
+            stalled: false.into(),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, upstream, state.clone(), stop.clone()));
@@ -47,10 +52,28 @@ impl TcpProxy {
         *generation = CancellationToken::new();
     }
 
+    /// Black-holes the proxy: open connections stop forwarding but stay open, and new ones are
+    /// accepted and held without a byte forwarded, until the proxy is dropped.
+    pub fn stall(&self) {
+        self.state
+            .stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut generation = self
+            .state
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        generation.cancel();
+        *generation = CancellationToken::new();
+    }
+
     /// Forwards new connections again.
     pub fn restore(&self) {
         self.state
             .cut
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.state
+            .stalled
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
@@ -80,18 +103,31 @@ async fn accept_loop(
             drop(inbound);
             continue;
         }
+        if state.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                drop(inbound);
+            });
+            continue;
+        }
         let generation = state
             .generation
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let (state, stop) = (state.clone(), stop.clone());
         tokio::spawn(async move {
             let Ok(mut outbound) = TcpStream::connect(upstream).await else {
                 return;
             };
             tokio::select! {
                 () = generation.cancelled() => {}
-                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+            }
+            if state.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+                // Held open, silent, until the proxy goes away.
+                stop.cancelled().await;
             }
         });
     }

@@ -134,19 +134,19 @@ async fn main() -> anyhow::Result<()> {
     let uuid = Uuid::now_v7().simple().to_string();
     let id = uuid[20..].to_owned();
     let scratch = Scratch {
-        database: DatabaseSettings {
-            database_url: format!(
+        database: DatabaseSettings::new(
+            format!(
                 "{}/accrual_bench_{id}",
                 args.mysql_url.trim_end_matches('/')
             ),
-            database_max_connections: args.raw_mysql_connections.max(2) as u32,
-        },
-        sqs: SqsSettings {
-            aws_endpoint_url: args.aws_endpoint_url.clone(),
-            aws_region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
-            accrual_queue: format!("accrual-bench-{id}"),
-            accrual_dlq: format!("accrual-bench-{id}-dlq"),
-        },
+            args.raw_mysql_connections.max(2) as u32,
+        ),
+        sqs: SqsSettings::new(
+            args.aws_endpoint_url.clone(),
+            std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            format!("accrual-bench-{id}"),
+            format!("accrual-bench-{id}-dlq"),
+        ),
         raw_queue: format!("accrual-bench-{id}-raw"),
         id,
     };

@@ -9,3 +9,4 @@ mod packed;
 mod poison;
 mod process;
 mod scale;
+mod timeouts;

@@ -135,12 +135,16 @@ async fn points_sqs_moves_after_the_last_receive_are_counted_as_dead_lettered_wi
         ["moved by SQS to the dead-letter queue after 2 receives"]
     );
     // SQS moves them at the first receive after their visibility timeout.
-    eventually(Duration::from_secs(30), "five messages in the DLQ", || async {
-        accrual_core::sqs::approximate_depth(&client, &dlq)
-            .await
-            .unwrap()
-            == 5
-    })
+    eventually(
+        Duration::from_secs(30),
+        "five messages in the DLQ",
+        || async {
+            accrual_core::sqs::approximate_depth(&client, &dlq)
+                .await
+                .unwrap()
+                == 5
+        },
+    )
     .await;
     assert_eq!(third.env.ledger_rows().await, 0);
     assert_eq!(third.metrics.written.get(), 0);

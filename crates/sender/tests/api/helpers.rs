@@ -70,6 +70,27 @@ pub async fn spawn_app_parsing(args: &[&str], adjust: impl FnOnce(&mut SenderSet
 }
 
 impl TestApp {
+    /// Starts one more sender on this app's database, queues and Redis prefix, with the test
+    /// defaults and the development keys changed by `adjust`; returns its address. It stops with
+    /// the app.
+    pub async fn spawn_sender(&self, adjust: impl FnOnce(&mut SenderSettings)) -> String {
+        let mut settings =
+            <SenderSettings as clap::Parser>::try_parse_from(["accrual-sender"]).unwrap();
+        settings.sender_addr = "127.0.0.1:0".parse().unwrap();
+        settings.accrual_api_keys = DEV_KEYS.into();
+        settings.dispatch_lease = std::time::Duration::from_secs(10);
+        settings.dispatch_poll = std::time::Duration::from_millis(200);
+        settings.shutdown_grace_secs = 5;
+        settings.database = self.env.database.clone();
+        settings.sqs = self.env.sqs.clone();
+        settings.redis = self.env.redis.clone();
+        adjust(&mut settings);
+        let app = Application::build(settings).await.unwrap();
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped(self.shutdown.clone()));
+        address
+    }
+
     /// Starts a listener on this app's queue and database.
     pub async fn spawn_listener(&self) -> Arc<ListenerMetrics> {
         let settings = ListenerSettings {

@@ -5,6 +5,7 @@ mod accruals;
 mod contract;
 mod front_door;
 mod helpers;
+mod hung;
 mod jobs;
 mod ops;
 mod outcome;
