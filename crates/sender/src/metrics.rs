@@ -42,6 +42,8 @@ pub struct SenderMetrics {
     pub send_calls: Counter,
     /// Age of the oldest due chunk not yet dispatched, set when `/metrics` is read.
     pub dispatch_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Jobs polled for event streams (one poller per job, however many streams follow it).
+    pub sse_pollers: Gauge,
     /// Due chunks not yet dispatched, set when `/metrics` is read.
     pub chunks_pending: Gauge,
     registry: Registry,
@@ -71,6 +73,7 @@ impl SenderMetrics {
             send_calls: Counter::default(),
             dispatch_lag_seconds: Gauge::default(),
             chunks_pending: Gauge::default(),
+            sse_pollers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -139,6 +142,11 @@ impl SenderMetrics {
             "chunks_pending",
             "Due chunks not yet dispatched",
             m.chunks_pending.clone(),
+        );
+        registry.register(
+            "sse_pollers",
+            "Jobs polled for event streams (one poller per job, however many streams follow it)",
+            m.sse_pollers.clone(),
         );
         Self { registry, ..m }
     }

@@ -83,6 +83,7 @@ impl Application {
             settings.dispatch_lease,
             settings.dispatch_poll,
         );
+        let metrics_for_watch = metrics.sse_pollers.clone();
         let state = AppState {
             pool,
             api_keys: Arc::new(api_keys),
@@ -91,6 +92,7 @@ impl Application {
             chunk_items: settings.chunk_items as usize,
             metrics,
             rate_limiter,
+            job_watch: crate::api::watch::JobWatch::new(metrics_for_watch),
             sqs: client,
             queue_url,
         };

@@ -22,6 +22,8 @@ pub struct AppState {
     pub chunk_items: usize,
     pub metrics: Arc<SenderMetrics>,
     pub rate_limiter: RateLimiter,
+    /// The jobs followed by event streams, one poller each.
+    pub job_watch: crate::api::watch::JobWatch,
     /// For the readiness check.
     pub sqs: aws_sdk_sqs::Client,
     pub queue_url: String,

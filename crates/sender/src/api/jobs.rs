@@ -11,13 +11,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use uuid::Uuid;
 
+use tokio::sync::watch;
+
 use super::error::ApiError;
+use super::watch::{MAX_STREAMS_PER_CLIENT, StreamSlot};
 use crate::jobs::status::{self, JobView};
 use crate::jobs::store::{self, CancelError};
 use crate::state::AppState;
-
-/// How often an SSE stream looks for changes.
-const EVENT_POLL: Duration = Duration::from_millis(500);
 
 #[utoipa::path(
     get,
@@ -105,14 +105,21 @@ pub async fn events(
     let client_id = super::authorize(&state, &headers).await?;
     let job_id = job_id_from(job_id)?;
     let first = find_view(&state, job_id, &client_id).await?;
-
+    let slot = state
+        .job_watch
+        .open_stream(&client_id)
+        .ok_or_else(|| ApiError::RateLimited {
+            detail: format!(
+                "more than {MAX_STREAMS_PER_CLIENT} event streams open at once; close one first"
+            ),
+            retry_after: Duration::from_secs(5),
+        })?;
+    let updates = state.job_watch.follow(&state, first, &client_id);
     let follow = Follow {
-        state,
-        client_id,
-        job_id,
-        pending: Some(first),
-        last: None,
+        updates,
+        first: true,
         done: false,
+        _slot: slot,
     };
     let stream = futures_util::stream::unfold(follow, |mut f| async move {
         let event = f.next_event().await?;
@@ -123,14 +130,14 @@ pub async fn events(
 
 /// The state of one SSE stream.
 struct Follow {
-    state: AppState,
-    client_id: String,
-    job_id: Uuid,
-    /// A view read but not yet compared with the last one sent.
-    pending: Option<JobView>,
-    last: Option<JobView>,
+    /// The job's views, published by its one poller.
+    updates: watch::Receiver<JobView>,
+    /// The current view is sent first, changed or not.
+    first: bool,
     /// Set once the final view has been sent: the stream then ends.
     done: bool,
+    /// This stream's place in the client's allowance.
+    _slot: StreamSlot,
 }
 
 impl Follow {
@@ -139,27 +146,15 @@ impl Follow {
         if self.done {
             return None;
         }
-        loop {
-            if let Some(view) = self.pending.take()
-                && self.last.as_ref() != Some(&view)
-            {
-                self.done = view.is_final();
-                let event = Event::default()
-                    .event(if self.done { "final" } else { "progress" })
-                    .json_data(&view)
-                    .ok()?;
-                self.last = Some(view);
-                return Some(event);
-            }
-            tokio::time::sleep(EVENT_POLL).await;
-            let s = &self.state;
-            match status::view(&s.pool, &s.progress, self.job_id, &self.client_id).await {
-                Ok(Some(view)) => self.pending = Some(view),
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::warn!(job_id = %self.job_id, error = %e, "Reading job progress failed")
-                }
-            }
+        if !std::mem::take(&mut self.first) {
+            // An error means the poller stopped without a final view (the job is gone).
+            self.updates.changed().await.ok()?;
         }
+        let view = self.updates.borrow_and_update().clone();
+        self.done = view.is_final();
+        Event::default()
+            .event(if self.done { "final" } else { "progress" })
+            .json_data(&view)
+            .ok()
     }
 }

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod ops;
 pub mod request_id;
+pub mod watch;
 
 use std::sync::Arc;
 

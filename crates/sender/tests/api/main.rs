@@ -3,6 +3,7 @@
 
 mod accruals;
 mod contract;
+mod events;
 mod front_door;
 mod helpers;
 mod hung;
