@@ -34,12 +34,16 @@ pub struct AccrualItemSchema {
         example = "WELFARE"
     )]
     point_type: String,
+    /// A plain integer (digits only: `1e3` and `5.0` are refused).
     #[schema(minimum = 1, maximum = 1_000_000_000, example = 500)]
     amount: i64,
-    /// At most 255 characters.
-    #[schema(max_length = 255)]
+    /// At most 255 characters, none of them a C0 control (U+0000-U+001F) or U+FFFE/U+FFFF, which
+    /// SQS cannot carry in a message.
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\uFFFE\uFFFF]*$")]
     reason: Option<String>,
-    /// RFC 3339, in the future.
+    /// RFC 3339, in the future (after `reserve_at` for a reserved accrual), in the years
+    /// 1000-9999 once converted to UTC, with at most 6 fractional digits and no leap second:
+    /// exactly what the ledger's `DATETIME(6)` stores.
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -100,12 +104,13 @@ impl Modify for CommonErrors {
         let common = [
             (
                 "400",
-                problem("Malformed JSON, or a bad parameter or job id").build(),
+                problem("Malformed JSON, or a bad or unknown query parameter, header or job id")
+                    .build(),
             ),
             ("401", problem("Missing or unknown API key").build()),
             (
                 "429",
-                problem("Over the client's rate limit; nothing stored")
+                problem("Over the client's rate limit, or too many event streams open; nothing stored")
                     .header("Retry-After", retry_after)
                     .build(),
             ),
