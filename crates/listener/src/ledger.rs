@@ -184,19 +184,29 @@ impl Ledger {
         &self,
         records: &[&PointRecord],
     ) -> Result<HashSet<Uuid>, sqlx::Error> {
-        let mut jobs = HashSet::new();
+        self.look_up(&self.dead_letter_sql, records).await
+    }
+
+    /// Runs a look-up by accrual id (`shapes[k]` takes `2^k` ids) over `records`, in statements
+    /// of power-of-two sizes; collects the ids it returns.
+    async fn look_up(
+        &self,
+        shapes: &[Arc<str>],
+        records: &[&PointRecord],
+    ) -> Result<HashSet<Uuid>, sqlx::Error> {
+        let mut found = HashSet::new();
         let mut rest = records;
         for size in statement_sizes(records.len(), self.max_rows) {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
-            let sql = self.dead_letter_sql[size.ilog2() as usize].clone();
+            let sql = shapes[size.ilog2() as usize].clone();
             let mut query = sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(sql));
             for r in chunk {
                 query = query.bind(r.accrual_id);
             }
-            jobs.extend(query.fetch_all(&self.pool).await?);
+            found.extend(query.fetch_all(&self.pool).await?);
         }
-        Ok(jobs)
+        Ok(found)
     }
 
     /// Records dead letters ahead of time for points on their last receive: each counts only from
@@ -230,18 +240,6 @@ impl Ledger {
     }
 
     async fn existing(&self, records: &[&PointRecord]) -> Result<HashSet<Uuid>, sqlx::Error> {
-        let mut found = HashSet::new();
-        let mut rest = records;
-        for size in statement_sizes(records.len(), self.max_rows) {
-            let (chunk, tail) = rest.split_at(size);
-            rest = tail;
-            let sql = self.select_sql[size.ilog2() as usize].clone();
-            let mut query = sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(sql));
-            for r in chunk {
-                query = query.bind(r.accrual_id);
-            }
-            found.extend(query.fetch_all(&self.pool).await?);
-        }
-        Ok(found)
+        self.look_up(&self.select_sql, records).await
     }
 }

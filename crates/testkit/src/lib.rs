@@ -161,26 +161,12 @@ impl TestEnv {
 
     /// The MySQL server's address, for a proxy in front of it.
     pub fn database_addr(&self) -> std::net::SocketAddr {
-        use std::net::ToSocketAddrs;
-        let url = url::Url::parse(&self.database.database_url).unwrap();
-        let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
-        (host, url.port().unwrap_or(3306))
-            .to_socket_addrs()
-            .unwrap()
-            .next()
-            .unwrap()
+        address_of(&self.database.database_url, 3306)
     }
 
     /// The SQS endpoint's address, for a proxy in front of it.
     pub fn sqs_addr(&self) -> std::net::SocketAddr {
-        use std::net::ToSocketAddrs;
-        let url = url::Url::parse(&self.sqs.aws_endpoint_url).unwrap();
-        let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
-        (host, url.port().unwrap_or(4566))
-            .to_socket_addrs()
-            .unwrap()
-            .next()
-            .unwrap()
+        address_of(&self.sqs.aws_endpoint_url, 4566)
     }
 
     /// Puts a raw body on the main queue, as a misbehaving producer would.
@@ -223,6 +209,18 @@ impl Drop for TestEnv {
         });
         let _ = cleanup.join();
     }
+}
+
+/// The socket address a service URL names (`default_port` when it names none).
+fn address_of(service_url: &str, default_port: u16) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let url = url::Url::parse(service_url).unwrap();
+    let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
+    (host, url.port().unwrap_or(default_port))
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap()
 }
 
 /// Polls `check` every 100 ms until it returns true; panics with `what` after `timeout`.

@@ -43,6 +43,11 @@ impl TcpProxy {
         self.state
             .cut
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.end_forwarding();
+    }
+
+    /// Stops the forwarding of every connection opened so far.
+    fn end_forwarding(&self) {
         let mut generation = self
             .state
             .generation
@@ -58,13 +63,7 @@ impl TcpProxy {
         self.state
             .stalled
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let mut generation = self
-            .state
-            .generation
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        generation.cancel();
-        *generation = CancellationToken::new();
+        self.end_forwarding();
     }
 
     /// Forwards new connections again.

@@ -110,6 +110,13 @@ impl TestApp {
         stats
     }
 
+    /// `GET /v1/jobs/{job_id}` as client_a, as JSON.
+    pub async fn job_view(&self, job_id: &str) -> Value {
+        let url = format!("{}/v1/jobs/{job_id}", self.address);
+        let response = self.http.get(url).bearer_auth(KEY_A).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
     /// `GET path` (no key) as JSON.
     pub async fn get_json(&self, path: &str) -> Value {
         let response = self.http.get(format!("{}{path}", self.address)).send();

@@ -7,7 +7,7 @@ use accrual_testkit::eventually;
 use accrual_testkit::proxy::TcpProxy;
 use serde_json::Value;
 
-use crate::helpers::{KEY_A, item, spawn_app_with};
+use crate::helpers::{item, spawn_app_with};
 
 #[tokio::test]
 async fn a_sender_whose_sqs_is_black_holed_gives_its_chunk_up_and_another_finishes_the_job() {
@@ -53,19 +53,8 @@ async fn a_sender_whose_sqs_is_black_holed_gives_its_chunk_up_and_another_finish
     let _b = app.spawn_sender(|s| s.dispatch_tasks = 2).await;
     let listener = app.spawn_listener().await;
 
-    let url = format!("{}/v1/jobs/{job_id}", app.address);
     eventually(Duration::from_secs(60), "the job completed", || async {
-        let view: Value = app
-            .http
-            .get(&url)
-            .bearer_auth(KEY_A)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        view["status"] == "completed"
+        app.job_view(&job_id).await["status"] == "completed"
     })
     .await;
     let (rows, distinct): (i64, i64) =

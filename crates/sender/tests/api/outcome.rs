@@ -71,16 +71,7 @@ async fn a_job_completes_with_nobody_reading_it_and_completed_at_is_its_last_wri
         .execute(&app.env.pool)
         .await
         .unwrap();
-    let view: Value = app
-        .http
-        .get(format!("{}/v1/jobs/{job_id}", app.address))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = app.job_view(&job_id.to_string()).await;
     assert_eq!(
         (view["written"].as_u64(), view["dead_lettered"].as_u64()),
         (Some(299), Some(1)),

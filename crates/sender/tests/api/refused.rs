@@ -16,7 +16,7 @@ use chrono::{SubsecRound, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{KEY_A, spawn_app_with};
+use crate::helpers::spawn_app_with;
 
 const POINTS: usize = 30;
 const BAD: usize = 7;
@@ -63,11 +63,8 @@ async fn a_point_sqs_refuses_is_dead_lettered_alone(per_message: u32) {
     let listener = app.spawn_listener().await;
     let (job_id, bad) = store_job_with_a_point_sqs_refuses(&app.env.pool).await;
 
-    let url = format!("{}/v1/jobs/{job_id}", app.address);
-    let job = || async {
-        let response = app.http.get(&url).bearer_auth(KEY_A).send().await.unwrap();
-        response.json::<Value>().await.unwrap()
-    };
+    let job_id = job_id.to_string();
+    let job = || app.job_view(&job_id);
     eventually(
         Duration::from_secs(60),
         "the job completed with errors",
