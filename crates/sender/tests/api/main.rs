@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accruals;
+mod chaos;
 mod contract;
 mod events;
 mod front_door;
