@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`startup`] — `Application::build` (connect, bind) and `run_until_stopped`.
+//! - [`server`] — the accept loop: connection cap, header-read and idle timeouts, shutdown grace.
 //! - [`settings`] — environment variables / CLI flags.
 //! - [`api`] — routes, the `POST /v1/accruals` handler, API keys, request ids, the one `ApiError`.
 //! - [`members`] — multi-row member upserts.
@@ -22,6 +23,7 @@ pub mod jobs;
 pub mod members;
 pub mod metrics;
 pub mod rate_limit;
+pub mod server;
 pub mod settings;
 pub mod startup;
 pub mod state;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use accrual_core::progress::RedisSettings;
 use accrual_core::settings::{DatabaseSettings, SqsSettings, parse_duration};
 
+use crate::api::accruals::MAX_BODY_BYTES;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "accrual-sender",
@@ -71,9 +73,43 @@ pub struct SenderSettings {
     #[arg(long, env = "DISPATCH_POLL", default_value = "1s", value_parser = parse_duration)]
     pub dispatch_poll: Duration,
 
-    /// Seconds to let requests and dispatchers finish after SIGTERM before exiting anyway.
+    /// Seconds to let requests and dispatchers finish after SIGTERM; connections still open then
+    /// are dropped.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+
+    /// Longest a client may take to send a request's headers, counted from the connection's
+    /// accept or from the first byte of a later request on a kept-alive connection (e.g. 10s).
+    #[arg(long, env = "SENDER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub sender_header_read_timeout: Duration,
+
+    /// Longest a kept-alive connection may wait for its next request before it is closed (e.g.
+    /// 75s).
+    #[arg(long, env = "SENDER_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub sender_idle_timeout: Duration,
+
+    /// Most HTTP connections served at once; further ones wait in the listen backlog until one
+    /// closes. Keep it under the open-file limit less the pools' connections.
+    #[arg(long, env = "SENDER_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub sender_max_connections: usize,
+
+    /// Slowest average rate, in bytes per second, at which a request body may arrive once
+    /// `SENDER_BODY_RATE_GRACE` has passed; a slower body is refused with 408.
+    #[arg(long, env = "SENDER_BODY_MIN_BYTES_PER_SEC", default_value_t = 64 * 1024)]
+    pub sender_body_min_bytes_per_sec: u64,
+
+    /// How long a request body may take before `SENDER_BODY_MIN_BYTES_PER_SEC` applies (e.g. 5s).
+    #[arg(long, env = "SENDER_BODY_RATE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub sender_body_rate_grace: Duration,
+
+    /// Longest a request body may take to arrive, whatever its rate (e.g. 300s); then 408.
+    #[arg(long, env = "SENDER_BODY_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub sender_body_timeout: Duration,
+
+    /// Bytes of request bodies held at once, across all uploads in flight (at least the 100 MiB
+    /// largest body); a body that does not fit is refused with 503 and `Retry-After`.
+    #[arg(long, env = "SENDER_BODY_BUDGET_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub sender_body_budget_bytes: u64,
 
     #[command(flatten)]
     pub database: DatabaseSettings,
@@ -90,6 +126,13 @@ pub const MIN_DISPATCH_LEASE: Duration = Duration::from_secs(1);
 
 /// Idle dispatchers poll MySQL this often at most; below it they would do little else.
 pub const MIN_DISPATCH_POLL: Duration = Duration::from_millis(10);
+
+/// The longest HTTP timeout accepted: longer is no limit at all, and far enough ahead a deadline
+/// would overflow the clock.
+pub const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Above this a semaphore cannot count the bytes (tokio's `Semaphore::MAX_PERMITS`).
+pub const MAX_BODY_BUDGET_BYTES: u64 = tokio::sync::Semaphore::MAX_PERMITS as u64;
 
 impl SenderSettings {
     /// Refuses values that would make a component spin, hang or panic, naming each one. Flags
@@ -125,6 +168,37 @@ impl SenderSettings {
         require(
             self.rate_limit_requests_per_minute >= 1 && self.rate_limit_points_per_minute >= 1,
             "RATE_LIMIT_REQUESTS_PER_MINUTE and RATE_LIMIT_POINTS_PER_MINUTE must be at least 1",
+        );
+        for (timeout, name) in [
+            (
+                self.sender_header_read_timeout,
+                "SENDER_HEADER_READ_TIMEOUT",
+            ),
+            (self.sender_idle_timeout, "SENDER_IDLE_TIMEOUT"),
+            (self.sender_body_rate_grace, "SENDER_BODY_RATE_GRACE"),
+            (self.sender_body_timeout, "SENDER_BODY_TIMEOUT"),
+        ] {
+            require(
+                !timeout.is_zero() && timeout <= MAX_HTTP_TIMEOUT,
+                &format!(
+                    "{name} must be above zero (every connection or body would be cut) and at most 24h"
+                ),
+            );
+        }
+        require(
+            self.sender_max_connections >= 1,
+            "SENDER_MAX_CONNECTIONS must be at least 1 (no connection would be served)",
+        );
+        require(
+            self.sender_body_min_bytes_per_sec >= 1,
+            "SENDER_BODY_MIN_BYTES_PER_SEC must be at least 1",
+        );
+        require(
+            (MAX_BODY_BYTES as u64..=MAX_BODY_BUDGET_BYTES)
+                .contains(&self.sender_body_budget_bytes),
+            &format!(
+                "SENDER_BODY_BUDGET_BYTES must be {MAX_BODY_BYTES}-{MAX_BODY_BUDGET_BYTES} (at least one largest body must fit)"
+            ),
         );
         for checked in [
             self.database.validate(),
@@ -178,6 +252,26 @@ mod tests {
                 "DATABASE_MAX_CONNECTIONS",
             ),
             (&["--redis-url", "localhost"], "REDIS_URL"),
+            (
+                &["--sender-header-read-timeout", "0s"],
+                "SENDER_HEADER_READ_TIMEOUT",
+            ),
+            (&["--sender-idle-timeout", "0ms"], "SENDER_IDLE_TIMEOUT"),
+            (
+                &["--sender-body-rate-grace", "0s"],
+                "SENDER_BODY_RATE_GRACE",
+            ),
+            (&["--sender-body-timeout", "0s"], "SENDER_BODY_TIMEOUT"),
+            (&["--sender-idle-timeout", "1441m"], "SENDER_IDLE_TIMEOUT"),
+            (&["--sender-max-connections", "0"], "SENDER_MAX_CONNECTIONS"),
+            (
+                &["--sender-body-min-bytes-per-sec", "0"],
+                "SENDER_BODY_MIN_BYTES_PER_SEC",
+            ),
+            (
+                &["--sender-body-budget-bytes", "104857599"],
+                "SENDER_BODY_BUDGET_BYTES",
+            ),
         ] {
             let message = refusal(&parse(args));
             assert!(message.contains(named), "{args:?}: {message}");

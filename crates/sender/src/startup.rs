@@ -7,6 +7,7 @@ use accrual_core::progress::Progress;
 use accrual_core::{db, sqs};
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,14 +16,16 @@ use crate::dispatcher::{DeadLetterQueue, Dispatcher};
 use crate::fanout::Fanout;
 use crate::metrics::SenderMetrics;
 use crate::rate_limit::{Limits, RateLimiter};
+use crate::server::{self, HttpLimits};
 use crate::settings::SenderSettings;
-use crate::state::AppState;
+use crate::state::{AppState, Uploads};
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     dispatch_tasks: usize,
-    shutdown_grace: Duration,
+    /// Connection limits and the shutdown grace, for the HTTP server.
+    http: HttpLimits,
 }
 
 impl Application {
@@ -95,6 +98,15 @@ impl Application {
             job_watch: crate::api::watch::JobWatch::new(metrics_for_watch),
             sqs: client,
             queue_url,
+            uploads: Uploads {
+                // Validated to fit a semaphore.
+                budget: Arc::new(Semaphore::new(settings.sender_body_budget_bytes as usize)),
+                min_bytes_per_sec: settings.sender_body_min_bytes_per_sec,
+                rate_grace: settings.sender_body_rate_grace,
+                timeout: settings.sender_body_timeout,
+            },
+            // Replaced by a child of the token `run_until_stopped` is given.
+            shutdown: CancellationToken::new(),
         };
         let listener = TcpListener::bind(settings.sender_addr)
             .await
@@ -103,7 +115,12 @@ impl Application {
             listener,
             state,
             dispatch_tasks: settings.dispatch_tasks,
-            shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+            http: HttpLimits {
+                header_read_timeout: settings.sender_header_read_timeout,
+                idle_timeout: settings.sender_idle_timeout,
+                max_connections: settings.sender_max_connections,
+                shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+            },
         })
     }
 
@@ -115,11 +132,14 @@ impl Application {
             .unwrap_or_default()
     }
 
-    /// Serves and dispatches until `shutdown` is cancelled; then stops accepting, hands back the
-    /// chunks in hand (another replica takes them over at once) and returns.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Serves and dispatches until `shutdown` is cancelled; then stops accepting, lets requests
+    /// and dispatchers finish for at most `SHUTDOWN_GRACE_SECS` (connections still open then are
+    /// dropped; chunks still in hand are handed back, and another replica takes them over) and
+    /// returns.
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "Sender listening");
+        self.state.shutdown = shutdown.child_token();
         let tracker = TaskTracker::new();
         self.state
             .dispatcher
@@ -131,22 +151,21 @@ impl Application {
         tracker.spawn(completion.run(shutdown.clone()));
         tracker.close();
         let router = api::router(self.state);
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .context("HTTP server failed");
-        // If the server stopped on its own, stop the dispatchers too.
-        shutdown.cancel();
-        if tokio::time::timeout(self.shutdown_grace, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                grace_secs = self.shutdown_grace.as_secs(),
-                "Dispatchers still busy at shutdown; their leases expire and another replica takes over"
-            );
-        }
-        served?;
+        let grace = self.http.shutdown_grace;
+        // The dispatchers' grace runs alongside the server's: shutdown takes one grace, not two.
+        let dispatchers = async {
+            shutdown.cancelled().await;
+            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    "Dispatchers still busy at shutdown; their leases expire and another replica takes over"
+                );
+            }
+        };
+        tokio::join!(
+            server::serve(self.listener, router, self.http, shutdown.clone()),
+            dispatchers
+        );
         tracing::info!("Sender stopped");
         Ok(())
     }

@@ -1,9 +1,12 @@
 //! What request handlers share.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use accrual_core::progress::Progress;
 use sqlx::MySqlPool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
 use crate::dispatcher::Dispatcher;
@@ -27,4 +30,25 @@ pub struct AppState {
     /// For the readiness check.
     pub sqs: aws_sdk_sqs::Client,
     pub queue_url: String,
+    /// How request bodies are read: rate, time and memory limits.
+    pub uploads: Uploads,
+    /// Cancelled when the sender starts shutting down (a child of the token given to
+    /// `run_until_stopped`). Responses that would otherwise never end, such as event streams, end
+    /// on it, so that their connections close within the shutdown grace.
+    pub shutdown: CancellationToken,
+}
+
+/// The limits on reading a request body, so that slow or many uploads cannot hold connections
+/// and memory without end.
+#[derive(Clone, Debug)]
+pub struct Uploads {
+    /// Bytes of request bodies held at once, shared by every upload in flight: a permit per byte,
+    /// taken for the declared `Content-Length` up front (or as a chunked body arrives) and given
+    /// back when the body has been parsed.
+    pub budget: Arc<Semaphore>,
+    /// Slowest average rate, once `rate_grace` has passed.
+    pub min_bytes_per_sec: u64,
+    pub rate_grace: Duration,
+    /// Longest a body may take, whatever its rate.
+    pub timeout: Duration,
 }

@@ -5,12 +5,11 @@ use accrual_core::chunk;
 use accrual_core::message::PointRecord;
 use accrual_core::wire::{self, BodyError, MAX_ITEMS_PER_REQUEST};
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, SubsecRound, Utc};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -19,6 +18,9 @@ use super::error::ApiError;
 use crate::jobs::store::{self, JobRow, NewJob, StoreError};
 use crate::members;
 use crate::state::AppState;
+use body::read_limited;
+
+mod body;
 
 /// Largest request body accepted: 100 MiB, enforced while reading.
 pub const MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
@@ -77,6 +79,9 @@ pub struct PostParams {
         (status = 413, description = "Body over 100 MiB or over 500,000 items", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content type other than application/json", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid items (all listed, up to 1,000) or an empty array; nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body arrived too slowly (under SENDER_BODY_MIN_BYTES_PER_SEC on average once SENDER_BODY_RATE_GRACE has passed) or took longer than SENDER_BODY_TIMEOUT; nothing stored, the connection is closed", body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "MySQL unavailable (dependency-unavailable), or the request bodies being received hold the whole SENDER_BODY_BUDGET_BYTES (server-busy, with Retry-After); nothing stored", body = crate::api::error::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait (server-busy)"))),
     ),
     security(("bearer" = []))
 )]
@@ -99,11 +104,14 @@ pub async fn post(
         .as_deref()
         .map(|r| parse_reserve_at(r, now))
         .transpose()?;
-    let bytes = read_limited(&headers, body).await?;
+    let (bytes, budget) = read_limited(&headers, body, &state.uploads).await?;
 
     let (body_sha256, parsed) = blocking(move || {
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        (digest, parse_and_validate(&bytes, reserve_at))
+        let parsed = parse_and_validate(&bytes, reserve_at);
+        // The body's bytes go back to the budget with the body.
+        drop((bytes, budget));
+        (digest, parsed)
     })
     .await?;
     if let Some(key) = &idempotency_key
@@ -232,44 +240,6 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn too_large() -> ApiError {
-    ApiError::PayloadTooLarge(format!("the body exceeds {MAX_BODY_BYTES} bytes (100 MiB)"))
-}
-
-/// Reads the body, refusing it as soon as it passes the limit (by `Content-Length` up front, or
-/// while streaming a chunked body).
-async fn read_limited(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    // One buffer of the declared size, filled frame by frame: the body is never held twice (once
-    // as frames and once joined), which for a 100 MiB body would double the peak memory.
-    let mut limited = Limited::new(body, MAX_BODY_BYTES);
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
-    while let Some(frame) = limited.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
-                }
-            }
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-            Err(e) => {
-                return Err(ApiError::MalformedJson {
-                    message: format!("the body could not be read: {e}"),
-                    line: 0,
-                    column: 0,
-                });
-            }
-        }
-    }
-    Ok(Bytes::from(buf))
-}
-
 fn parse_and_validate(
     body: &[u8],
     reserve_at: Option<DateTime<Utc>>,
@@ -327,18 +297,6 @@ fn encode_chunks(
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
-
-    #[tokio::test]
-    async fn a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_too_large() {
-        let exact = read_limited(&HeaderMap::new(), Body::from(vec![b' '; MAX_BODY_BYTES])).await;
-        assert_eq!(exact.map(|b| b.len()).ok(), Some(MAX_BODY_BYTES));
-        let over = read_limited(
-            &HeaderMap::new(),
-            Body::from(vec![b' '; MAX_BODY_BYTES + 1]),
-        )
-        .await;
-        assert!(matches!(over, Err(ApiError::PayloadTooLarge(_))));
-    }
 
     #[test]
     fn json_content_types_are_recognised_with_parameters() {

@@ -35,7 +35,7 @@ pub struct Problem {
     pub line: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
-    /// 429: seconds to wait, as in `Retry-After`.
+    /// 429 and 503 server-busy: seconds to wait, as in `Retry-After`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
 }
@@ -74,6 +74,15 @@ pub enum ApiError {
     },
     #[error("{detail}")]
     RateLimited {
+        detail: String,
+        retry_after: std::time::Duration,
+    },
+    /// The body arrived too slowly or took too long; the connection is closed after the answer.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// Request bodies in flight hold the whole body budget: a load to shed, not a fault.
+    #[error("{detail}")]
+    ServerBusy {
         detail: String,
         retry_after: std::time::Duration,
     },
@@ -143,6 +152,16 @@ impl ApiError {
                 "rate-limited",
                 "Rate limit exceeded",
             ),
+            Self::RequestTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
+            ),
+            Self::ServerBusy { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server-busy",
+                "Server busy",
+            ),
             Self::DependencyUnavailable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "dependency-unavailable",
@@ -161,7 +180,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.kind();
         let retry_after = match &self {
-            Self::RateLimited { retry_after, .. } => {
+            Self::RateLimited { retry_after, .. } | Self::ServerBusy { retry_after, .. } => {
                 // Whole seconds, rounded up, at least 1.
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 Some(secs.max(1))
@@ -181,7 +200,12 @@ impl IntoResponse for ApiError {
             column: None,
             retry_after_seconds: retry_after,
         };
-        if status.is_server_error() {
+        if matches!(self, Self::ServerBusy { .. }) {
+            // Shed load, not a fault: the client may know why. A warning, not an error: one is no
+            // matter, many say the replicas need more memory or more company.
+            tracing::warn!(%request_id, detail = %self, "Request refused: server busy");
+            body.detail = self.to_string();
+        } else if status.is_server_error() {
             // The cause goes to the log only; the client gets the request id to quote.
             tracing::error!(error = ?anyhow::Error::new(self), %request_id, "Request failed");
             body.detail =

@@ -6,6 +6,7 @@ mod chaos;
 mod contract;
 mod events;
 mod front_door;
+mod front_door_http;
 mod helpers;
 mod hung;
 mod jobs;
