@@ -125,6 +125,9 @@ pub async fn events(
         let event = f.next_event().await?;
         Some((Ok(event), f))
     });
+    // Streams end when the sender shuts down, so SIGTERM is not held up by followers.
+    let stream =
+        futures_util::StreamExt::take_until(stream, state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

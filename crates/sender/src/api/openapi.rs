@@ -110,9 +110,11 @@ impl Modify for CommonErrors {
             ("401", problem("Missing or unknown API key").build()),
             (
                 "429",
-                problem("Over the client's rate limit, or too many event streams open; nothing stored")
-                    .header("Retry-After", retry_after)
-                    .build(),
+                problem(
+                    "Over the client's rate limit, or too many event streams open; nothing stored",
+                )
+                .header("Retry-After", retry_after)
+                .build(),
             ),
             ("503", problem("MySQL unavailable").build()),
         ];

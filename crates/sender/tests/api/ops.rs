@@ -162,7 +162,8 @@ async fn without_redis_the_api_keeps_serving_and_says_so() {
         assert_eq!(response.status(), 202, "fail open: no limit without Redis");
     }
     let ready = app.get_json("/readyz").await;
-    assert_eq!(ready["status"], "not_ready", "{ready}");
+    // Reported, but Redis does not decide readiness: the API serves without it.
+    assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["checks"]["redis"], "down", "{ready}");
     let metrics = app.get_text("/metrics").await;
     let unavailable = metric(&metrics, "accrual_sender_rate_limit_unavailable_total").unwrap();
