@@ -173,7 +173,7 @@ mod tests {
         assert!(s.validate().is_ok());
         s.sqs_attempt_timeout = Duration::ZERO;
         assert!(s.validate().is_err());
-        s.sqs_attempt_timeout = Duration::from_secs(20);
+        s.sqs_attempt_timeout = Duration::from_secs(120);
         assert!(s.validate().is_err(), "operation shorter than one attempt");
         let mut d = DatabaseSettings::new("mysql://root@127.0.0.1/a", 8);
         assert!(d.validate().is_ok());
