@@ -234,3 +234,56 @@ async fn shutdown_during_an_outage_hands_held_messages_back_within_the_grace() {
     )
     .await;
 }
+
+/// Messages a receiver holds while it waits for room in the batcher are kept invisible like those
+/// in a batch: a MySQL stall of three visibility timeouts delivers nothing twice. (The batcher's
+/// room here is 4 points, so most of each receive waits in its receiver.)
+#[tokio::test]
+async fn messages_waiting_for_room_in_the_batcher_are_kept_invisible_too() {
+    let env = TestEnv::with_queue_options(QueueOptions {
+        visibility_timeout_secs: 2,
+        ..QueueOptions::default()
+    })
+    .await;
+    let bodies: Vec<String> = (0..50)
+        .map(|i| point(&format!("member-{i}"), 5).encode())
+        .collect();
+    env.send_bodies(&bodies).await;
+    let mut locker = sqlx::MySqlConnection::connect(&env.database.database_url)
+        .await
+        .unwrap();
+    sqlx::query("LOCK TABLES point_accruals WRITE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let mut settings = listener_settings(&env);
+    settings.receive_tasks = 2;
+    settings.batch_max_rows = 2;
+    let app = spawn_listener_on(env, settings).await;
+    eventually(
+        Duration::from_secs(30),
+        "both receivers holding a receive",
+        || async { app.metrics.received.get() >= 20 },
+    )
+    .await;
+
+    // Three visibility timeouts with every write blocked.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+
+    eventually(Duration::from_secs(60), "all 50 written", || async {
+        app.metrics.written.get() == 50
+    })
+    .await;
+    let main = app.env.queues.main.clone();
+    eventually(Duration::from_secs(30), "an empty queue", || async {
+        app.env.depth(&main).await == 0
+    })
+    .await;
+    assert_eq!(app.metrics.received.get(), 50, "no message delivered twice");
+    assert_eq!(app.metrics.duplicates.get(), 0);
+    assert_eq!(app.env.ledger_rows().await, 50);
+}
