@@ -127,6 +127,36 @@ impl SqsSettings {
     }
 }
 
+/// The problems found while validating settings at start-up, each naming its setting, so one
+/// message lists every value to fix rather than the first.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    /// Records `problem` unless `ok`.
+    pub fn require(&mut self, ok: bool, problem: &str) {
+        if !ok {
+            self.0.push(problem.to_owned());
+        }
+    }
+
+    /// Records the problem a settings group's own `validate` found.
+    pub fn check(&mut self, checked: Result<(), String>) {
+        if let Err(problem) = checked {
+            self.0.push(problem);
+        }
+    }
+
+    /// `Ok` when nothing was found, else one error listing everything.
+    pub fn into_result(self) -> anyhow::Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("Invalid settings: {}", self.0.join("; "))
+        }
+    }
+}
+
 /// Parses `"250ms"`, `"5s"`, `"2m"` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

@@ -218,21 +218,29 @@ pub async fn find_queue(client: &Client, name: &str) -> anyhow::Result<String> {
         .with_context(|| format!("Failed to find queue `{name}` (run `accrualctl init`)"))
 }
 
+/// One attribute of a queue, `None` when the queue does not have it.
+async fn queue_attribute(
+    client: &Client,
+    url: &str,
+    name: QueueAttributeName,
+) -> Result<Option<String>, SqsError> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(name.clone())
+        .send()
+        .await
+        .map_err(|e| SqsError::new("GetQueueAttributes", e))?;
+    Ok(out.attributes().and_then(|a| a.get(&name)).cloned())
+}
+
 /// The queue's visibility timeout: how long a received message stays hidden from other consumers.
 pub async fn visibility_timeout(
     client: &Client,
     url: &str,
 ) -> Result<std::time::Duration, SqsError> {
-    let out = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::VisibilityTimeout)
-        .send()
-        .await
-        .map_err(|e| SqsError::new("GetQueueAttributes", e))?;
-    let secs = out
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
+    let secs = queue_attribute(client, url, QueueAttributeName::VisibilityTimeout)
+        .await?
         .and_then(|v| v.parse::<u64>().ok())
         // SQS's own default when the attribute is somehow absent.
         .unwrap_or(30);
@@ -242,17 +250,9 @@ pub async fn visibility_timeout(
 /// The `maxReceiveCount` of the queue's redrive policy: the receives after which SQS moves a
 /// message to the dead-letter queue. `None` when the queue has no redrive policy.
 pub async fn max_receive_count(client: &Client, url: &str) -> Result<Option<u32>, SqsError> {
-    let out = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::RedrivePolicy)
-        .send()
-        .await
-        .map_err(|e| SqsError::new("GetQueueAttributes", e))?;
-    let policy = out
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok());
+    let policy = queue_attribute(client, url, QueueAttributeName::RedrivePolicy)
+        .await?
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok());
     // SQS returns the count as a number; some emulators as a string.
     let count = policy.and_then(|p| match &p["maxReceiveCount"] {
         serde_json::Value::Number(n) => n.as_u64(),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use accrual_core::progress::RedisSettings;
-use accrual_core::settings::{DatabaseSettings, SqsSettings, parse_duration};
+use accrual_core::settings::{DatabaseSettings, Problems, SqsSettings, parse_duration};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -54,42 +54,27 @@ impl ListenerSettings {
     /// with a range are checked when parsed already; they are checked again here for settings
     /// built in code.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let mut problems = Vec::new();
-        let mut require = |ok: bool, problem: &str| {
-            if !ok {
-                problems.push(problem.to_owned());
-            }
-        };
-        require(
+        let mut problems = Problems::default();
+        problems.require(
             self.receive_tasks >= 1,
             "RECEIVE_TASKS must be at least 1 (nothing would be received)",
         );
-        require(
+        problems.require(
             (1..=20).contains(&self.receive_wait_secs),
             "RECEIVE_WAIT_SECS must be 1-20 (0 makes the receive tasks spin on an empty queue)",
         );
-        require(
+        problems.require(
             (1..=4096).contains(&self.batch_max_rows),
             "BATCH_MAX_ROWS must be 1-4096",
         );
-        require(
+        problems.require(
             !self.batch_linger.is_zero(),
             "BATCH_LINGER must be at least 1ms",
         );
-        for checked in [
-            self.database.validate(),
-            self.sqs.validate(),
-            self.redis.validate(),
-        ] {
-            if let Err(e) = checked {
-                problems.push(e);
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            anyhow::bail!("Invalid settings: {}", problems.join("; "))
-        }
+        problems.check(self.database.validate());
+        problems.check(self.sqs.validate());
+        problems.check(self.redis.validate());
+        problems.into_result()
     }
 }
 

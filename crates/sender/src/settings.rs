@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use accrual_core::progress::RedisSettings;
-use accrual_core::settings::{DatabaseSettings, SqsSettings, parse_duration};
+use accrual_core::settings::{DatabaseSettings, Problems, SqsSettings, parse_duration};
 
 use crate::api::accruals::MAX_BODY_BYTES;
 
@@ -139,33 +139,28 @@ impl SenderSettings {
     /// with a range are checked when parsed already; they are checked again here for settings
     /// built in code.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let mut problems = Vec::new();
-        let mut require = |ok: bool, problem: &str| {
-            if !ok {
-                problems.push(problem.to_owned());
-            }
-        };
-        require(
+        let mut problems = Problems::default();
+        problems.require(
             self.dispatch_lease >= MIN_DISPATCH_LEASE,
             "DISPATCH_LEASE must be at least 1s (a lease is renewed every third of it)",
         );
-        require(
+        problems.require(
             self.dispatch_poll >= MIN_DISPATCH_POLL,
             "DISPATCH_POLL must be at least 10ms (idle dispatchers would query MySQL without pause)",
         );
-        require(
+        problems.require(
             self.send_concurrency >= 1,
             "SEND_CONCURRENCY must be at least 1 (no chunk could be sent)",
         );
-        require(
+        problems.require(
             (1..=50_000).contains(&self.chunk_items),
             "CHUNK_ITEMS must be 1-50000",
         );
-        require(
+        problems.require(
             (1..=10_000).contains(&self.points_per_message),
             "ACCRUAL_POINTS_PER_MESSAGE must be 1-10000",
         );
-        require(
+        problems.require(
             self.rate_limit_requests_per_minute >= 1 && self.rate_limit_points_per_minute >= 1,
             "RATE_LIMIT_REQUESTS_PER_MINUTE and RATE_LIMIT_POINTS_PER_MINUTE must be at least 1",
         );
@@ -178,42 +173,32 @@ impl SenderSettings {
             (self.sender_body_rate_grace, "SENDER_BODY_RATE_GRACE"),
             (self.sender_body_timeout, "SENDER_BODY_TIMEOUT"),
         ] {
-            require(
+            problems.require(
                 !timeout.is_zero() && timeout <= MAX_HTTP_TIMEOUT,
                 &format!(
                     "{name} must be above zero (every connection or body would be cut) and at most 24h"
                 ),
             );
         }
-        require(
+        problems.require(
             self.sender_max_connections >= 1,
             "SENDER_MAX_CONNECTIONS must be at least 1 (no connection would be served)",
         );
-        require(
+        problems.require(
             self.sender_body_min_bytes_per_sec >= 1,
             "SENDER_BODY_MIN_BYTES_PER_SEC must be at least 1",
         );
-        require(
+        problems.require(
             (MAX_BODY_BYTES as u64..=MAX_BODY_BUDGET_BYTES)
                 .contains(&self.sender_body_budget_bytes),
             &format!(
                 "SENDER_BODY_BUDGET_BYTES must be {MAX_BODY_BYTES}-{MAX_BODY_BUDGET_BYTES} (at least one largest body must fit)"
             ),
         );
-        for checked in [
-            self.database.validate(),
-            self.sqs.validate(),
-            self.redis.validate(),
-        ] {
-            if let Err(e) = checked {
-                problems.push(e);
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            anyhow::bail!("Invalid settings: {}", problems.join("; "))
-        }
+        problems.check(self.database.validate());
+        problems.check(self.sqs.validate());
+        problems.check(self.redis.validate());
+        problems.into_result()
     }
 }
 
