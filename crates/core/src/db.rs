@@ -18,6 +18,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "job_outcome",
         include_str!("../migrations/0002_job_outcome.sql"),
     ),
+    (
+        3,
+        "job_results",
+        include_str!("../migrations/0003_job_results.sql"),
+    ),
 ];
 
 /// MySQL error: the column exists already (an `ADD COLUMN` run a second time).

@@ -144,6 +144,7 @@ pub async fn post(
         members,
         reserve_at,
         created_at: now,
+        label: None,
         chunks,
     };
     match store::insert(&state.pool, &job).await {

@@ -29,6 +29,10 @@ pub struct JobView {
     pub created_at: DateTime<Utc>,
     pub reserve_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The client's label for the job (`?label=` when it was posted).
+    pub label: Option<String>,
+    /// Where the job's per-item results are: `GET` it for one record per item, in request order.
+    pub results_url: String,
 }
 
 impl JobView {
@@ -112,6 +116,8 @@ fn to_view(row: JobRow, total: u64, c: Counters) -> JobView {
         created_at: row.created_at,
         reserve_at: row.reserve_at,
         completed_at: row.completed_at,
+        label: row.label,
+        results_url: format!("/v1/jobs/{}/results", row.job_id),
     }
 }
 

@@ -16,6 +16,8 @@ pub struct NewJob {
     pub members: usize,
     pub reserve_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The client's name for the job (a campaign), shown in its view and filtered on in the list.
+    pub label: Option<String>,
     /// Stored chunks (see `accrual_core::chunk`) with their item counts.
     pub chunks: Vec<(Vec<u8>, usize)>,
 }
@@ -35,10 +37,13 @@ pub struct JobRow {
     /// Counts stored when the job was settled (see `accrual_core::job_outcome`).
     pub written: Option<u32>,
     pub dead_lettered: Option<u32>,
+    pub label: Option<String>,
+    /// When retention removed the job's stored chunks (its per-item results went with them).
+    pub results_purged_at: Option<DateTime<Utc>>,
 }
 
 const JOB_COLUMNS: &str = "job_id, client_id, body_sha256, total, members, status, reserve_at, \
-     created_at, completed_at, written, dead_lettered";
+     created_at, completed_at, written, dead_lettered, label, results_purged_at";
 
 type JobTuple = (
     Uuid,
@@ -52,6 +57,8 @@ type JobTuple = (
     Option<DateTime<Utc>>,
     Option<u32>,
     Option<u32>,
+    Option<String>,
+    Option<DateTime<Utc>>,
 );
 
 impl From<JobTuple> for JobRow {
@@ -68,6 +75,8 @@ impl From<JobTuple> for JobRow {
             completed_at: t.8,
             written: t.9,
             dead_lettered: t.10,
+            label: t.11,
+            results_purged_at: t.12,
         }
     }
 }
@@ -90,8 +99,8 @@ pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
     let due_at = job.reserve_at.unwrap_or(job.created_at);
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO accrual_jobs (job_id, client_id, idempotency_key, body_sha256, total, members, status, reserve_at, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO accrual_jobs (job_id, client_id, idempotency_key, body_sha256, total, members, status, reserve_at, created_at, label) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(job.job_id)
     .bind(&job.client_id)
@@ -102,6 +111,7 @@ pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
     .bind(status)
     .bind(job.reserve_at.map(|t| t.naive_utc()))
     .bind(job.created_at.naive_utc())
+    .bind(&job.label)
     .execute(&mut *tx)
     .await;
     match inserted {
