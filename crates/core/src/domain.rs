@@ -21,6 +21,9 @@ pub const POINT_TYPE_MAX_LEN: usize = 32;
 pub const REASON_MAX_CHARS: usize = 255;
 /// Largest amount one point may carry; keeps sums of many points far from `BIGINT` overflow.
 pub const AMOUNT_MAX: i64 = 1_000_000_000;
+/// Longest job label, in characters (`accrual_jobs.label` is `VARCHAR(128)`, which counts
+/// characters, not bytes).
+pub const LABEL_MAX_CHARS: usize = 128;
 
 /// A CRM member's identifier: 1–64 characters of `[A-Za-z0-9_.-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,6 +127,39 @@ fn reason_char(c: char) -> bool {
     c >= ' ' && sqs_body_char(c)
 }
 
+/// A client's name for a job (a campaign): 1–128 visible characters, stored and matched exactly.
+///
+/// Visible means no control character (Unicode `Cc`), no whitespace (Unicode `White_Space`) and
+/// not U+FFFE/U+FFFF. Without whitespace, a label cannot differ from another only by trailing
+/// spaces, which `utf8mb4_bin` (a PAD SPACE collation in MariaDB) would compare as equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Label(CompactString);
+
+impl Label {
+    fn check(value: &str) -> Result<(), FieldError> {
+        // Cheap byte test first: a string of at most 128 bytes has at most 128 characters.
+        let too_long = value.len() > LABEL_MAX_CHARS && value.chars().count() > LABEL_MAX_CHARS;
+        if value.is_empty() || too_long {
+            return Err(FieldError("must be 1 to 128 characters long"));
+        }
+        if !value.chars().all(label_char) {
+            return Err(FieldError(
+                "must be visible characters: no control characters, no whitespace, not U+FFFE or U+FFFF",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether a label may hold `c` (see [`Label`]).
+fn label_char(c: char) -> bool {
+    !c.is_control() && !c.is_whitespace() && c != '\u{FFFE}' && c != '\u{FFFF}'
+}
+
 /// Earliest instant a `DATETIME(6)` column holds.
 pub const DATETIME_MIN_YEAR: i32 = 1000;
 /// Latest year a `DATETIME(6)` column holds.
@@ -174,7 +210,7 @@ macro_rules! try_from_strings {
         }
     )*};
 }
-try_from_strings!(MemberId, PointType, Reason);
+try_from_strings!(MemberId, PointType, Reason, Label);
 
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
@@ -185,7 +221,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(MemberId, PointType, Reason);
+display_as_str!(MemberId, PointType, Reason, Label);
 
 #[cfg(test)]
 mod tests {
@@ -281,5 +317,49 @@ mod tests {
         assert!(Reason::try_from("ポ".repeat(255)).is_ok());
         assert!(Reason::try_from("ポ".repeat(256)).is_err());
         assert!(Reason::try_from("a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn label_is_one_to_128_characters_stored_exactly() {
+        for good in ["spring-2026", "春のキャンペーン/第2弾", "a=b&c", "🎉", "x"] {
+            let label = Label::try_from(good).expect(good);
+            assert_eq!(label.as_str(), good);
+        }
+        assert!(Label::try_from("ポ".repeat(128)).is_ok());
+        assert!(Label::try_from("ポ".repeat(129)).is_err());
+        assert!(Label::try_from("a".repeat(129)).is_err());
+        assert!(Label::try_from("").is_err());
+    }
+
+    #[test]
+    fn label_refuses_controls_whitespace_and_non_characters() {
+        for bad in [
+            "a b",
+            "tab\t",
+            "nul\0",
+            "\u{7F}",
+            "\u{85}",
+            "no\u{A0}break",
+            "\u{3000}",
+            "\u{2028}",
+            "\u{FFFE}",
+            "\u{FFFF}",
+            "trailing ",
+        ] {
+            assert!(Label::try_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The rule the OpenAPI contract states as a pattern (`LABEL_PATTERN` in the sender): these
+    /// ranges are exactly the Unicode `Cc` and `White_Space` characters, plus U+FFFE and U+FFFF.
+    #[test]
+    fn label_characters_are_all_but_the_listed_ranges() {
+        let refused = |c: u32| {
+            matches!(c, 0x00..=0x20 | 0x7F..=0xA0 | 0x1680 | 0x2000..=0x200A | 0x2028 | 0x2029)
+                || matches!(c, 0x202F | 0x205F | 0x3000 | 0xFFFE | 0xFFFF)
+        };
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            assert_eq!(label_char(c), !refused(c as u32), "{:#x}", c as u32);
+        }
     }
 }
