@@ -350,8 +350,9 @@ mod tests {
         }
     }
 
-    /// The rule the OpenAPI contract states as a pattern (`LABEL_PATTERN` in the sender): these
-    /// ranges are exactly the Unicode `Cc` and `White_Space` characters, plus U+FFFE and U+FFFF.
+    /// The rule the sender's OpenAPI contract states as a pattern for `label` (a character class
+    /// of these ranges): they are exactly the Unicode `Cc` and `White_Space` characters, plus
+    /// U+FFFE and U+FFFF.
     #[test]
     fn label_characters_are_all_but_the_listed_ranges() {
         let refused = |c: u32| {

@@ -1,4 +1,5 @@
-//! `POST /v1/accruals`: validate all items, upsert their members, hand the points to the fan-out.
+//! `POST /v1/accruals`: validate all items, upsert their members, hand the points to the fan-out
+//! (or, with `dry_run=true`, only say what that would do).
 
 use accrual_core::accrual::{self, Accrual};
 use accrual_core::chunk;
@@ -8,9 +9,10 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SubsecRound, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -19,8 +21,12 @@ use crate::jobs::store::{self, JobRow, NewJob, StoreError};
 use crate::members;
 use crate::state::AppState;
 use body::read_limited;
+pub use dry_run::{DryRun, PostOk};
+pub use params::PostParams;
 
 mod body;
+mod dry_run;
+mod params;
 
 /// Largest request body accepted: 100 MiB, enforced while reading.
 pub const MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
@@ -53,28 +59,20 @@ impl From<JobRow> for Accepted {
     }
 }
 
-/// The query parameters `POST /v1/accruals` knows; any other is refused with a 400, so a typo
-/// (`reserveAt`) or a parameter of a newer version (`dry_run`) never turns into an immediate,
-/// real job.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostParams {
-    /// RFC 3339 instant: makes the job a reserved accrual released at that time.
-    reserve_at: Option<String>,
-}
-
 #[utoipa::path(
     post,
     path = "/v1/accruals",
     tag = "accruals",
     params(
         ("reserve_at" = Option<String>, Query, format = DateTime, description = "RFC 3339 instant, in the future and at most 90 days ahead: a reserved accrual, released at that time"),
+        ("dry_run" = Option<bool>, Query, description = "`true`: check the request exactly as a real one and answer 200 with what it would do (points, members, new members, amounts per point type), storing and sending nothing and taking no points from the rate limit"),
+        ("label" = Option<String>, Query, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFFFE\uFFFF]{1,128}$", description = "The client's name for the job (a campaign), shown in its view and filtered on in GET /v1/jobs: 1-128 characters, none of them a control character, whitespace, U+FFFE or U+FFFF; stored exactly"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", description = "1-128 visible characters; the same key and body again returns the original job"),
     ),
     request_body(content = Vec<crate::api::openapi::AccrualItemSchema>, content_type = "application/json", description = "1 to 500,000 accrual items; all valid or nothing is stored"),
     responses(
         (status = 202, description = "Job stored; its points are being sent", body = Accepted),
-        (status = 200, description = "The job this Idempotency-Key already made", body = Accepted),
+        (status = 200, description = "The job this Idempotency-Key already made (an Accepted), or with dry_run=true what the request would do (a DryRun)", body = PostOk),
         (status = 409, description = "Idempotency-Key reused with another body, or the job cannot be cancelled", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 100 MiB or over 500,000 items", body = crate::api::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content type other than application/json", body = crate::api::error::Problem, content_type = "application/problem+json"),
@@ -90,21 +88,29 @@ pub async fn post(
     params: Result<Query<PostParams>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<Response, ApiError> {
     let client_id = super::authorize(&state, &headers).await?;
     let Query(params) =
         params.map_err(|rejection| ApiError::InvalidParameter(rejection.body_text()))?;
-    require_json(&headers)?;
-    let idempotency_key = idempotency_key(&headers)?;
+    let dry_run = params::flag("dry_run", params.dry_run.as_deref())?;
+    let label = params::label(params.label)?.map(|l| l.as_str().to_owned());
+    params::require_json(&headers)?;
+    // A dry run checks the key too, but keeps no record of it.
+    let idempotency_key = params::idempotency_key(&headers)?;
     // Whole microseconds: what `DATETIME(6)` stores, so the ledger's `accepted_at` is the very
     // instant the message carries.
     let now = Utc::now().trunc_subsecs(6);
     let reserve_at = params
         .reserve_at
         .as_deref()
-        .map(|r| parse_reserve_at(r, now))
+        .map(|r| params::reserve_at(r, now))
         .transpose()?;
     let (bytes, budget) = read_limited(&headers, body, &state.uploads).await?;
+    if dry_run {
+        let answer =
+            dry_run::answer(&state, &client_id, (bytes, budget), reserve_at, label).await?;
+        return Ok(Json(answer).into_response());
+    }
 
     let (body_sha256, parsed) = blocking(move || {
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
@@ -119,7 +125,7 @@ pub async fn post(
             .await
             .map_err(ApiError::database)?
     {
-        return replay(existing, &body_sha256);
+        return replay(existing, &body_sha256).map(IntoResponse::into_response);
     }
     let accruals = parsed.inspect_err(|e| {
         if matches!(e, ApiError::Validation { .. } | ApiError::EmptyRequest) {
@@ -144,7 +150,7 @@ pub async fn post(
         members,
         reserve_at,
         created_at: now,
-        label: None,
+        label,
         chunks,
     };
     match store::insert(&state.pool, &job).await {
@@ -156,7 +162,7 @@ pub async fn post(
                 .await
                 .map_err(ApiError::database)?
                 .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
-            return replay(existing, &body_sha256);
+            return replay(existing, &body_sha256).map(IntoResponse::into_response);
         }
         Err(StoreError::Db(e)) => return Err(ApiError::database(e)),
     }
@@ -179,7 +185,8 @@ pub async fn post(
             reserve_at,
             status_url: format!("/v1/jobs/{job_id}"),
         }),
-    ))
+    )
+        .into_response())
 }
 
 /// A retry of a request already stored: the original job, or 409 if the body differs.
@@ -195,30 +202,6 @@ fn replay(
     Ok((StatusCode::OK, Json(Accepted::from(existing))))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value.to_str().unwrap_or_default();
-    if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::InvalidParameter(
-            "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
-        ));
-    }
-    Ok(Some(key.to_owned()))
-}
-
-fn parse_reserve_at(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    let at = accrual::future_instant(value, now)
-        .map_err(|e| ApiError::InvalidParameter(format!("reserve_at {e}")))?;
-    if at > now + chrono::Duration::days(MAX_RESERVE_DAYS) {
-        return Err(ApiError::InvalidParameter(format!(
-            "reserve_at must be at most {MAX_RESERVE_DAYS} days ahead"
-        )));
-    }
-    Ok(at)
-}
-
 /// Runs CPU-heavy work (parsing a 100 MiB body, encoding 500,000 messages) off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -226,19 +209,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(e.into()))
-}
-
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if is_json {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType)
-    }
 }
 
 fn parse_and_validate(
@@ -297,23 +267,6 @@ fn encode_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
-
-    #[test]
-    fn json_content_types_are_recognised_with_parameters() {
-        let mut h = HeaderMap::new();
-        assert!(require_json(&h).is_err());
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("Application/JSON; charset=utf-8"),
-        );
-        assert!(require_json(&h).is_ok());
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        assert!(matches!(
-            require_json(&h),
-            Err(ApiError::UnsupportedMediaType)
-        ));
-    }
 
     #[test]
     fn an_empty_array_is_refused() {
@@ -356,37 +309,5 @@ mod tests {
             .map(|b| PointRecord::decode(&b).expect("body").accrual_id)
             .collect();
         assert_eq!(ids.len(), 25);
-    }
-
-    #[test]
-    fn reserve_at_must_be_future_and_within_ninety_days() {
-        let now = Utc::now().trunc_subsecs(6);
-        let at = |d: chrono::Duration| (now + d).to_rfc3339();
-        assert!(parse_reserve_at(&at(chrono::Duration::seconds(5)), now).is_ok());
-        assert!(
-            parse_reserve_at(
-                &at(chrono::Duration::days(90) - chrono::Duration::seconds(1)),
-                now
-            )
-            .is_ok()
-        );
-        assert!(parse_reserve_at(&at(chrono::Duration::days(91)), now).is_err());
-        assert!(parse_reserve_at(&at(-chrono::Duration::seconds(1)), now).is_err());
-        assert!(parse_reserve_at("tomorrow", now).is_err());
-    }
-
-    #[test]
-    fn idempotency_keys_are_one_to_128_visible_characters() {
-        let mut h = HeaderMap::new();
-        assert_eq!(idempotency_key(&h).ok(), Some(None));
-        h.insert("idempotency-key", HeaderValue::from_static("order-42"));
-        assert_eq!(idempotency_key(&h).ok(), Some(Some("order-42".into())));
-        h.insert(
-            "idempotency-key",
-            HeaderValue::from_str(&"k".repeat(129)).expect("header"),
-        );
-        assert!(idempotency_key(&h).is_err());
-        h.insert("idempotency-key", HeaderValue::from_static("a b"));
-        assert!(idempotency_key(&h).is_err());
     }
 }

@@ -327,12 +327,12 @@ async fn an_expiry_before_the_reservation_time_gets_a_422() {
 }
 
 /// A typo (`reserveAt`) used to dispatch at once a job meant for later, and a parameter of a newer
-/// version (`dry_run`) stored and sent a real job.
+/// version (`dry_run`, before it was known) stored and sent a real job.
 #[tokio::test]
 async fn unknown_query_parameters_get_a_400_and_nothing_is_stored() {
     let app = spawn_app().await;
     let at = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ");
-    for query in [format!("reserveAt={at}"), "dry_run=true".to_owned()] {
+    for query in [format!("reserveAt={at}"), "dryRun=true".to_owned()] {
         let response = app
             .http
             .post(format!("{}/v1/accruals?{query}", app.address))

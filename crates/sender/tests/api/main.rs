@@ -4,6 +4,7 @@
 mod accruals;
 mod chaos;
 mod contract;
+mod dry_run;
 mod events;
 mod front_door;
 mod front_door_http;
