@@ -1,14 +1,17 @@
-//! `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/events` (SSE) and `DELETE /v1/jobs/{id}`.
+//! `GET /v1/jobs` (the client's jobs), `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/events` (SSE) and
+//! `DELETE /v1/jobs/{id}`.
+
+pub mod listing;
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use uuid::Uuid;
 
 use tokio::sync::watch;
@@ -18,6 +21,65 @@ use super::watch::{MAX_STREAMS_PER_CLIENT, StreamSlot};
 use crate::jobs::status::{self, JobView};
 use crate::jobs::store::{self, CancelError};
 use crate::state::AppState;
+use listing::{JobList, ListParams, ListQuery};
+
+/// Jobs of a page whose views are built at once (each may read Redis, or MySQL without it).
+const VIEWS_AT_ONCE: usize = 8;
+
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(
+        ("status" = Option<String>, Query, pattern = "^(reserved|dispatching|enqueued|completed|completed_with_errors|cancelled)$", description = "Only jobs with this status"),
+        ("label" = Option<String>, Query, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFFFE\uFFFF]{1,128}$", description = "Only jobs posted with exactly this label"),
+        ("created_from" = Option<String>, Query, format = DateTime, description = "Only jobs created at or after this RFC 3339 instant (at most 6 fractional digits, years 1000-9999)"),
+        ("created_to" = Option<String>, Query, format = DateTime, description = "Only jobs created before this RFC 3339 instant (at most 6 fractional digits, years 1000-9999)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Jobs per page, 1-500; 50 by default"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page, with the same filters"),
+    ),
+    responses(
+        (status = 200, description = "A page of the client's jobs, newest first", body = JobList),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<JobList>, ApiError> {
+    let client_id = super::authorize(&state, &headers).await?;
+    let Query(params) =
+        params.map_err(|rejection| ApiError::InvalidParameter(rejection.body_text()))?;
+    let query = ListQuery::parse(params, &client_id)?;
+    // One row more than the page tells whether there is a next page.
+    let mut rows = store::list(
+        &state.pool,
+        &client_id,
+        &query.filter,
+        query.after.as_ref(),
+        query.limit + 1,
+    )
+    .await
+    .map_err(ApiError::database)?;
+    let more = rows.len() > query.limit as usize;
+    rows.truncate(query.limit as usize);
+    let next_cursor = rows
+        .last()
+        .filter(|_| more)
+        .map(|last| query.cursor_after(last, &client_id));
+    let jobs = futures_util::stream::iter(rows)
+        .map(|row| status::view_of(&state.pool, &state.progress, row))
+        .buffered(VIEWS_AT_ONCE)
+        .try_collect()
+        .await
+        .map_err(ApiError::database)?;
+    Ok(Json(JobList {
+        jobs,
+        next: next_cursor.as_deref().map(|c| query.next_url(c)),
+        next_cursor,
+    }))
+}
 
 #[utoipa::path(
     get,

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .route("/v1/accruals", post(accruals::post))
+        .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/events", get(jobs::events))
         .route("/healthz", get(ops::healthz))

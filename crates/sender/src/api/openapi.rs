@@ -149,6 +149,7 @@ impl Modify for CommonErrors {
     ),
     paths(
         super::accruals::post,
+        super::jobs::list,
         super::jobs::get,
         super::jobs::cancel,
         super::jobs::events,
@@ -161,7 +162,7 @@ impl Modify for CommonErrors {
     modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "accruals", description = "Submit point accruals"),
-        (name = "jobs", description = "Follow or cancel a job"),
+        (name = "jobs", description = "List, follow or cancel jobs"),
         (name = "operations", description = "Health, readiness, metrics and this contract; no key needed"),
     )
 )]
@@ -188,6 +189,7 @@ mod tests {
         let paths: Vec<&String> = doc.paths.paths.keys().collect();
         for path in [
             "/v1/accruals",
+            "/v1/jobs",
             "/v1/jobs/{job_id}",
             "/v1/jobs/{job_id}/events",
             "/healthz",

@@ -16,6 +16,16 @@ use super::store::{self, JobRow};
 
 pub use accrual_core::job_outcome::FINAL_STATUSES;
 
+/// Every status a job can have, in the order a job goes through them.
+pub const STATUSES: [&str; 6] = [
+    "reserved",
+    "dispatching",
+    "enqueued",
+    "completed",
+    "completed_with_errors",
+    "cancelled",
+];
+
 /// `GET /v1/jobs/{job_id}` and each SSE event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct JobView {
@@ -66,17 +76,27 @@ pub async fn view(
     if row.client_id != client_id {
         return Ok(None);
     }
-    let live = progress.get(job_id).await;
+    view_of(pool, progress, row).await.map(Some)
+}
+
+/// The view of a job row already read (the job list reads a page of rows in one query).
+pub async fn view_of(
+    pool: &MySqlPool,
+    progress: &Progress,
+    row: JobRow,
+) -> Result<JobView, sqlx::Error> {
+    let job_id = row.job_id;
     let total = u64::from(row.total);
     let counters = match (row.status.as_str(), row.written, row.dead_lettered) {
+        // A finished or not-yet-started job: nothing live to read.
+        ("cancelled" | "reserved", _, _) => Counters::default(),
         ("completed" | "completed_with_errors", Some(written), Some(dead_lettered)) => Counters {
             enqueued: total,
             written: u64::from(written),
             dead_lettered: u64::from(dead_lettered),
-            duplicates: live.map_or(0, |l| l.duplicates),
+            duplicates: progress.get(job_id).await.map_or(0, |l| l.duplicates),
         },
-        ("cancelled" | "reserved", _, _) => Counters::default(),
-        _ => match live {
+        _ => match progress.get(job_id).await {
             Some(live) => clamp(live, total),
             None => {
                 let outcome = job_outcome::count(pool, job_id).await?;
@@ -89,7 +109,7 @@ pub async fn view(
             }
         },
     };
-    Ok(Some(to_view(row, total, counters)))
+    Ok(to_view(row, total, counters))
 }
 
 /// Live counters can run ahead of the truth (two listeners counting one point while they race):

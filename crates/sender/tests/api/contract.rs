@@ -13,6 +13,7 @@ async fn openapi_json_describes_every_route_and_needs_no_key() {
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [
         ("/v1/accruals", "post"),
+        ("/v1/jobs", "get"),
         ("/v1/jobs/{job_id}", "get"),
         ("/v1/jobs/{job_id}", "delete"),
         ("/v1/jobs/{job_id}/events", "get"),

@@ -10,6 +10,7 @@ mod front_door;
 mod front_door_http;
 mod helpers;
 mod hung;
+mod job_list;
 mod jobs;
 mod ops;
 mod outcome;
