@@ -6,6 +6,8 @@
 //! - [`dead_letter`] — record a point's dead letter for its job and send it to the DLQ.
 //! - [`dlq`] — list and redrive the dead-letter queue.
 //! - [`job_outcome`] — a job's exact counts and its final state, stored when it is done.
+//! - [`retention`] — what goes once old enough (final jobs' chunk bodies, idempotency keys), its settings.
+//! - [`lease`] — leases on background work one sender replica at a time does (`maintenance_leases`).
 //! - [`domain`] — newtypes (`MemberId`, `PointType`, `Amount`, `Reason`) that can only hold valid values.
 //! - [`wire`] — lenient parse of a request body into raw items, with the item limit.
 //! - [`accrual`] — all-or-nothing validation of raw items into [`accrual::Accrual`]s.
@@ -25,8 +27,10 @@ pub mod dead_letter;
 pub mod dlq;
 pub mod domain;
 pub mod job_outcome;
+pub mod lease;
 pub mod message;
 pub mod progress;
+pub mod retention;
 pub mod settings;
 pub mod sqs;
 pub mod telemetry;
