@@ -11,6 +11,7 @@
 //! - [`jobs`] — durable jobs (`accrual_jobs` + compressed `accrual_chunks`), status and progress.
 //! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
 //! - [`completion`] — the task that settles finished jobs (final status, counts, `completed_at`).
+//! - [`retention`] — the task that purges expired chunk bodies and idempotency keys (one replica, by lease).
 //! - [`fanout`] — `SendMessageBatch` with bounded concurrency and retries.
 //! - [`rate_limit`] — per-client GCRA limits in Redis (fail open).
 //! - [`metrics`] — Prometheus metrics.
@@ -23,6 +24,7 @@ pub mod jobs;
 pub mod members;
 pub mod metrics;
 pub mod rate_limit;
+pub mod retention;
 pub mod server;
 pub mod settings;
 pub mod startup;

@@ -46,6 +46,12 @@ pub struct SenderMetrics {
     pub sse_pollers: Gauge,
     /// Due chunks not yet dispatched, set when `/metrics` is read.
     pub chunks_pending: Gauge,
+    /// Final jobs whose stored results this replica's retention task purged.
+    pub retention_jobs_purged: Counter,
+    /// Stored chunks this replica's retention task deleted.
+    pub retention_chunks_purged: Counter,
+    /// Idempotency keys this replica's retention task cleared.
+    pub retention_idempotency_keys_purged: Counter,
     registry: Registry,
 }
 
@@ -74,6 +80,9 @@ impl SenderMetrics {
             dispatch_lag_seconds: Gauge::default(),
             chunks_pending: Gauge::default(),
             sse_pollers: Gauge::default(),
+            retention_jobs_purged: Counter::default(),
+            retention_chunks_purged: Counter::default(),
+            retention_idempotency_keys_purged: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -147,6 +156,21 @@ impl SenderMetrics {
             "sse_pollers",
             "Jobs polled for event streams (one poller per job, however many streams follow it)",
             m.sse_pollers.clone(),
+        );
+        registry.register(
+            "retention_jobs_purged",
+            "Final jobs whose stored results this replica purged after RESULTS_RETENTION_DAYS",
+            m.retention_jobs_purged.clone(),
+        );
+        registry.register(
+            "retention_chunks_purged",
+            "Stored chunks this replica deleted after RESULTS_RETENTION_DAYS",
+            m.retention_chunks_purged.clone(),
+        );
+        registry.register(
+            "retention_idempotency_keys_purged",
+            "Idempotency keys this replica cleared after IDEMPOTENCY_RETENTION_HOURS",
+            m.retention_idempotency_keys_purged.clone(),
         );
         Self { registry, ..m }
     }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use accrual_core::progress::RedisSettings;
+use accrual_core::retention::RetentionSettings;
 use accrual_core::settings::{DatabaseSettings, Problems, SqsSettings, parse_duration};
 
 use crate::api::accruals::MAX_BODY_BYTES;
@@ -111,6 +112,14 @@ pub struct SenderSettings {
     #[arg(long, env = "SENDER_BODY_BUDGET_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub sender_body_budget_bytes: u64,
 
+    /// How often the retention task looks for chunk bodies and idempotency keys past their
+    /// retention (e.g. 10m; at least 1s, at most 24h). One replica at a time does it, by lease.
+    #[arg(long, env = "RETENTION_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    #[command(flatten)]
+    pub retention: RetentionSettings,
+
     #[command(flatten)]
     pub database: DatabaseSettings,
 
@@ -130,6 +139,9 @@ pub const MIN_DISPATCH_POLL: Duration = Duration::from_millis(10);
 /// The longest HTTP timeout accepted: longer is no limit at all, and far enough ahead a deadline
 /// would overflow the clock.
 pub const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The retention task sweeps at most this often; more often would be all it does.
+pub const MIN_RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Above this a semaphore cannot count the bytes (tokio's `Semaphore::MAX_PERMITS`).
 pub const MAX_BODY_BUDGET_BYTES: u64 = tokio::sync::Semaphore::MAX_PERMITS as u64;
@@ -195,6 +207,11 @@ impl SenderSettings {
                 "SENDER_BODY_BUDGET_BYTES must be {MAX_BODY_BYTES}-{MAX_BODY_BUDGET_BYTES} (at least one largest body must fit)"
             ),
         );
+        problems.require(
+            (MIN_RETENTION_INTERVAL..=MAX_HTTP_TIMEOUT).contains(&self.retention_interval),
+            "RETENTION_INTERVAL must be at least 1s and at most 24h",
+        );
+        problems.check(self.retention.validate());
         problems.check(self.database.validate());
         problems.check(self.sqs.validate());
         problems.check(self.redis.validate());
@@ -257,10 +274,47 @@ mod tests {
                 &["--sender-body-budget-bytes", "104857599"],
                 "SENDER_BODY_BUDGET_BYTES",
             ),
+            (&["--retention-interval", "0s"], "RETENTION_INTERVAL"),
+            (&["--retention-interval", "1441m"], "RETENTION_INTERVAL"),
+            (&["--results-retention-days", "0"], "RESULTS_RETENTION_DAYS"),
+            (
+                &["--results-retention-days", "3651"],
+                "RESULTS_RETENTION_DAYS",
+            ),
+            (
+                &["--idempotency-retention-hours", "0s"],
+                "IDEMPOTENCY_RETENTION_HOURS",
+            ),
         ] {
             let message = refusal(&parse(args));
             assert!(message.contains(named), "{args:?}: {message}");
         }
+    }
+
+    #[test]
+    fn retentions_are_days_and_hours_or_a_duration_with_its_unit() {
+        let defaults = parse(&[]);
+        assert_eq!(
+            defaults.retention.results_retention,
+            Duration::from_secs(30 * 24 * 3_600)
+        );
+        assert_eq!(
+            defaults.retention.idempotency_retention,
+            Duration::from_secs(168 * 3_600)
+        );
+        assert_eq!(defaults.retention_interval, Duration::from_secs(600));
+        let short = parse(&[
+            "--results-retention-days",
+            "90s",
+            "--idempotency-retention-hours",
+            "2",
+        ]);
+        assert_eq!(short.retention.results_retention, Duration::from_secs(90));
+        assert_eq!(
+            short.retention.idempotency_retention,
+            Duration::from_secs(7_200)
+        );
+        assert!(short.validate().is_ok());
     }
 
     #[test]

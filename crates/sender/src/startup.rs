@@ -24,6 +24,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     dispatch_tasks: usize,
+    /// The retention task, started with the dispatchers.
+    retention: crate::retention::Retention,
     /// Connection limits and the shutdown grace, for the HTTP server.
     http: HttpLimits,
 }
@@ -105,9 +107,16 @@ impl Application {
                 rate_grace: settings.sender_body_rate_grace,
                 timeout: settings.sender_body_timeout,
             },
+            results_retention: settings.retention.results_retention,
             // Replaced by a child of the token `run_until_stopped` is given.
             shutdown: CancellationToken::new(),
         };
+        let retention = crate::retention::Retention::new(
+            state.pool.clone(),
+            settings.retention,
+            settings.retention_interval,
+            state.metrics.clone(),
+        );
         let listener = TcpListener::bind(settings.sender_addr)
             .await
             .with_context(|| format!("Failed to bind {}", settings.sender_addr))?;
@@ -115,6 +124,7 @@ impl Application {
             listener,
             state,
             dispatch_tasks: settings.dispatch_tasks,
+            retention,
             http: HttpLimits {
                 header_read_timeout: settings.sender_header_read_timeout,
                 idle_timeout: settings.sender_idle_timeout,
@@ -149,6 +159,7 @@ impl Application {
             progress: self.state.progress.clone(),
         };
         tracker.spawn(completion.run(shutdown.clone()));
+        tracker.spawn(self.retention.run(shutdown.clone()));
         tracker.close();
         let router = api::router(self.state);
         let grace = self.http.shutdown_grace;

@@ -32,6 +32,10 @@ pub struct AppState {
     pub queue_url: String,
     /// How request bodies are read: rate, time and memory limits.
     pub uploads: Uploads,
+    /// How long a final job's stored chunk bodies are kept (`RESULTS_RETENTION_DAYS`): its results
+    /// answer 410 once `results_purged_at` is set or it completed longer ago than this (the
+    /// retention task may not have come round yet).
+    pub results_retention: Duration,
     /// Cancelled when the sender starts shutting down (a child of the token given to
     /// `run_until_stopped`). Responses that would otherwise never end, such as event streams, end
     /// on it, so that their connections close within the shutdown grace.

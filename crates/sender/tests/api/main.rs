@@ -18,3 +18,4 @@ mod packed;
 mod pipeline;
 mod process;
 mod refused;
+mod retention;

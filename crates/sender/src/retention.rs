@@ -1,0 +1,160 @@
+//! The retention task: every `RETENTION_INTERVAL`, one sender replica deletes the stored chunk
+//! bodies of jobs final for longer than `RESULTS_RETENTION_DAYS` and clears idempotency keys older
+//! than `IDEMPOTENCY_RETENTION_HOURS` (the rules are in [`accrual_core::retention`]).
+//!
+//! Every replica runs the task; the one holding the `retention` lease
+//! ([`accrual_core::lease`]) purges, the others find it held and wait for their next round. A lease
+//! lasts [`LEASE_ROUNDS`] intervals and the holder renews it every round, so it keeps the work while
+//! it lives; while a purge runs the lease is renewed every third of its length, and a purge whose
+//! lease was lost stops at its next statement. Two replicas purging at once would do no harm
+//! (deleting what is gone deletes nothing), only twice the statements. Errors are logged and the
+//! next round tries again; nothing here stops the sender.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use accrual_core::lease;
+use accrual_core::retention::{self, Purged, RetentionSettings};
+use sqlx::MySqlPool;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::metrics::SenderMetrics;
+
+/// A lease lasts this many intervals: the holder renews it every round, and if it dies another
+/// replica takes over within this many rounds.
+pub const LEASE_ROUNDS: u32 = 2;
+
+#[derive(Clone, Debug)]
+pub struct Retention {
+    pool: MySqlPool,
+    settings: RetentionSettings,
+    /// How often a round runs (`RETENTION_INTERVAL`).
+    interval: Duration,
+    metrics: Arc<SenderMetrics>,
+    /// This replica's name in `maintenance_leases.owner`.
+    owner: String,
+}
+
+impl Retention {
+    pub fn new(
+        pool: MySqlPool,
+        settings: RetentionSettings,
+        interval: Duration,
+        metrics: Arc<SenderMetrics>,
+    ) -> Self {
+        let owner = format!(
+            "{}-{}",
+            std::process::id(),
+            &Uuid::now_v7().simple().to_string()[20..]
+        );
+        Self {
+            pool,
+            settings,
+            interval,
+            metrics,
+            owner,
+        }
+    }
+
+    /// Runs a round now and then every interval until `shutdown` is cancelled (a purge in progress
+    /// stops at its next statement); then gives the lease up, so another replica need not wait
+    /// for it to expire.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(
+            owner = %self.owner,
+            interval_secs = self.interval.as_secs_f64(),
+            results_retention_secs = self.settings.results_retention.as_secs(),
+            idempotency_retention_secs = self.settings.idempotency_retention.as_secs(),
+            "Retention task starting"
+        );
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            self.round(&shutdown).await;
+        }
+        if let Err(e) = lease::release(&self.pool, lease::RETENTION, &self.owner).await {
+            tracing::debug!(error = %e, "Could not give the retention lease up; it expires by itself");
+        }
+    }
+
+    fn lease_length(&self) -> Duration {
+        self.interval * LEASE_ROUNDS
+    }
+
+    /// Takes or renews the lease, and purges if this replica holds it.
+    async fn round(&self, shutdown: &CancellationToken) {
+        match lease::take(
+            &self.pool,
+            lease::RETENTION,
+            &self.owner,
+            self.lease_length(),
+        )
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!("Another replica holds the retention lease");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not take the retention lease; trying again next round");
+                return;
+            }
+        }
+        let stop = shutdown.child_token();
+        let purged = tokio::select! {
+            purged = retention::purge(&self.pool, &self.settings, &stop) => purged,
+            never = self.keep_lease(&stop) => match never {},
+        };
+        match purged {
+            Ok(purged) => self.count(&purged),
+            Err(e) => {
+                self.count(&e.purged);
+                tracing::warn!(error = %e.source, "Retention purge failed; trying again next round");
+            }
+        }
+        if stop.is_cancelled() && !shutdown.is_cancelled() {
+            tracing::warn!(
+                "Retention lease lost or not renewed during a purge; stopped it, the next round carries on"
+            );
+        }
+    }
+
+    /// Renews the lease every third of its length while a purge runs; cancels `stop` once the lease
+    /// is no longer this replica's (or cannot be renewed), then waits forever.
+    async fn keep_lease(&self, stop: &CancellationToken) -> Infallible {
+        let length = self.lease_length();
+        loop {
+            tokio::time::sleep(length / 3).await;
+            let held = lease::take(&self.pool, lease::RETENTION, &self.owner, length).await;
+            if !matches!(held, Ok(true)) {
+                stop.cancel();
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Logs and counts what went.
+    fn count(&self, purged: &Purged) {
+        self.metrics.retention_jobs_purged.inc_by(purged.jobs);
+        self.metrics.retention_chunks_purged.inc_by(purged.chunks);
+        self.metrics
+            .retention_idempotency_keys_purged
+            .inc_by(purged.idempotency_keys);
+        if !purged.is_empty() {
+            tracing::info!(
+                jobs = purged.jobs,
+                chunks = purged.chunks,
+                idempotency_keys = purged.idempotency_keys,
+                "Purged expired results and idempotency keys"
+            );
+        }
+    }
+}
