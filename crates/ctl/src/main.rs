@@ -1,5 +1,6 @@
 //! `accrualctl`: operator commands for the accrual pipeline.
 
+use accrual_core::retention::{self, RetentionSettings};
 use accrual_core::settings::{DatabaseSettings, SqsSettings};
 use accrual_core::sqs::QueueOptions;
 use accrual_core::{db, dlq, sqs};
@@ -47,6 +48,18 @@ enum Command {
     /// Show how many of a job's points are in the ledger, as JSON.
     Job {
         job_id: uuid::Uuid,
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
+    /// Delete the stored chunk bodies of jobs final for longer than RESULTS_RETENTION_DAYS and
+    /// clear idempotency keys older than IDEMPOTENCY_RETENTION_HOURS, as the senders' retention
+    /// task does; print what went as JSON. Ledger rows and job rows stay.
+    Purge {
+        /// Print what would go and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        retention: RetentionSettings,
         #[command(flatten)]
         database: DatabaseSettings,
     },
@@ -179,6 +192,55 @@ async fn main() -> anyhow::Result<()> {
                 serde_json::json!({ "job_id": job_id, "written": written })
             );
         }
+        Command::Purge {
+            dry_run,
+            retention: settings,
+            database,
+        } => purge(dry_run, &settings, &database).await?,
     }
     Ok(())
+}
+
+/// `accrualctl purge [--dry-run]`. Running it beside the senders' retention task is harmless:
+/// what one deletes the other finds gone.
+async fn purge(
+    dry_run: bool,
+    settings: &RetentionSettings,
+    database: &DatabaseSettings,
+) -> anyhow::Result<()> {
+    settings.validate().map_err(anyhow::Error::msg)?;
+    database.validate().map_err(anyhow::Error::msg)?;
+    let pool = db::connect(database)
+        .await
+        .context("Failed to connect to MySQL")?;
+    if dry_run {
+        let plan = retention::plan(&pool, settings)
+            .await
+            .context("Failed to count what would be purged")?;
+        let mut printed = serde_json::to_value(plan)?;
+        printed["dry_run"] = true.into();
+        println!("{printed}");
+        eprintln!(
+            "Would delete {} stored chunks ({} bytes) of {} final jobs and clear {} idempotency keys; nothing was changed.",
+            plan.chunks, plan.chunk_bytes, plan.jobs, plan.idempotency_keys
+        );
+        return Ok(());
+    }
+    // Never cancelled: Ctrl-C ends the process, and a job cut short is picked again next time.
+    let purged = retention::purge(&pool, settings, &Default::default()).await;
+    let (purged, failed) = match purged {
+        Ok(purged) => (purged, None),
+        Err(e) => (e.purged, Some(e.source)),
+    };
+    let mut printed = serde_json::to_value(purged)?;
+    printed["dry_run"] = false.into();
+    println!("{printed}");
+    eprintln!(
+        "Deleted {} stored chunks of {} final jobs and cleared {} idempotency keys.",
+        purged.chunks, purged.jobs, purged.idempotency_keys
+    );
+    match failed {
+        Some(e) => Err(e).context("Failed to purge (what went is printed; run it again)"),
+        None => Ok(()),
+    }
 }
