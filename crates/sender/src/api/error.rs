@@ -59,6 +59,12 @@ pub enum ApiError {
     InvalidParameter(String),
     #[error("no such job")]
     NotFound,
+    /// None of the media types the `Accept` header names can be given.
+    #[error("{0}")]
+    NotAcceptable(String),
+    /// The job's per-item results were removed by retention.
+    #[error("{0}")]
+    ResultsExpired(String),
     #[error("no such route: {0}")]
     NoRoute(String),
     #[error("{0} is not allowed on this route")]
@@ -131,6 +137,12 @@ impl ApiError {
                 "Invalid parameter",
             ),
             Self::NotFound | Self::NoRoute(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::NotAcceptable(_) => (
+                StatusCode::NOT_ACCEPTABLE,
+                "not-acceptable",
+                "Not acceptable",
+            ),
+            Self::ResultsExpired(_) => (StatusCode::GONE, "results-expired", "Results expired"),
             Self::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",

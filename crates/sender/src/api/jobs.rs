@@ -143,7 +143,7 @@ async fn find_view(state: &AppState, job_id: Uuid, client_id: &str) -> Result<Jo
 }
 
 /// The job id of the path, or a problem+json 400 naming what is wrong with it.
-fn job_id_from(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
+pub(crate) fn job_id_from(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
     path.map(|Path(id)| id)
         .map_err(|rejection| ApiError::InvalidParameter(rejection.body_text()))
 }

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod ops;
 pub mod request_id;
+pub mod results;
 pub mod watch;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/events", get(jobs::events))
+        .route("/v1/jobs/{job_id}/results", get(results::get))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

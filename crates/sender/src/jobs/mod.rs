@@ -1,4 +1,5 @@
 //! Durable jobs: storage, status and progress.
 
+pub mod results;
 pub mod status;
 pub mod store;

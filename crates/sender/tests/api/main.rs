@@ -18,4 +18,5 @@ mod packed;
 mod pipeline;
 mod process;
 mod refused;
+mod results;
 mod retention;

@@ -52,6 +52,7 @@ async fn store_job_with_a_point_sqs_refuses(pool: &sqlx::MySqlPool) -> (Uuid, Uu
         members: POINTS,
         reserve_at: None,
         created_at: now,
+        label: None,
         chunks: vec![(chunk::encode_bodies(&bodies), POINTS)],
     };
     store::insert(pool, &job).await.unwrap();

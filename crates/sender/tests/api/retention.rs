@@ -156,6 +156,18 @@ async fn expired_chunks_and_keys_go_the_ledger_stays_and_unfinished_jobs_keep_th
         (Some("completed"), Some(300)),
         "the job row stays, with its outcome: {view}"
     );
+    // Its per-item results went with its chunks; an unfinished job's are still there.
+    let results = |job: uuid::Uuid| {
+        app.http
+            .get(format!("{}/v1/jobs/{job}/results", app.address))
+            .bearer_auth(crate::helpers::KEY_A)
+            .send()
+    };
+    let gone = crate::helpers::problem(results(finished).await.unwrap(), 410).await;
+    assert_eq!(gone["type"], "/problems/results-expired", "{gone}");
+    let kept = results(reserved).await.unwrap();
+    assert_eq!(kept.status().as_u16(), 200);
+    assert_eq!(kept.text().await.unwrap().lines().count(), 3);
     // Older than both retentions, not final: chunks kept (the running job's key goes by age).
     assert_eq!(
         stored(&app, reserved, 2).await,
