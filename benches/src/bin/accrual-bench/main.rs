@@ -7,6 +7,7 @@
 mod pipeline;
 mod raw;
 mod report;
+mod results;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -97,6 +98,9 @@ pub struct Args {
     /// Keep the benchmark's database and queues (for a look afterwards).
     #[arg(long)]
     keep: bool,
+    /// Skip the results phase (downloading every job's per-item results once all is written).
+    #[arg(long)]
+    no_results: bool,
 }
 
 const API_KEY: &str = "bench-key";
@@ -352,7 +356,23 @@ async fn measure(
             logs.display()
         )
     })?;
+    // Usage up to the last write: the results phase below is measured on its own.
     let sender_use = sender.usage()?;
+    let results = if args.no_results {
+        None
+    } else {
+        let jobs = outcome.jobs.clone();
+        Some(
+            results::download(&http, &mut sender, API_KEY, &jobs)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the results phase failed; process logs are in {}",
+                        logs.display()
+                    )
+                })?,
+        )
+    };
     let listener_use = listeners
         .iter_mut()
         .map(Service::usage)
@@ -390,6 +410,7 @@ async fn measure(
         listeners: listener_use,
         raw_sqs,
         raw_mysql,
+        results,
     })
 }
 

@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 pub struct Service {
     pub name: String,
     child: Child,
-    port: u16,
+    pub port: u16,
     log: PathBuf,
     /// CPU and memory when the measured work began.
     baseline: ProcStats,
@@ -93,6 +93,11 @@ impl Service {
         Ok(())
     }
 
+    /// Resident memory when the process had started and answered its health check, KiB.
+    pub fn idle_rss_kib(&self) -> u64 {
+        self.baseline.rss_kib
+    }
+
     pub fn stats(&self) -> anyhow::Result<ProcStats> {
         proc_stats::read(self.child.id())
             .with_context(|| format!("cannot read /proc for {}", self.name))
@@ -159,6 +164,8 @@ impl Drop for Service {
 pub struct PipelineOutcome {
     /// Each request's latency until its 202.
     pub accept_latencies: Vec<Duration>,
+    /// Each job made, with its number of items.
+    pub jobs: Vec<(String, u64)>,
     pub all_accepted: Duration,
     pub all_enqueued: Duration,
     pub all_in_mysql: Duration,
@@ -216,16 +223,16 @@ pub async fn run(
     let posting = {
         let (http, url, key) = (http.clone(), url.clone(), api_key);
         tokio::spawn(async move {
-            let latencies = stream::iter(bodies)
+            let accepted = stream::iter(bodies)
                 .map(|body| post(&http, &url, &key, body))
                 .buffer_unordered(concurrency.max(1))
-                .try_collect::<Vec<Duration>>()
+                .try_collect::<Vec<Accepted>>()
                 .await?;
-            anyhow::Ok((latencies, started.elapsed()))
+            anyhow::Ok((accepted, started.elapsed()))
         })
     };
     let mut posting = Some(posting);
-    let mut accepted: Option<(Vec<Duration>, Duration, u64)> = None;
+    let mut accepted: Option<(Vec<Accepted>, Duration, u64)> = None;
     let mut enqueued_at = None;
     let mut bar = ProgressBar::new("pipeline");
     loop {
@@ -287,11 +294,14 @@ pub async fn run(
             .metric(http, "accrual_listener_sqs_delete_calls_total")
             .await? as u64;
     }
-    let (mut accept_latencies, all_accepted, sender_peak_rss_accepting_kib) =
+    let (accepted, all_accepted, sender_peak_rss_accepting_kib) =
         accepted.context("the requests were not all accepted")?;
+    let (mut accept_latencies, jobs): (Vec<Duration>, Vec<(String, u64)>) =
+        accepted.into_iter().unzip();
     accept_latencies.sort();
     Ok(PipelineOutcome {
         accept_latencies,
+        jobs,
         all_accepted,
         all_enqueued: enqueued_at.unwrap_or(all_in_mysql),
         all_in_mysql,
@@ -301,12 +311,15 @@ pub async fn run(
     })
 }
 
+/// A request's latency until its 202, and the job it made with its number of items.
+type Accepted = (Duration, (String, u64));
+
 async fn post(
     http: &reqwest::Client,
     url: &str,
     key: &str,
     body: Vec<u8>,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<Accepted> {
     let t = Instant::now();
     let response = http
         .post(url)
@@ -318,8 +331,16 @@ async fn post(
         .context("cannot reach the sender")?;
     let status = response.status();
     let text = response.text().await.context("unreadable answer")?;
+    let latency = t.elapsed();
     if status.as_u16() != 202 {
         bail!("the sender answered {status}: {text}");
     }
-    Ok(t.elapsed())
+    let accepted: serde_json::Value =
+        serde_json::from_str(&text).context("the 202 answer is not JSON")?;
+    let job_id = accepted["job_id"]
+        .as_str()
+        .context("the 202 answer has no job_id")?
+        .to_owned();
+    let items = accepted["accepted"].as_u64().unwrap_or_default();
+    Ok((latency, (job_id, items)))
 }

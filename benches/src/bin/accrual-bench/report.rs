@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::Args;
 use crate::pipeline::{PipelineOutcome, ProcessUse};
 use crate::raw::RawOutcome;
+use crate::results::ResultsOutcome;
 
 pub struct Report {
     pub args: Args,
@@ -21,6 +22,8 @@ pub struct Report {
     pub listeners: Vec<ProcessUse>,
     pub raw_sqs: Option<RawOutcome>,
     pub raw_mysql: Option<RawOutcome>,
+    /// Downloading every job's per-item results afterwards.
+    pub results: Option<ResultsOutcome>,
 }
 
 /// One of the targets and whether this run met it.
@@ -245,6 +248,29 @@ impl Report {
                 format!("{:.2}", self.points_per_second() / m.per_second()),
             );
         }
+        if let Some(r) = self.results {
+            row(
+                "per-item results downloaded (NDJSON)",
+                format!(
+                    "{} records in {:.2} s ({:.0} records/s, slowest job {:.2} s, {:.0} MiB)",
+                    r.records,
+                    r.elapsed.as_secs_f64(),
+                    r.records_per_second(),
+                    r.slowest_job.as_secs_f64(),
+                    r.bytes as f64 / MIB / MIB
+                ),
+            );
+            row(
+                "sender RSS idle / before results / max during",
+                format!(
+                    "{:.0} / {:.0} / {:.0} MiB ({:+.0} MiB above idle)",
+                    r.sender_idle_rss_kib as f64 / MIB,
+                    r.sender_rss_before_kib as f64 / MIB,
+                    r.sender_max_rss_during_kib as f64 / MIB,
+                    (r.sender_max_rss_during_kib as f64 - r.sender_idle_rss_kib as f64) / MIB
+                ),
+            );
+        }
         for target in self.targets() {
             let verdict = match target.met {
                 Some(true) => "met",
@@ -331,6 +357,16 @@ impl Report {
             },
             "raw_sqs_round_trip": raw(&self.raw_sqs),
             "raw_mysql_insert": raw(&self.raw_mysql),
+            "results": self.results.map(|r| json!({
+                "records": r.records,
+                "bytes": r.bytes,
+                "seconds": round(r.elapsed.as_secs_f64(), 2),
+                "records_per_second": r.records_per_second().round(),
+                "slowest_job_seconds": round(r.slowest_job.as_secs_f64(), 2),
+                "sender_idle_rss_mib": round(r.sender_idle_rss_kib as f64 / MIB, 1),
+                "sender_rss_before_mib": round(r.sender_rss_before_kib as f64 / MIB, 1),
+                "sender_max_rss_during_mib": round(r.sender_max_rss_during_kib as f64 / MIB, 1),
+            })),
             "ratios": {
                 "end_to_end_to_raw_sqs": self.raw_sqs.map(|s| round(self.points_per_second() / s.per_second(), 3)),
                 "end_to_end_to_raw_mysql": self.raw_mysql.map(|m| round(self.points_per_second() / m.per_second(), 3)),
