@@ -169,7 +169,7 @@ impl Application {
             if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
                 tracing::warn!(
                     grace_secs = grace.as_secs(),
-                    "Dispatchers still busy at shutdown; their leases expire and another replica takes over"
+                    "Background tasks (dispatchers, completion, retention) still busy at shutdown; their leases expire and another replica takes over"
                 );
             }
         };
