@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::metrics::{RequestLabels, SenderMetrics};
 use crate::rate_limit::{Decision, Kind};
@@ -43,7 +44,10 @@ pub fn router(state: AppState) -> Router {
         })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(metrics, count_request))
-        .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(axum::middleware::from_fn(request_id::scope))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(request_id::NewRequestId))
+        .layer(axum::middleware::map_request(request_id::drop_unusable))
 }
 
 /// The methods counted under their own name; any other is counted as `OTHER`, so that made-up

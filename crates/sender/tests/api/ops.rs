@@ -239,3 +239,33 @@ async fn log_format_json_writes_one_object_per_line_with_the_request_id() {
     );
     assert_eq!(accepted["level"], "INFO");
 }
+
+/// Every answer carries a request id: the client's when it is usable (and then also in a problem
+/// body), a new UUID v7 when it is missing or unusable.
+#[tokio::test]
+async fn a_usable_client_request_id_is_echoed_and_any_other_is_replaced() {
+    let app = spawn_app().await;
+    let get = |id: Option<String>| {
+        let mut request = app.http.get(format!("{}/v1/jobs/not-a-uuid", app.address));
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+    let header = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    let echoed = get(Some("trace-42".into())).await.unwrap();
+    assert_eq!(header(&echoed), "trace-42");
+    let body = problem(echoed, 401).await;
+    assert_eq!(body["request_id"], "trace-42");
+
+    for unusable in [None, Some("x".repeat(129)), Some("two words".into())] {
+        let response = get(unusable.clone()).await.unwrap();
+        let id = header(&response);
+        let uuid: Uuid = id
+            .parse()
+            .unwrap_or_else(|_| panic!("{unusable:?} gave {id}"));
+        assert_eq!(uuid.get_version_num(), 7, "{unusable:?} gave {id}");
+        assert_eq!(problem(response, 401).await["request_id"], id.as_str());
+    }
+}
