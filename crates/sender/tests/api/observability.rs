@@ -86,20 +86,26 @@ async fn every_dashboard_and_alert_expression_returns_data_from_a_live_sender_an
     assert_eq!(response.status(), 202);
     let job: Value = response.json().await.unwrap();
     let job_id = job["job_id"].as_str().unwrap();
-    eventually(Duration::from_secs(30), "the job is final", || async {
+    eventually(Duration::from_secs(120), "the job is final", || async {
         app.job_view(job_id).await["status"] == "completed_with_errors"
     })
     .await;
-    // Prometheus has seen the whole run, has at least five scrapes of each process (a rate needs
-    // two in its window) and has evaluated every rule.
+    // Every query is evaluated at one instant two seconds back: a scrape begun before it has
+    // ended by then (the scrape timeout is a second), so a slow or failed scrape cannot make the
+    // later queries find the targets' series gone stale. At that instant Prometheus has the whole
+    // run and at least five scrapes of each process (a rate needs two in its window), both up;
+    // and it has evaluated every rule.
+    let at = std::cell::Cell::new(0.0);
     eventually(
         Duration::from_secs(30),
         "Prometheus to see the run",
         || async {
-            let seen = |q: &'static str| prometheus.scalar(q);
+            at.set(unix_time() - 2.0);
+            let seen = |q: &'static str| prometheus.scalar(q, at.get());
             seen("sum(accrual_listener_points_written_total)").await == Some(299.0)
                 && seen("sum(accrual_listener_points_dead_lettered_total)").await == Some(1.0)
                 && seen("min(count_over_time(up[1m]))").await >= Some(5.0)
+                && seen("min(up)").await == Some(1.0)
                 && prometheus
                     .rules()
                     .await
@@ -108,6 +114,7 @@ async fn every_dashboard_and_alert_expression_returns_data_from_a_live_sender_an
         },
     )
     .await;
+    let at = at.get();
 
     let mut problems = Vec::new();
     let rules = prometheus.rules().await;
@@ -142,7 +149,7 @@ async fn every_dashboard_and_alert_expression_returns_data_from_a_live_sender_an
                 "{owner}: EXTERNAL must list exactly the expressions on aws_sqs_ metrics alone: {promql}"
             ));
         }
-        match prometheus.query(promql).await {
+        match prometheus.query(promql, at).await {
             Err(error) => problems.push(format!("{owner}: {error}: {promql}")),
             Ok(result) if result.is_empty() && !external => {
                 problems.push(format!("{owner}: no data: {promql}"));
@@ -165,6 +172,12 @@ async fn every_dashboard_and_alert_expression_returns_data_from_a_live_sender_an
         prometheus.dir.join("prometheus.log").display(),
         problems.join("\n")
     );
+}
+
+/// Seconds since the Unix epoch, as Prometheus's API takes a time.
+fn unix_time() -> f64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.unwrap().as_secs_f64()
 }
 
 /// A listener on the app's queue and database; returns its HTTP port and a guard that stops it.

@@ -85,12 +85,13 @@ impl Prometheus {
         panic!("Prometheus did not become ready in 20 s");
     }
 
-    /// `/api/v1/query` at the current time: the result's samples, or Prometheus's error.
-    pub async fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
+    /// `/api/v1/query` at `time` (seconds since the epoch): the result's samples, or Prometheus's
+    /// error.
+    pub async fn query(&self, promql: &str, time: f64) -> Result<Vec<Value>, String> {
         let answer: Value = self
             .http
             .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", promql)])
+            .query(&[("query", promql), ("time", &time.to_string())])
             .send()
             .await
             .unwrap()
@@ -103,9 +104,9 @@ impl Prometheus {
         }
     }
 
-    /// The value of a query that returns one sample, if it does.
-    pub async fn scalar(&self, promql: &str) -> Option<f64> {
-        let result = self.query(promql).await.ok()?;
+    /// The value at `time` of a query that returns one sample, if it does.
+    pub async fn scalar(&self, promql: &str, time: f64) -> Option<f64> {
+        let result = self.query(promql, time).await.ok()?;
         result.first()?["value"][1].as_str()?.parse().ok()
     }
 
