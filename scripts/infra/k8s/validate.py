@@ -1,0 +1,194 @@
+"""Validates rendered kustomize output: every object against the Kubernetes API schemas
+(kubernetes-validate, strict: an unknown field is an error, as `kubectl apply` with server-side
+field validation makes it), then the promises infra/k8s makes in its comments:
+
+- a Deployment scaled by an HPA or a KEDA ScaledObject has no `replicas` of its own;
+- terminationGracePeriodSeconds is above SHUTDOWN_GRACE_SECS plus the preStop pause;
+- DATABASE_URL never sits in a ConfigMap;
+- where the binaries talk to real AWS (AWS_ENDPOINT_URL empty) there are no static AWS keys in
+  any env, ConfigMap or Secret, and KEDA authenticates with pod identity;
+- in the render of a directory named `aws`, AWS_ENDPOINT_URL is empty and every pod's
+  ServiceAccount names its IAM role (IRSA).
+
+KEDA's kinds are left to validate-keda.mjs (KEDA's own models); any other kind without a
+Kubernetes schema is an error.
+
+Usage: python validate.py --kubernetes-version 1.30.0 [...] NAME=RENDERED.yaml...
+Prints one line per problem (`k8s: NAME: Kind/name: problem`) and exits 1 if there was any.
+"""
+
+import argparse
+import os
+import re
+import sys
+
+import kubernetes_validate
+import yaml
+
+AWS_KEY_NAMES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+# Set by kustomize's buildMetadata [originAnnotations] (check-k8s switches it on in its copy).
+ORIGIN = "config.kubernetes.io/origin"
+CONFIG_MAP = "accrual-config"
+# Seconds of margin wanted between the app's own shutdown and the kubelet's SIGKILL.
+SHUTDOWN_MARGIN_SECS = 1
+
+
+def load(path, render):
+    """The rendered objects, each with the source file kustomize recorded (origin annotation,
+    then dropped so that what is validated is what `kubectl kustomize` gives)."""
+    with open(path, encoding="utf-8") as f:
+        objs = [d for d in yaml.safe_load_all(f) if d]
+    for obj in objs:
+        annotations = obj.get("metadata", {}).get("annotations", {})
+        origin = yaml.safe_load(annotations.pop(ORIGIN, "") or "") or {}
+        if not annotations and "annotations" in obj.get("metadata", {}):
+            del obj["metadata"]["annotations"]
+        source = origin.get("path") or origin.get("configuredIn")
+        obj["__source"] = os.path.normpath(os.path.join(render, source)) if source else None
+    return objs
+
+
+def name_of(obj):
+    source = obj.get("__source")
+    name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+    return f"{name} ({source})" if source else name
+
+
+def pod_spec(obj):
+    spec = obj.get("spec", {})
+    if obj.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+        return spec.get("template", {}).get("spec", {})
+    if obj.get("kind") == "CronJob":
+        return spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec", {})
+    if obj.get("kind") == "Pod":
+        return spec
+    return None
+
+
+def schema_problems(obj, versions):
+    if obj.get("apiVersion", "").startswith("keda.sh/"):
+        return []
+    obj = {k: v for k, v in obj.items() if k != "__source"}
+    out = []
+    for version in versions:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.SchemaNotFoundError as e:
+            out.append(f"{e.message} (a typo in apiVersion or kind?)")
+            break
+        except kubernetes_validate.ValidationError as e:
+            where = "/".join(str(p) for p in e.path) or "(top)"
+            out.append(f"Kubernetes {e.version} schema: at {where}: {e.message}")
+    return out
+
+
+def scaled_deployments(objs):
+    names = set()
+    for o in objs:
+        spec = o.get("spec", {})
+        if o.get("kind") == "HorizontalPodAutoscaler":
+            ref = spec.get("scaleTargetRef", {})
+        elif o.get("kind") == "ScaledObject":
+            ref = {"kind": "Deployment", **spec.get("scaleTargetRef", {})}
+        else:
+            continue
+        if ref.get("kind") == "Deployment":
+            names.add(ref.get("name"))
+    return names
+
+
+def prestop_sleep_secs(container):
+    cmd = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    if len(cmd) == 2 and cmd[0] == "sleep" and re.fullmatch(r"\d+", str(cmd[1])):
+        return int(cmd[1])
+    return container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+
+
+def policy_problems(render, objs):
+    out = []
+    config = next(
+        (o.get("data", {}) for o in objs if o.get("kind") == "ConfigMap" and o["metadata"]["name"] == CONFIG_MAP),
+        None,
+    )
+    if config is None:
+        return [("ConfigMap/" + CONFIG_MAP, "missing: every binary takes its settings from it")]
+    grace = int(config.get("SHUTDOWN_GRACE_SECS", "30"))
+    real_aws = config.get("AWS_ENDPOINT_URL", None) == ""
+    aws = os.path.basename(render) == "aws"
+    if aws and not real_aws:
+        out.append((f"ConfigMap/{CONFIG_MAP}", "AWS_ENDPOINT_URL must be set empty for real AWS"))
+    scaled = scaled_deployments(objs)
+    accounts = {o["metadata"]["name"]: o for o in objs if o.get("kind") == "ServiceAccount"}
+
+    for o in objs:
+        kind, name = o.get("kind"), name_of(o)
+        if kind == "ConfigMap" and "DATABASE_URL" in o.get("data", {}):
+            out.append((name, "DATABASE_URL carries a password: it belongs in a Secret"))
+        if real_aws and kind in ("ConfigMap", "Secret"):
+            keys = set(o.get("data", {})) | set(o.get("stringData", {}))
+            for key in sorted(AWS_KEY_NAMES & keys):
+                out.append((name, f"static AWS key {key}: use IRSA (pod identity) instead"))
+        if real_aws and kind == "TriggerAuthentication" and "podIdentity" not in o.get("spec", {}):
+            out.append((name, "KEDA must read the queue with pod identity, not keys"))
+        if kind == "Deployment" and o["metadata"]["name"] in scaled and "replicas" in o.get("spec", {}):
+            out.append((name, "has spec.replicas, but an autoscaler owns the count (each apply would reset it)"))
+
+        spec = pod_spec(o)
+        if spec is None:
+            continue
+        containers = spec.get("containers", [])
+        uses_config = any(
+            ref.get("configMapRef", {}).get("name") == CONFIG_MAP for c in containers for ref in c.get("envFrom", [])
+        )
+        for c in containers:
+            for env in c.get("env", []):
+                if real_aws and env.get("name") in AWS_KEY_NAMES:
+                    out.append((name, f"container {c['name']}: static AWS key {env['name']}: use IRSA instead"))
+                if env.get("name") == "DATABASE_URL" and "value" in env:
+                    out.append((name, f"container {c['name']}: DATABASE_URL must come from a Secret"))
+        if uses_config and kind != "Job":
+            pause = max((prestop_sleep_secs(c) for c in containers), default=0)
+            period = spec.get("terminationGracePeriodSeconds", 30)
+            if period < pause + grace + SHUTDOWN_MARGIN_SECS:
+                out.append((
+                    name,
+                    f"terminationGracePeriodSeconds {period} leaves no margin over the preStop pause ({pause} s)"
+                    f" + SHUTDOWN_GRACE_SECS ({grace} s)",
+                ))
+        if aws and uses_config:
+            account = accounts.get(spec.get("serviceAccountName", "default"))
+            arn = (account or {}).get("metadata", {}).get("annotations", {}).get("eks.amazonaws.com/role-arn", "")
+            if not arn.startswith("arn:aws:iam::"):
+                out.append((name, f"ServiceAccount {spec.get('serviceAccountName', 'default')} names no IAM role (IRSA)"))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kubernetes-version", action="append", required=True)
+    parser.add_argument("renders", nargs="+", metavar="NAME=FILE")
+    args = parser.parse_args()
+    problems, count = [], 0
+    for arg in args.renders:
+        render, _, path = arg.partition("=")
+        try:
+            objs = load(path, render)
+        except yaml.YAMLError as e:
+            problems.append(f"{render}: not YAML: {e}")
+            continue
+        for obj in objs:
+            count += 1
+            for p in schema_problems(obj, args.kubernetes_version):
+                problems.append(f"{render}: {name_of(obj)}: {p}")
+        for where, p in policy_problems(render, objs):
+            problems.append(f"{render}: {where}: {p}")
+    for p in problems:
+        print(f"k8s: {p}")
+    if problems:
+        sys.exit(1)
+    versions = " and ".join(args.kubernetes_version)
+    print(f"k8s: {count} objects valid against the Kubernetes {versions} schemas (strict), policies hold")
+
+
+if __name__ == "__main__":
+    main()
