@@ -75,19 +75,37 @@ pub fn final_status(total: u64, outcome: &Outcome) -> Option<&'static str> {
     }
 }
 
+/// A settlement that changed the stored job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub status: &'static str,
+    /// Set when this was the job's first settlement (it left `dispatching` or `enqueued`): the
+    /// time from its release (`reserve_at`, else `created_at`) to its `completed_at`. Exactly one
+    /// settlement of a job, whichever replica makes it, has it.
+    pub first_took: Option<std::time::Duration>,
+}
+
 /// Counts a job exactly and, when every point is written or dead-lettered, stores its final
-/// status, counts and completion time. Returns the status stored, if it changed.
+/// status, counts and completion time. Returns what it stored, if anything changed.
 ///
 /// A job not yet released (`reserved`) or `cancelled` is left alone; a finished job is settled
 /// again (its counts change when a dead letter is redriven and written).
-pub async fn settle(pool: &MySqlPool, job_id: Uuid) -> Result<Option<&'static str>, sqlx::Error> {
-    let row: Option<(u32, String, Option<u32>, Option<u32>)> = sqlx::query_as(
-        "SELECT total, status, written, dead_lettered FROM accrual_jobs WHERE job_id = ?",
+pub async fn settle(pool: &MySqlPool, job_id: Uuid) -> Result<Option<Settled>, sqlx::Error> {
+    type Row = (
+        u32,
+        String,
+        Option<u32>,
+        Option<u32>,
+        NaiveDateTime,
+        Option<NaiveDateTime>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT total, status, written, dead_lettered, created_at, reserve_at FROM accrual_jobs WHERE job_id = ?",
     )
     .bind(job_id)
     .fetch_optional(pool)
     .await?;
-    let Some((total, status, stored_written, stored_dead)) = row else {
+    let Some((total, status, stored_written, stored_dead, created_at, reserve_at)) = row else {
         return Ok(None);
     };
     if matches!(status.as_str(), "reserved" | "cancelled") {
@@ -104,22 +122,33 @@ pub async fn settle(pool: &MySqlPool, job_id: Uuid) -> Result<Option<&'static st
         return Ok(None);
     }
     let completed_at = outcome.last_at.unwrap_or_else(Utc::now).naive_utc();
-    let updated = sqlx::query(
+    // The first settlement moves the job out of a running status: only one replica's update can
+    // match, so only one counts it as the job's first.
+    let first = matches!(status.as_str(), "dispatching" | "enqueued");
+    let sql = if first {
         "UPDATE accrual_jobs SET status = ?, completed_at = ?, written = ?, dead_lettered = ? \
-         WHERE job_id = ? AND status IN ('dispatching', 'enqueued', 'completed', 'completed_with_errors')",
-    )
-    .bind(next)
-    .bind(completed_at)
-    .bind(outcome.written as u32)
-    .bind(outcome.dead_lettered as u32)
-    .bind(job_id)
-    .execute(pool)
-    .await?;
+         WHERE job_id = ? AND status IN ('dispatching', 'enqueued')"
+    } else {
+        "UPDATE accrual_jobs SET status = ?, completed_at = ?, written = ?, dead_lettered = ? \
+         WHERE job_id = ? AND status IN ('completed', 'completed_with_errors')"
+    };
+    let updated = sqlx::query(sql)
+        .bind(next)
+        .bind(completed_at)
+        .bind(outcome.written as u32)
+        .bind(outcome.dead_lettered as u32)
+        .bind(job_id)
+        .execute(pool)
+        .await?;
     if updated.rows_affected() == 0 {
         return Ok(None);
     }
     tracing::info!(%job_id, status = next, written = outcome.written, dead_lettered = outcome.dead_lettered, "Job settled");
-    Ok(Some(next))
+    let released = reserve_at.unwrap_or(created_at);
+    Ok(Some(Settled {
+        status: next,
+        first_took: first.then(|| (completed_at - released).to_std().unwrap_or_default()),
+    }))
 }
 
 #[cfg(test)]

@@ -9,14 +9,17 @@
 //! on every poll.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use accrual_core::job_outcome;
+use accrual_core::job_outcome::{self, Settled};
 use accrual_core::progress::Progress;
 use sqlx::MySqlPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::metrics::{JobLabels, SenderMetrics};
 
 /// How often the task looks for jobs to settle.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -33,6 +36,8 @@ const JOBS_PER_ROUND: u32 = 500;
 pub struct Completion {
     pub pool: MySqlPool,
     pub progress: Progress,
+    /// `jobs_completed_total` and `job_completion_seconds`, counted once per job across replicas.
+    pub metrics: Arc<SenderMetrics>,
 }
 
 impl Completion {
@@ -73,7 +78,20 @@ impl Completion {
                 .is_none_or(|at| at.elapsed() >= recheck);
             if may_be_done || stale {
                 counted.insert(job_id, Instant::now());
-                job_outcome::settle(&self.pool, job_id).await?;
+                let settled = job_outcome::settle(&self.pool, job_id).await?;
+                if let Some(Settled {
+                    status,
+                    first_took: Some(took),
+                }) = settled
+                {
+                    self.metrics
+                        .jobs_completed
+                        .get_or_create(&JobLabels { status })
+                        .inc();
+                    self.metrics
+                        .job_completion_seconds
+                        .observe(took.as_secs_f64());
+                }
             }
         }
         Ok(())

@@ -5,6 +5,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 /// Labels of an HTTP request: the route pattern (not the raw path), the method and the status.
@@ -13,6 +14,17 @@ pub struct RequestLabels {
     pub route: String,
     pub method: String,
     pub status: u16,
+}
+
+/// Labels of a finished job: its final status (`completed` or `completed_with_errors`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub status: &'static str,
+}
+
+/// Buckets of a job's completion time: 1 s to about 4.5 hours, doubling.
+fn completion_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(1.0, 2.0, 15)
 }
 
 #[derive(Debug)]
@@ -52,6 +64,11 @@ pub struct SenderMetrics {
     pub retention_chunks_purged: Counter,
     /// Idempotency keys this replica's retention task cleared.
     pub retention_idempotency_keys_purged: Counter,
+    /// Jobs this replica's completion task settled for the first time, by final status.
+    pub jobs_completed: Family<JobLabels, Counter>,
+    /// Their time from release (`reserve_at`, else `created_at`) to their last point written or
+    /// dead-lettered (`completed_at`).
+    pub job_completion_seconds: Histogram,
     registry: Registry,
 }
 
@@ -83,6 +100,8 @@ impl SenderMetrics {
             retention_jobs_purged: Counter::default(),
             retention_chunks_purged: Counter::default(),
             retention_idempotency_keys_purged: Counter::default(),
+            jobs_completed: Family::default(),
+            job_completion_seconds: Histogram::new(completion_buckets()),
             registry: Registry::default(),
         };
         registry.register(
@@ -171,6 +190,17 @@ impl SenderMetrics {
             "retention_idempotency_keys_purged",
             "Idempotency keys this replica cleared after IDEMPOTENCY_RETENTION_HOURS",
             m.retention_idempotency_keys_purged.clone(),
+        );
+        registry.register(
+            "jobs_completed",
+            "Jobs settled for the first time by this replica, by final status",
+            m.jobs_completed.clone(),
+        );
+        registry.register_with_unit(
+            "job_completion",
+            "Time from a job's release (reserve_at, else created_at) to its last point written or dead-lettered",
+            Unit::Seconds,
+            m.job_completion_seconds.clone(),
         );
         Self { registry, ..m }
     }

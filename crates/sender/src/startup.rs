@@ -157,6 +157,7 @@ impl Application {
         let completion = crate::completion::Completion {
             pool: self.state.pool.clone(),
             progress: self.state.progress.clone(),
+            metrics: self.state.metrics.clone(),
         };
         tracker.spawn(completion.run(shutdown.clone()));
         tracker.spawn(self.retention.run(shutdown.clone()));

@@ -80,3 +80,55 @@ async fn a_job_completes_with_nobody_reading_it_and_completed_at_is_its_last_wri
     let shown: DateTime<Utc> = view["completed_at"].as_str().unwrap().parse().unwrap();
     assert_eq!(shown.naive_utc(), last_write);
 }
+
+/// Each finished job is counted once in `jobs_completed_total` and `job_completion_seconds`,
+/// however many replicas run the completion task.
+#[tokio::test]
+async fn a_finished_job_is_counted_once_across_replicas_with_its_completion_time() {
+    let app = spawn_app().await;
+    let second = app.spawn_sender(|_| {}).await;
+    let _listener = app.spawn_listener().await;
+    let body = format!(
+        "[{}]",
+        (0..200)
+            .map(|i| item(&format!("m{i}"), "WELFARE", 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let accepted: Value = app.post_accruals(body).await.json().await.unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(60), "the job completed", || async {
+        app.job_view(&job_id).await["status"] == "completed"
+    })
+    .await;
+    // Both completion tasks have had a round since.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let sample = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut completed = 0.0;
+    let mut observed = 0.0;
+    let mut seconds = 0.0;
+    for address in [app.address.clone(), second] {
+        let text = app
+            .http
+            .get(format!("{address}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        completed += sample(
+            &text,
+            r#"accrual_sender_jobs_completed_total{status="completed"}"#,
+        );
+        observed += sample(&text, "accrual_sender_job_completion_seconds_count");
+        seconds += sample(&text, "accrual_sender_job_completion_seconds_sum");
+    }
+    assert_eq!((completed, observed), (1.0, 1.0));
+    assert!(seconds > 0.0 && seconds < 60.0, "{seconds}");
+}
