@@ -14,7 +14,7 @@
 //! finished job one of whose dead letters it has just written.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use sqlx::MySqlPool;
+use sqlx::{AssertSqlSafe, MySqlPool};
 use uuid::Uuid;
 
 /// Statuses a job keeps once it has them (a `completed_with_errors` job may still become
@@ -91,6 +91,50 @@ pub struct Settled {
 /// A job not yet released (`reserved`) or `cancelled` is left alone; a finished job is settled
 /// again (its counts change when a dead letter is redriven and written).
 pub async fn settle(pool: &MySqlPool, job_id: Uuid) -> Result<Option<Settled>, sqlx::Error> {
+    // A settler that loses the race to settle a job first counts again, after the winner's
+    // commit, and settles it again if its counts differ: the counts stored are never older than
+    // the last settler's look at the ledger.
+    match settle_once(pool, job_id).await? {
+        Attempt::LostFirst => match settle_once(pool, job_id).await? {
+            Attempt::Settled(settled) => Ok(Some(settled)),
+            Attempt::LostFirst | Attempt::Unchanged => Ok(None),
+        },
+        Attempt::Settled(settled) => Ok(Some(settled)),
+        Attempt::Unchanged => Ok(None),
+    }
+}
+
+/// Settles a job again only if it is finished already (`completed` or `completed_with_errors`):
+/// what a listener does when one of a job's dead letters has just been written. A job still
+/// running is left to the sender's completion task, which makes every first settlement (and
+/// observes its completion time).
+pub async fn settle_if_final(
+    pool: &MySqlPool,
+    job_id: Uuid,
+) -> Result<Option<Settled>, sqlx::Error> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM accrual_jobs WHERE job_id = ?")
+            .bind(job_id)
+            .fetch_optional(pool)
+            .await?;
+    if matches!(
+        status.as_deref(),
+        Some("completed" | "completed_with_errors")
+    ) {
+        settle(pool, job_id).await
+    } else {
+        Ok(None)
+    }
+}
+
+enum Attempt {
+    Settled(Settled),
+    Unchanged,
+    /// Another settler moved the job out of its running status first.
+    LostFirst,
+}
+
+async fn settle_once(pool: &MySqlPool, job_id: Uuid) -> Result<Attempt, sqlx::Error> {
     type Row = (
         u32,
         String,
@@ -106,46 +150,52 @@ pub async fn settle(pool: &MySqlPool, job_id: Uuid) -> Result<Option<Settled>, s
     .fetch_optional(pool)
     .await?;
     let Some((total, status, stored_written, stored_dead, created_at, reserve_at)) = row else {
-        return Ok(None);
+        return Ok(Attempt::Unchanged);
     };
     if matches!(status.as_str(), "reserved" | "cancelled") {
-        return Ok(None);
+        return Ok(Attempt::Unchanged);
     }
     let outcome = count(pool, job_id).await?;
     let Some(next) = final_status(u64::from(total), &outcome) else {
-        return Ok(None);
+        return Ok(Attempt::Unchanged);
     };
     let unchanged = status == next
         && stored_written.map(u64::from) == Some(outcome.written)
         && stored_dead.map(u64::from) == Some(outcome.dead_lettered);
     if unchanged {
-        return Ok(None);
+        return Ok(Attempt::Unchanged);
     }
     let completed_at = outcome.last_at.unwrap_or_else(Utc::now).naive_utc();
-    // The first settlement moves the job out of a running status: only one replica's update can
+    let update = |statuses: &'static str| {
+        let sql = format!(
+            "UPDATE accrual_jobs SET status = ?, completed_at = ?, written = ?, dead_lettered = ? \
+             WHERE job_id = ? AND status IN ({statuses})"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(next)
+            .bind(completed_at)
+            .bind(outcome.written as u32)
+            .bind(outcome.dead_lettered as u32)
+            .bind(job_id)
+    };
+    // The first settlement moves the job out of a running status: only one settler's update can
     // match, so only one counts it as the job's first.
     let first = matches!(status.as_str(), "dispatching" | "enqueued");
-    let sql = if first {
-        "UPDATE accrual_jobs SET status = ?, completed_at = ?, written = ?, dead_lettered = ? \
-         WHERE job_id = ? AND status IN ('dispatching', 'enqueued')"
+    let statuses = if first {
+        "'dispatching', 'enqueued'"
     } else {
-        "UPDATE accrual_jobs SET status = ?, completed_at = ?, written = ?, dead_lettered = ? \
-         WHERE job_id = ? AND status IN ('completed', 'completed_with_errors')"
+        "'completed', 'completed_with_errors'"
     };
-    let updated = sqlx::query(sql)
-        .bind(next)
-        .bind(completed_at)
-        .bind(outcome.written as u32)
-        .bind(outcome.dead_lettered as u32)
-        .bind(job_id)
-        .execute(pool)
-        .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(None);
+    if update(statuses).execute(pool).await?.rows_affected() == 0 {
+        return Ok(if first {
+            Attempt::LostFirst
+        } else {
+            Attempt::Unchanged
+        });
     }
     tracing::info!(%job_id, status = next, written = outcome.written, dead_lettered = outcome.dead_lettered, "Job settled");
     let released = reserve_at.unwrap_or(created_at);
-    Ok(Some(Settled {
+    Ok(Attempt::Settled(Settled {
         status: next,
         first_took: first.then(|| (completed_at - released).to_std().unwrap_or_default()),
     }))

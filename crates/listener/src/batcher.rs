@@ -143,10 +143,11 @@ impl Batcher {
                 .await;
         }
         for job_id in &outcome.resettle {
-            // A dead letter of this job is now written: its outcome changes (a finished job may
-            // become `completed`). A failure here is repaired by the sender's completion task
-            // for running jobs; a finished one keeps its counts until its next change.
-            if let Err(e) = job_outcome::settle(self.ledger.pool(), *job_id).await {
+            // A dead letter of this job is now written: a finished job's outcome changes (it may
+            // become `completed`). A running one is left to the sender's completion task, which
+            // makes every first settlement. A failure here leaves a finished job's counts as they
+            // were until its next change.
+            if let Err(e) = job_outcome::settle_if_final(self.ledger.pool(), *job_id).await {
                 tracing::warn!(%job_id, error = %e, "Settling a job again after a dead letter was written failed");
             }
         }

@@ -214,3 +214,83 @@ async fn a_dead_letter_redriven_and_written_counts_as_written_and_the_job_comple
         .unwrap();
     assert_eq!(letters, 1);
 }
+
+/// Writes `n` ledger rows of `job_id` directly, as listeners would have.
+async fn write_rows(pool: &MySqlPool, job_id: Uuid, n: usize) {
+    for i in 0..n {
+        sqlx::query(
+            "INSERT INTO point_accruals (accrual_id, job_id, member_id, point_type, amount, accepted_at) \
+             VALUES (?, ?, ?, 'WELFARE', 1, NOW(6))",
+        )
+        .bind(Uuid::now_v7())
+        .bind(job_id)
+        .bind(format!("m{i}"))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// However many settlers race on a job's first settlement (sender replicas, a listener), exactly
+/// one of them makes it (and observes its completion time); the others store nothing older.
+#[tokio::test]
+async fn eight_racing_settlers_make_exactly_one_first_settlement() {
+    let env = TestEnv::new().await;
+    for round in 0..5 {
+        let job_id = store_job(&env.pool, 4).await;
+        write_rows(&env.pool, job_id, 4).await;
+        let settlers = (0..8).map(|_| job_outcome::settle(&env.pool, job_id));
+        let settled: Vec<_> = futures_util::future::join_all(settlers)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let firsts = settled
+            .iter()
+            .flatten()
+            .filter(|s| s.first_took.is_some())
+            .count();
+        assert_eq!(firsts, 1, "round {round}: {settled:?}");
+        assert_eq!(
+            stored(&env.pool, job_id).await,
+            ("completed".into(), Some(4), Some(0))
+        );
+    }
+}
+
+/// A listener re-settles a job only once it is finished; a running job's first settlement is the
+/// completion task's.
+#[tokio::test]
+async fn settle_if_final_leaves_a_running_job_to_the_completion_task() {
+    let env = TestEnv::new().await;
+    let job_id = store_job(&env.pool, 2).await;
+    write_rows(&env.pool, job_id, 2).await;
+    assert_eq!(
+        job_outcome::settle_if_final(&env.pool, job_id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        stored(&env.pool, job_id).await,
+        ("enqueued".into(), None, None)
+    );
+    let first = job_outcome::settle(&env.pool, job_id).await.unwrap();
+    assert!(first.is_some_and(|s| s.first_took.is_some()), "{first:?}");
+    // Finished now: a further change (a third row, as if a redriven dead letter of a bigger job
+    // were written) is settled again, not as a first settlement.
+    sqlx::query("UPDATE accrual_jobs SET total = 3 WHERE job_id = ?")
+        .bind(job_id)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    write_rows(&env.pool, job_id, 1).await;
+    let again = job_outcome::settle_if_final(&env.pool, job_id)
+        .await
+        .unwrap();
+    assert!(again.is_some_and(|s| s.first_took.is_none()), "{again:?}");
+    assert_eq!(
+        stored(&env.pool, job_id).await,
+        ("completed".into(), Some(3), Some(0))
+    );
+}
