@@ -222,6 +222,8 @@ fn decode_cursor(
     let micros = i64::from_be_bytes(position_bytes[1..9].try_into().map_err(|_| refused())?);
     let job_id = Uuid::from_slice(&position_bytes[9..]).map_err(|_| refused())?;
     let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(refused)?;
+    // The tag is not a secret: a forged cursor may carry an instant DATETIME cannot hold.
+    check_datetime6(created_at).map_err(|_| refused())?;
     Ok(ListPosition { created_at, job_id })
 }
 
@@ -319,6 +321,21 @@ mod tests {
         ] {
             assert!(decode_cursor(bad, "a", &filter).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_forged_cursor_with_an_instant_datetime_cannot_hold_is_refused() {
+        let filter = JobFilter::default();
+        // Year 20000: a well-formed, correctly tagged cursor (the tag is no secret).
+        let position = ListPosition {
+            created_at: DateTime::from_timestamp(568_971_820_800, 0).expect("an instant"),
+            job_id: Uuid::nil(),
+        };
+        let cursor = encode_cursor(&position, "a", &filter);
+        assert!(matches!(
+            decode_cursor(&cursor, "a", &filter),
+            Err(ApiError::InvalidParameter(_))
+        ));
     }
 
     #[test]
