@@ -29,3 +29,35 @@ export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test}
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test}
 export AWS_REGION=${AWS_REGION:-us-east-1}
 export AWS_EC2_METADATA_DISABLED=true
+
+# The SQS emulator the scripts start and the tests, the demo and the bench use: SQS_EMULATOR=localstack
+# (the default and the reference; 127.0.0.1:4566) or fauxqs (Node; FAUXQS_PORT, 127.0.0.1:4576 by
+# default, so both can run at once). With fauxqs, AWS_ENDPOINT_URL names it, for every process these
+# scripts start (the tests read it through testkit, the services and accrual-bench through settings).
+SQS_EMULATOR=${SQS_EMULATOR:-localstack}
+FAUXQS_PORT=${FAUXQS_PORT:-4576}
+case "$SQS_EMULATOR" in
+  localstack) ;;
+  fauxqs) export AWS_ENDPOINT_URL="http://127.0.0.1:$FAUXQS_PORT" ;;
+  *)
+    log "SQS_EMULATOR must be localstack or fauxqs, not '$SQS_EMULATOR'"
+    exit 64
+    ;;
+esac
+export SQS_EMULATOR FAUXQS_PORT
+
+# localstack_healthy: LocalStack answers and its SQS is up.
+localstack_healthy() {
+  curl -fsS --max-time 2 http://127.0.0.1:4566/_localstack/health 2>/dev/null |
+    grep -Eq '"sqs": *"(available|running)"'
+}
+
+# fauxqs_healthy: fauxqs answers an SQS ListQueues call on its port.
+fauxqs_healthy() {
+  curl -fsS --max-time 2 -X POST -H 'Content-Type: application/x-amz-json-1.0' \
+    -H 'X-Amz-Target: AmazonSQS.ListQueues' -d '{}' "http://127.0.0.1:$FAUXQS_PORT/" 2>/dev/null |
+    grep -q '"QueueUrls"'
+}
+
+# sqs_emulator_healthy: the emulator SQS_EMULATOR names answers.
+sqs_emulator_healthy() { "${SQS_EMULATOR}_healthy"; }
