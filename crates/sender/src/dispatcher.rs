@@ -83,12 +83,8 @@ impl Dispatcher {
         metrics: Arc<SenderMetrics>,
         lease: Duration,
         poll: Duration,
+        owner: String,
     ) -> Self {
-        let owner = format!(
-            "{}-{}",
-            std::process::id(),
-            &Uuid::now_v7().simple().to_string()[20..]
-        );
         Self {
             pool,
             fanout,

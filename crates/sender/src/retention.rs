@@ -19,7 +19,6 @@ use accrual_core::retention::{self, Purged, RetentionSettings};
 use sqlx::MySqlPool;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::metrics::SenderMetrics;
 
@@ -44,12 +43,8 @@ impl Retention {
         settings: RetentionSettings,
         interval: Duration,
         metrics: Arc<SenderMetrics>,
+        owner: String,
     ) -> Self {
-        let owner = format!(
-            "{}-{}",
-            std::process::id(),
-            &Uuid::now_v7().simple().to_string()[20..]
-        );
         Self {
             pool,
             settings,

@@ -74,6 +74,7 @@ impl Application {
             settings.send_concurrency,
             metrics.send_calls.clone(),
         );
+        let replica = replica_id();
         let dispatcher = Dispatcher::new(
             pool.clone(),
             fanout,
@@ -87,6 +88,7 @@ impl Application {
             metrics.clone(),
             settings.dispatch_lease,
             settings.dispatch_poll,
+            replica.clone(),
         );
         let metrics_for_watch = metrics.sse_pollers.clone();
         let state = AppState {
@@ -116,6 +118,7 @@ impl Application {
             settings.retention,
             settings.retention_interval,
             state.metrics.clone(),
+            replica,
         );
         let listener = TcpListener::bind(settings.sender_addr)
             .await
@@ -181,4 +184,15 @@ impl Application {
         tracing::info!("Sender stopped");
         Ok(())
     }
+}
+
+/// This replica's name in leases (`accrual_chunks.lease_owner`, `dispatched_by`,
+/// `maintenance_leases.owner`): its process id and a random suffix, so two replicas on one host,
+/// or a restarted one, never share it.
+fn replica_id() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
 }

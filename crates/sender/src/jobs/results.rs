@@ -236,18 +236,12 @@ async fn written_at(
     pool: &MySqlPool,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, NaiveDateTime>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let sql = format!(
-        "SELECT accrual_id, created_at FROM point_accruals WHERE accrual_id IN {}",
-        in_list(ids.len())
-    );
-    let mut query = sqlx::query_as::<_, (Uuid, NaiveDateTime)>(AssertSqlSafe(sql));
-    for id in ids {
-        query = query.bind(*id);
-    }
-    Ok(query.fetch_all(pool).await?.into_iter().collect())
+    by_accrual_id(
+        pool,
+        "SELECT accrual_id, created_at FROM point_accruals WHERE accrual_id IN {ids}",
+        ids,
+    )
+    .await
 }
 
 /// The reasons of `ids`' dead letters that count now.
@@ -255,15 +249,30 @@ async fn dead_letters(
     pool: &MySqlPool,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, String>, sqlx::Error> {
+    by_accrual_id(
+        pool,
+        "SELECT accrual_id, reason FROM accrual_dead_letters WHERE accrual_id IN {ids} \
+         AND (counts_from IS NULL OR counts_from <= NOW(6))",
+        ids,
+    )
+    .await
+}
+
+/// The rows `select` gives (an `accrual_id` and a value; `{ids}` stands for the IN list of
+/// `ids`), keyed by `accrual_id`.
+async fn by_accrual_id<T>(
+    pool: &MySqlPool,
+    select: &str,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, T>, sqlx::Error>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql> + Send + Unpin,
+{
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let sql = format!(
-        "SELECT accrual_id, reason FROM accrual_dead_letters WHERE accrual_id IN {} \
-         AND (counts_from IS NULL OR counts_from <= NOW(6))",
-        in_list(ids.len())
-    );
-    let mut query = sqlx::query_as::<_, (Uuid, String)>(AssertSqlSafe(sql));
+    let sql = select.replace("{ids}", &in_list(ids.len()));
+    let mut query = sqlx::query_as::<_, (Uuid, T)>(AssertSqlSafe(sql));
     for id in ids {
         query = query.bind(*id);
     }
