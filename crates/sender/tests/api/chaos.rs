@@ -549,15 +549,7 @@ async fn print_summary(
         } else {
             "accrual_listener_"
         };
-        let text = app
-            .http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics_at(base).await;
         let values: Vec<String> = names
             .iter()
             .map(|n| format!("{n}={:?}", metric(&text, &format!("{prefix}{n}_total"))))

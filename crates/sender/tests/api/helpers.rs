@@ -129,6 +129,30 @@ impl TestApp {
         response.await.unwrap().text().await.unwrap()
     }
 
+    /// `GET /metrics` of the service at `address` (this app's sender, one `spawn_sender` started,
+    /// a listener) as text; read a value with `accrual_testkit::process::metric`.
+    pub async fn metrics_at(&self, address: &str) -> String {
+        let response = self.http.get(format!("{address}/metrics")).send();
+        response.await.unwrap().text().await.unwrap()
+    }
+
+    /// `POST /v1/accruals{query}` with `body` as the client whose key is `key`; expects a `202`
+    /// and returns the new job's id.
+    pub async fn post_job_as(&self, key: &str, query: &str, body: String) -> String {
+        let response = self
+            .http
+            .post(format!("{}/v1/accruals{query}", self.address))
+            .bearer_auth(key)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 202);
+        let accepted: Value = response.json().await.unwrap();
+        accepted["job_id"].as_str().unwrap().to_owned()
+    }
+
     /// `POST /v1/accruals` as client_a with a JSON content type.
     pub async fn post_accruals(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.post_accruals_as(body, Some(KEY_A), "application/json")

@@ -66,15 +66,7 @@ async fn a_sender_whose_sqs_is_black_holed_gives_its_chunk_up_and_another_finish
     assert_eq!(listener.written.get(), 3_000);
     // A gave the chunk up by itself (its task is free again), without any error from SQS.
     let abandoned = || async {
-        let metrics = app
-            .http
-            .get(format!("{a}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics_at(&a).await;
         accrual_testkit::process::metric(&metrics, "accrual_sender_chunks_abandoned_total")
     };
     eventually(Duration::from_secs(10), "A gave its chunk up", || async {

@@ -38,18 +38,8 @@ fn encode(value: &str) -> String {
 
 /// `POST /v1/accruals?{query}` of one point; returns the job id.
 async fn post_job(app: &TestApp, key: &str, query: &str, member: &str) -> String {
-    let response = app
-        .http
-        .post(format!("{}/v1/accruals?{query}", app.address))
-        .bearer_auth(key)
-        .header("Content-Type", "application/json")
-        .body(format!("[{}]", item(member, "P", 1)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let body: Value = response.json().await.unwrap();
-    body["job_id"].as_str().unwrap().to_owned()
+    let body = format!("[{}]", item(member, "P", 1));
+    app.post_job_as(key, &format!("?{query}"), body).await
 }
 
 /// `GET {path_and_query}` with `key`.

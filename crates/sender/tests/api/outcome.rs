@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use accrual_testkit::eventually;
+use accrual_testkit::process::metric;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 
@@ -104,24 +105,13 @@ async fn a_finished_job_is_counted_once_across_replicas_with_its_completion_time
     // Both completion tasks have had a round since.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let sample = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    // A replica that counted nothing has no `status` series at all.
+    let sample = |text: &str, name: &str| metric(text, name).unwrap_or(0.0);
     let mut completed = 0.0;
     let mut observed = 0.0;
     let mut seconds = 0.0;
     for address in [app.address.clone(), second] {
-        let text = app
-            .http
-            .get(format!("{address}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics_at(&address).await;
         completed += sample(
             &text,
             r#"accrual_sender_jobs_completed_total{status="completed"}"#,

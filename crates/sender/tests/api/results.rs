@@ -40,19 +40,20 @@ async fn ndjson(response: reqwest::Response) -> Vec<Value> {
 
 /// Posts `body` as client_a; returns the job id.
 async fn post(app: &TestApp, query: &str, body: String) -> String {
-    let response = app
-        .http
-        .post(format!("{}/v1/accruals{query}", app.address))
-        .bearer_auth(KEY_A)
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let accepted: Value = response.json().await.unwrap();
-    accepted["job_id"].as_str().unwrap().to_owned()
+    app.post_job_as(KEY_A, query, body).await
 }
+
+/// The CSV header's columns, in order: the fields of each NDJSON record.
+const COLUMNS: [&str; 8] = [
+    "index",
+    "accrual_id",
+    "member_id",
+    "point_type",
+    "amount",
+    "outcome",
+    "reason",
+    "written_at",
+];
 
 /// Member of the item at `index` in the 20,000-item job: three of them are poison for MySQL.
 fn member_at(index: usize) -> String {
@@ -97,19 +98,7 @@ fn as_csv_row(record: &Value) -> Vec<String> {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    [
-        "index",
-        "accrual_id",
-        "member_id",
-        "point_type",
-        "amount",
-        "outcome",
-        "reason",
-        "written_at",
-    ]
-    .iter()
-    .map(|field| text(&record[*field]))
-    .collect()
+    COLUMNS.iter().map(|field| text(&record[*field])).collect()
 }
 
 /// The acceptance case: 20,000 items, three of which MySQL refuses. The dead-lettered ones come
@@ -220,19 +209,7 @@ async fn a_job_s_results_name_each_dead_letter_by_its_request_index_and_list_eve
             .starts_with("text/csv")
     );
     let rows = parse_csv_with_python(&response.text().await.unwrap());
-    assert_eq!(
-        rows[0],
-        [
-            "index",
-            "accrual_id",
-            "member_id",
-            "point_type",
-            "amount",
-            "outcome",
-            "reason",
-            "written_at"
-        ]
-    );
+    assert_eq!(rows[0], COLUMNS);
     assert_eq!(rows.len(), 20_001);
     for (row, record) in rows[1..].iter().zip(&all) {
         assert_eq!(row, &as_csv_row(record));

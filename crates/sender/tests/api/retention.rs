@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use accrual_core::lease;
+use accrual_testkit::process::metric;
 use accrual_testkit::{TestEnv, eventually};
 use chrono::Utc;
 use serde_json::Value;
@@ -61,11 +62,7 @@ async fn stored(
 async fn purged(app: &TestApp, what: &str) -> u64 {
     let name = format!("accrual_sender_retention_{what}_purged_total");
     let metrics = app.get_text("/metrics").await;
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not in /metrics"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    metric(&metrics, &name).unwrap_or_else(|| panic!("{name} not in /metrics")) as u64
 }
 
 #[tokio::test]
