@@ -84,6 +84,7 @@ impl Workload {
                 job_id,
                 accrual,
                 accepted_at,
+                reverses: None,
             }));
         }
         Ok(records)

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::{Amount, FieldError, MemberId, PointType, Reason, check_datetime6};
+use crate::domain::{Amount, ExternalId, FieldError, MemberId, PointType, Reason, check_datetime6};
 use crate::wire::{Loose, RawItem};
 
 /// Most item errors one 422 response lists; the total is reported beside them.
@@ -17,6 +17,8 @@ pub struct Accrual {
     pub amount: Amount,
     pub reason: Option<Reason>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The client's own id for the item, unique per client across all its jobs.
+    pub external_id: Option<ExternalId>,
 }
 
 /// What is wrong with one field of one item.
@@ -145,6 +147,9 @@ fn validate_item(
     let expires_at = optional_string(item.expires_at)
         .and_then(|s| s.map(|s| expiry(&s, not_before, reserved)).transpose())
         .map_err(|e| fail("expires_at", e));
+    let external_id = optional_string(item.external_id)
+        .and_then(|r| r.map(ExternalId::try_from).transpose())
+        .map_err(|e| fail("external_id", e));
     for name in item.unknown_fields {
         fail(&name, FieldError("is not a known field"));
     }
@@ -152,18 +157,29 @@ fn validate_item(
         fail(name, FieldError("is given more than once"));
     }
 
-    match (member_id, point_type, amount, reason, expires_at) {
-        (Ok(member_id), Ok(point_type), Ok(amount), Ok(reason), Ok(expires_at))
-            if errors.is_empty() =>
-        {
-            Ok(Accrual {
-                member_id,
-                point_type,
-                amount,
-                reason,
-                expires_at,
-            })
-        }
+    match (
+        member_id,
+        point_type,
+        amount,
+        reason,
+        expires_at,
+        external_id,
+    ) {
+        (
+            Ok(member_id),
+            Ok(point_type),
+            Ok(amount),
+            Ok(reason),
+            Ok(expires_at),
+            Ok(external_id),
+        ) if errors.is_empty() => Ok(Accrual {
+            member_id,
+            point_type,
+            amount,
+            reason,
+            expires_at,
+            external_id,
+        }),
         _ => Err(errors),
     }
 }

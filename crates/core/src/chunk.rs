@@ -73,8 +73,10 @@ mod tests {
                 amount: Amount::try_from(i + 1).expect("valid"),
                 reason: Some(Reason::try_from("said \"hi\" ✓".to_owned()).expect("valid")),
                 expires_at: None,
+                external_id: None,
             },
             accepted_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+            reverses: None,
         }
     }
 

@@ -23,6 +23,16 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "job_results",
         include_str!("../migrations/0003_job_results.sql"),
     ),
+    (
+        4,
+        "external_ids",
+        include_str!("../migrations/0004_external_ids.sql"),
+    ),
+    (
+        5,
+        "reversals",
+        include_str!("../migrations/0005_reversals.sql"),
+    ),
 ];
 
 /// MySQL error: the column exists already (an `ADD COLUMN` run a second time).

@@ -24,6 +24,8 @@ pub const AMOUNT_MAX: i64 = 1_000_000_000;
 /// Longest job label, in characters (`accrual_jobs.label` is `VARCHAR(128)`, which counts
 /// characters, not bytes).
 pub const LABEL_MAX_CHARS: usize = 128;
+/// Longest `external_id` (`VARCHAR(128)`, ASCII).
+pub const EXTERNAL_ID_MAX_LEN: usize = 128;
 
 /// A CRM member's identifier: 1–64 characters of `[A-Za-z0-9_.-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,6 +162,32 @@ fn label_char(c: char) -> bool {
     !c.is_control() && !c.is_whitespace() && c != '\u{FFFE}' && c != '\u{FFFF}'
 }
 
+/// The client's own id for one item (its transaction id): 1–128 visible ASCII characters
+/// (`!` to `~`), unique per client across all its jobs.
+///
+/// ASCII only, compared byte for byte (`ascii_bin`): without spaces, two ids cannot differ only by
+/// trailing spaces, which MariaDB's PAD SPACE collations would compare as equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExternalId(CompactString);
+
+impl ExternalId {
+    fn check(value: &str) -> Result<(), FieldError> {
+        if value.is_empty() || value.len() > EXTERNAL_ID_MAX_LEN {
+            return Err(FieldError("must be 1 to 128 characters long"));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(FieldError(
+                "may only contain visible ASCII characters ('!' to '~'), no spaces",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Earliest instant a `DATETIME(6)` column holds.
 pub const DATETIME_MIN_YEAR: i32 = 1000;
 /// Latest year a `DATETIME(6)` column holds.
@@ -210,7 +238,7 @@ macro_rules! try_from_strings {
         }
     )*};
 }
-try_from_strings!(MemberId, PointType, Reason, Label);
+try_from_strings!(MemberId, PointType, Reason, Label, ExternalId);
 
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
@@ -221,7 +249,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(MemberId, PointType, Reason, Label);
+display_as_str!(MemberId, PointType, Reason, Label, ExternalId);
 
 #[cfg(test)]
 mod tests {
@@ -248,6 +276,16 @@ mod tests {
             assert!(PointType::try_from(bad.to_owned()).is_err(), "{bad:?}");
         }
         assert!(PointType::try_from("P".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn external_id_is_one_to_128_visible_ascii_characters() {
+        assert!(ExternalId::try_from("txn:2026/11/24#42".to_owned()).is_ok());
+        assert!(ExternalId::try_from("x".repeat(128)).is_ok());
+        for bad in ["", "a b", "tab\t", "ü", "x\u{7f}"] {
+            assert!(ExternalId::try_from(bad.to_owned()).is_err(), "{bad:?}");
+        }
+        assert!(ExternalId::try_from("x".repeat(129)).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::accrual::Accrual;
-use crate::domain::{Amount, FieldError, MemberId, PointType, Reason, check_datetime6};
+use crate::domain::{Amount, ExternalId, FieldError, MemberId, PointType, Reason, check_datetime6};
 
 /// The one-point body version.
 pub const MESSAGE_VERSION: u8 = 1;
@@ -34,6 +34,9 @@ pub struct PointRecord {
     pub job_id: Uuid,
     pub accrual: Accrual,
     pub accepted_at: DateTime<Utc>,
+    /// Set on a compensating point of a reversal job: the `accrual_id` this point takes back. Its
+    /// ledger amount (and its amount on the wire) is `-accrual.amount`.
+    pub reverses: Option<Uuid>,
 }
 
 #[derive(Serialize)]
@@ -47,6 +50,10 @@ struct WireOut<'a> {
     reason: Option<&'a str>,
     expires_at: Option<DateTime<Utc>>,
     accepted_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reverses: Option<Uuid>,
 }
 
 /// A v1 body, or one point of a v2 body (which has no `v`). Strings borrow from the body unless
@@ -68,6 +75,10 @@ struct WireIn<'a> {
     expires_at: Option<DateTime<Utc>>,
     #[serde(deserialize_with = "timestamp::required")]
     accepted_at: DateTime<Utc>,
+    #[serde(default, borrow)]
+    external_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    reverses: Option<Uuid>,
 }
 
 /// RFC 3339 timestamps read with chrono's strict parser (several times faster than the relaxed
@@ -159,13 +170,25 @@ impl PointRecord {
             job_id: self.job_id,
             member_id: a.member_id.as_str(),
             point_type: a.point_type.as_str(),
-            amount: a.amount.get(),
+            amount: self.ledger_amount(),
             reason: a.reason.as_ref().map(Reason::as_str),
             expires_at: a.expires_at,
             accepted_at: self.accepted_at,
+            external_id: a.external_id.as_ref().map(ExternalId::as_str),
+            reverses: self.reverses,
         };
         // Serialising a struct of strings, numbers and timestamps into a String cannot fail.
         serde_json::to_string(&out).unwrap_or_default()
+    }
+
+    /// The amount the ledger row holds: negative on a compensating point.
+    pub fn ledger_amount(&self) -> i64 {
+        let amount = self.accrual.amount.get();
+        if self.reverses.is_some() {
+            -amount
+        } else {
+            amount
+        }
     }
 
     /// Reads a message body, validating every field as the API does (but for `expires_at`,
@@ -198,7 +221,7 @@ impl PointRecord {
                     .map_err(invalid("member_id"))?,
                 point_type: PointType::try_from(w.point_type.as_ref())
                     .map_err(invalid("point_type"))?,
-                amount: Amount::try_from(w.amount).map_err(invalid("amount"))?,
+                amount: ledger_amount(w.amount, w.reverses).map_err(invalid("amount"))?,
                 reason: w
                     .reason
                     .as_deref()
@@ -206,9 +229,29 @@ impl PointRecord {
                     .transpose()
                     .map_err(invalid("reason"))?,
                 expires_at: w.expires_at,
+                external_id: w
+                    .external_id
+                    .as_deref()
+                    .map(ExternalId::try_from)
+                    .transpose()
+                    .map_err(invalid("external_id"))?,
             },
             accepted_at,
+            reverses: w.reverses,
         })
+    }
+}
+
+/// A wire amount as the point's magnitude: positive for a credit, negative for a compensating
+/// point (one that `reverses` another), never anything else.
+fn ledger_amount(amount: i64, reverses: Option<Uuid>) -> Result<Amount, FieldError> {
+    match reverses {
+        None => Amount::try_from(amount),
+        Some(_) if amount < 0 => Amount::try_from(amount.saturating_neg())
+            .map_err(|_| FieldError("of a reversing point must be from -1000000000 to -1")),
+        Some(_) => Err(FieldError(
+            "of a reversing point must be negative (from -1000000000 to -1)",
+        )),
     }
 }
 
@@ -404,9 +447,61 @@ mod tests {
                 amount: Amount::try_from(42).expect("valid"),
                 reason: Some(Reason::try_from("\"quoted\" ✓".to_owned()).expect("valid")),
                 expires_at: None,
+                external_id: None,
             },
             accepted_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+            reverses: None,
         }
+    }
+
+    #[test]
+    fn a_reversing_point_carries_a_negative_amount_and_its_original() {
+        let mut record = sample();
+        record.reverses = Some(Uuid::now_v7());
+        record.accrual.external_id = None;
+        let body = record.encode();
+        assert!(body.contains(r#""amount":-42"#), "{body}");
+        assert_eq!(record.ledger_amount(), -42);
+        assert_eq!(PointRecord::decode(&body).expect("decodes"), record);
+        // A positive amount on a reversing point, or a negative one on a credit, is refused.
+        let positive = body.replace(r#""amount":-42"#, r#""amount":42"#);
+        assert!(matches!(
+            PointRecord::decode(&positive),
+            Err(DecodeError::Invalid {
+                field: "amount",
+                ..
+            })
+        ));
+        let mut credit = sample();
+        credit.accrual.external_id = None;
+        let negative = credit.encode().replace(r#""amount":42"#, r#""amount":-42"#);
+        assert!(matches!(
+            PointRecord::decode(&negative),
+            Err(DecodeError::Invalid {
+                field: "amount",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_external_id_travels_with_the_point_and_is_checked() {
+        let mut record = sample();
+        record.accrual.external_id = Some(ExternalId::try_from("crm-txn-77").expect("valid"));
+        let body = record.encode();
+        assert!(body.contains(r#""external_id":"crm-txn-77""#), "{body}");
+        assert_eq!(PointRecord::decode(&body).expect("decodes"), record);
+        let spaced = body.replace("crm-txn-77", "crm txn");
+        assert!(matches!(
+            PointRecord::decode(&spaced),
+            Err(DecodeError::Invalid {
+                field: "external_id",
+                ..
+            })
+        ));
+        // Without one, the body has no external_id field at all (old listeners read it unchanged).
+        record.accrual.external_id = None;
+        assert!(!record.encode().contains("external_id"));
     }
 
     #[test]

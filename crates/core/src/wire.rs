@@ -79,6 +79,7 @@ pub struct RawItem {
     pub amount: Option<Loose>,
     pub reason: Option<Loose>,
     pub expires_at: Option<Loose>,
+    pub external_id: Option<Loose>,
     /// Names of fields the API does not know, in order of appearance.
     pub unknown_fields: Vec<String>,
     /// Names of known fields given more than once.
@@ -105,6 +106,7 @@ impl<'de> Deserialize<'de> for RawItem {
                         "amount" => ("amount", &mut item.amount),
                         "reason" => ("reason", &mut item.reason),
                         "expires_at" => ("expires_at", &mut item.expires_at),
+                        "external_id" => ("external_id", &mut item.external_id),
                         other => {
                             item.unknown_fields.push(other.to_owned());
                             map.next_value::<IgnoredAny>()?;

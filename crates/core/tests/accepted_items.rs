@@ -124,6 +124,7 @@ proptest! {
                 job_id: Uuid::now_v7(),
                 accrual,
                 accepted_at: now,
+                reverses: None,
             };
             let message = record.encode();
             // SQS's character rule for message bodies.

@@ -23,8 +23,10 @@ fn point(i: usize) -> PointRecord {
             amount: Amount::try_from(1 + (i % 10) as i64).unwrap(),
             reason: None,
             expires_at: None,
+            external_id: None,
         },
         accepted_at: chrono::Utc::now(),
+        reverses: None,
     }
 }
 

@@ -5,12 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use accrual_core::db::{placeholders, statement_sizes};
-use accrual_core::domain::Reason;
+use accrual_core::domain::{ExternalId, Reason};
 use accrual_core::message::PointRecord;
 use sqlx::{AssertSqlSafe, MySqlPool};
 use uuid::Uuid;
 
-const INSERT_COLUMNS: usize = 8;
+const INSERT_COLUMNS: usize = 10;
 
 /// What a batch did to the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -40,12 +40,13 @@ impl WriteOutcome {
     }
 }
 
-/// The SQL of a multi-row insert of `rows` points into `table`, each row the eight columns that
+/// The SQL of a multi-row insert of `rows` points into `table`, each row the ten columns that
 /// [`insert_query`] binds; an existing `accrual_id` is left as it is.
 pub fn insert_sql(table: &str, rows: usize) -> String {
     format!(
         "INSERT INTO {table} \
-         (accrual_id, job_id, member_id, point_type, amount, reason, expires_at, accepted_at) \
+         (accrual_id, job_id, member_id, point_type, amount, reason, expires_at, accepted_at, \
+          external_id, reverses) \
          VALUES {} ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
         placeholders(rows, INSERT_COLUMNS)
     )
@@ -64,12 +65,14 @@ pub fn insert_query<'q>(
             .bind(r.job_id)
             .bind(a.member_id.as_str())
             .bind(a.point_type.as_str())
-            .bind(a.amount.get())
+            .bind(r.ledger_amount())
             .bind(a.reason.as_ref().map(Reason::as_str))
             // As `DATETIME` values in UTC: sqlx binds a `DateTime<Utc>` as a `TIMESTAMP`, which
             // MariaDB stores as NULL (or a zero date) past 2038-01-19, without an error.
             .bind(a.expires_at.map(|t| t.naive_utc()))
-            .bind(r.accepted_at.naive_utc());
+            .bind(r.accepted_at.naive_utc())
+            .bind(a.external_id.as_ref().map(ExternalId::as_str))
+            .bind(r.reverses);
     }
     query
 }

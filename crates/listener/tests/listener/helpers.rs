@@ -71,7 +71,9 @@ pub fn point(member: &str, amount: i64) -> PointRecord {
             amount: Amount::try_from(amount).unwrap(),
             reason: None,
             expires_at: None,
+            external_id: None,
         },
         accepted_at: Utc::now(),
+        reverses: None,
     }
 }

@@ -255,6 +255,7 @@ fn encode_chunks(
             job_id,
             accrual,
             accepted_at,
+            reverses: None,
         });
         if records.len() == chunk_items.max(1) || accruals.peek().is_none() {
             chunks.push((chunk::encode(&records), records.len()));

@@ -43,6 +43,13 @@ pub struct JobView {
     pub label: Option<String>,
     /// Where the job's per-item results are: `GET` it for one record per item, in request order.
     pub results_url: String,
+    /// Items left out of the job because the client had used their `external_id` before
+    /// (`on_duplicate=skip`); not part of `total`.
+    pub skipped: u64,
+    /// The job this reversal job reverses.
+    pub reverses: Option<Uuid>,
+    /// The reversal job that reverses this job.
+    pub reversed_by: Option<Uuid>,
 }
 
 impl JobView {
@@ -138,6 +145,9 @@ fn to_view(row: JobRow, total: u64, c: Counters) -> JobView {
         completed_at: row.completed_at,
         label: row.label,
         results_url: format!("/v1/jobs/{}/results", row.job_id),
+        skipped: u64::from(row.skipped),
+        reverses: row.reverses,
+        reversed_by: row.reversed_by,
     }
 }
 

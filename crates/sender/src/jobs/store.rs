@@ -40,10 +40,17 @@ pub struct JobRow {
     pub label: Option<String>,
     /// When retention removed the job's stored chunks (its per-item results went with them).
     pub results_purged_at: Option<DateTime<Utc>>,
+    /// Items left out because their `external_id` was taken (`on_duplicate=skip`).
+    pub skipped: u32,
+    /// The job this one reverses (a reversal job).
+    pub reverses: Option<Uuid>,
+    /// The reversal job that reverses this one.
+    pub reversed_by: Option<Uuid>,
 }
 
 const JOB_COLUMNS: &str = "job_id, client_id, body_sha256, total, members, status, reserve_at, \
-     created_at, completed_at, written, dead_lettered, label, results_purged_at";
+     created_at, completed_at, written, dead_lettered, label, results_purged_at, skipped, reverses, \
+     (SELECT r.job_id FROM accrual_jobs r WHERE r.reverses = accrual_jobs.job_id) AS reversed_by";
 
 type JobTuple = (
     Uuid,
@@ -59,6 +66,9 @@ type JobTuple = (
     Option<u32>,
     Option<String>,
     Option<DateTime<Utc>>,
+    u32,
+    Option<Uuid>,
+    Option<Uuid>,
 );
 
 impl From<JobTuple> for JobRow {
@@ -77,6 +87,9 @@ impl From<JobTuple> for JobRow {
             dead_lettered: t.10,
             label: t.11,
             results_purged_at: t.12,
+            skipped: t.13,
+            reverses: t.14,
+            reversed_by: t.15,
         }
     }
 }

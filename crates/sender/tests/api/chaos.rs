@@ -396,8 +396,10 @@ fn poison() -> Vec<(String, &'static str)> {
                 amount: Amount::try_from(10).unwrap(),
                 reason: None,
                 expires_at: None,
+                external_id: None,
             },
             accepted_at: Utc::now(),
+            reverses: None,
         };
         let valid = record.encode();
         let body = valid.replace(r#""amount":10"#, r#""amount":-5"#);

@@ -36,8 +36,10 @@ async fn store_job_with_a_point_sqs_refuses(pool: &sqlx::MySqlPool) -> (Uuid, Uu
                 amount: Amount::try_from(i as i64 + 1).unwrap(),
                 reason: Some(Reason::try_from("MARK").unwrap()),
                 expires_at: None,
+                external_id: None,
             },
             accepted_at: now,
+            reverses: None,
         })
         .collect();
     let mut bodies: Vec<String> = records.iter().map(PointRecord::encode).collect();
