@@ -11,11 +11,14 @@ CREATE TABLE IF NOT EXISTS accrual_external_ids (
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
 
 -- Items left out of a job with on_duplicate=skip, by request index, with the point that already
--- held the id: what the job's results show for them.
+-- held the id (in an earlier job, or earlier in the same request): what the job's results show.
 CREATE TABLE IF NOT EXISTS accrual_job_skips (
     job_id              BINARY(16) NOT NULL,
     item_index          INT UNSIGNED NOT NULL,
     external_id         VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    member_id           VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    point_type          VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    amount              BIGINT NOT NULL,
     existing_accrual_id BINARY(16) NULL,
     existing_job_id     BINARY(16) NULL,
     PRIMARY KEY (job_id, item_index)

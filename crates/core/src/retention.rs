@@ -280,6 +280,21 @@ async fn purge_job(
             return Ok(false);
         }
     }
+    // The skipped items' records (on_duplicate=skip) are part of the results too.
+    loop {
+        let deleted = sqlx::query("DELETE FROM accrual_job_skips WHERE job_id = ? LIMIT 10000")
+            .bind(job_id)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        if deleted < 10_000 {
+            break;
+        }
+        tokio::time::sleep(PAUSE).await;
+        if stop.is_cancelled() {
+            return Ok(false);
+        }
+    }
     let marked = sqlx::query(
         "UPDATE accrual_jobs SET results_purged_at = NOW(6) \
          WHERE job_id = ? AND results_purged_at IS NULL",

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod completion;
 pub mod dispatcher;
+pub mod external_ids;
 pub mod fanout;
 pub mod jobs;
 pub mod members;

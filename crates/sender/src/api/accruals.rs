@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use crate::jobs::store::{self, JobRow, NewJob, StoreError};
+use crate::external_ids::{self, FirstUse, Holder, OnDuplicate};
+use crate::jobs::store::{self, JobRow, NewJob, SkippedItem, StoreError};
 use crate::members;
 use crate::state::AppState;
 use body::read_limited;
@@ -41,6 +42,9 @@ pub struct Accepted {
     pub accepted: u64,
     /// Distinct members among the items, all present in `members` before any point was queued.
     pub members: u64,
+    /// Items left out because the client had used their `external_id` before
+    /// (`on_duplicate=skip`); the job's results list them with the point that holds the id.
+    pub skipped: u64,
     pub status: String,
     pub reserve_at: Option<DateTime<Utc>>,
     pub status_url: String,
@@ -52,6 +56,7 @@ impl From<JobRow> for Accepted {
             job_id: job.job_id,
             accepted: u64::from(job.total),
             members: u64::from(job.members),
+            skipped: u64::from(job.skipped),
             status: job.status,
             reserve_at: job.reserve_at,
             status_url: format!("/v1/jobs/{}", job.job_id),
@@ -94,6 +99,7 @@ pub async fn post(
         params.map_err(|rejection| ApiError::InvalidParameter(rejection.body_text()))?;
     let dry_run = params::flag("dry_run", params.dry_run.as_deref())?;
     let label = params::label(params.label)?.map(|l| l.as_str().to_owned());
+    let on_duplicate = params::on_duplicate(params.on_duplicate.as_deref())?;
     params::require_json(&headers)?;
     // A dry run checks the key too, but keeps no record of it.
     let idempotency_key = params::idempotency_key(&headers)?;
@@ -132,61 +138,208 @@ pub async fn post(
             state.metrics.validation_failures.inc();
         }
     })?;
-    super::limit_points(&state, &client_id, accruals.len() as u64).await?;
-    let members = members::upsert(&state.pool, &accruals)
-        .await
-        .map_err(ApiError::database)?;
-
-    let job_id = Uuid::now_v7();
-    let total = accruals.len();
-    let chunk_items = state.chunk_items;
-    let chunks = blocking(move || encode_chunks(job_id, now, accruals, chunk_items)).await?;
-    let job = NewJob {
-        job_id,
-        client_id: client_id.clone(),
-        idempotency_key: idempotency_key.clone(),
-        body_sha256,
-        total,
-        members,
-        reserve_at,
-        created_at: now,
-        label,
-        chunks,
-    };
-    match store::insert(&state.pool, &job).await {
-        Ok(()) => {}
-        Err(StoreError::DuplicateKey) => {
-            // Another request with the same key won the race; answer as its retry.
-            let key = idempotency_key.unwrap_or_default();
-            let existing = store::find_by_key(&state.pool, &client_id, &key)
-                .await
-                .map_err(ApiError::database)?
-                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
-            return replay(existing, &body_sha256).map(IntoResponse::into_response);
+    let has_external_ids = accruals.iter().any(|a| a.external_id.is_some());
+    let mut accruals = Some(accruals);
+    let mut job = None;
+    for attempt in 1..=CLAIM_ATTEMPTS {
+        let admission = match &accruals {
+            // Kept for another look should a concurrent request take one of the ids.
+            Some(all) if has_external_ids => admit(&state, &client_id, all, on_duplicate).await?,
+            // Without ids there is nothing to look up, claim or race for: every item, moved.
+            _ => Admission::every(accruals.take().unwrap_or_default()),
+        };
+        if attempt == 1 {
+            super::limit_points(&state, &client_id, admission.kept.len() as u64).await?;
         }
-        Err(StoreError::Db(e)) => return Err(ApiError::database(e)),
+        let members = members::upsert(&state.pool, &admission.kept)
+            .await
+            .map_err(ApiError::database)?;
+        let job_id = Uuid::now_v7();
+        let chunk_items = state.chunk_items;
+        let (chunks, external_ids) = blocking(move || {
+            let claims = claims(&admission.kept, &admission.accrual_ids);
+            let points = admission.accrual_ids.into_iter().zip(admission.kept).collect();
+            (encode_chunks(job_id, now, points, chunk_items), claims)
+        })
+        .await?;
+        let new_job = NewJob {
+            job_id,
+            client_id: client_id.clone(),
+            idempotency_key: idempotency_key.clone(),
+            body_sha256,
+            total: chunks.iter().map(|(_, n)| n).sum(),
+            members,
+            reserve_at,
+            created_at: now,
+            label: label.clone(),
+            chunks,
+            external_ids,
+            skips: admission.skips.into_iter().map(|s| s.into_row(job_id)).collect(),
+        };
+        match store::insert(&state.pool, &new_job).await {
+            Ok(()) => {
+                job = Some(new_job);
+                break;
+            }
+            Err(StoreError::DuplicateKey) => {
+                // Another request with the same key won the race; answer as its retry.
+                let key = idempotency_key.unwrap_or_default();
+                let existing = store::find_by_key(&state.pool, &client_id, &key)
+                    .await
+                    .map_err(ApiError::database)?
+                    .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
+                return replay(existing, &body_sha256).map(IntoResponse::into_response);
+            }
+            // A concurrent request took one of the ids since they were looked up: look again.
+            Err(StoreError::ExternalIdTaken) => {
+                tracing::info!(%client_id, attempt, "An external_id was taken meanwhile; looking again");
+            }
+            Err(StoreError::Db(e)) => return Err(ApiError::database(e)),
+        }
     }
-    tracing::info!(%job_id, %client_id, points = total, members, reserve_at = ?reserve_at, "Accepted accrual job");
+    let Some(job) = job else {
+        return Err(ApiError::Conflict(
+            "concurrent requests kept taking this request's external ids; retry it".into(),
+        ));
+    };
+    let (job_id, total, members, skipped) = (job.job_id, job.total, job.members, job.skips.len());
+    let status = store::initial_status(&job);
+    tracing::info!(%job_id, %client_id, points = total, members, skipped, reserve_at = ?reserve_at, "Accepted accrual job");
     state.metrics.jobs_accepted.inc();
     state.metrics.points_accepted.inc_by(total as u64);
     state.dispatcher.wake();
-    let status = if reserve_at.is_some() {
-        "reserved"
-    } else {
-        "dispatching"
-    };
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
             job_id,
             accepted: total as u64,
             members: members as u64,
+            skipped: skipped as u64,
             status: status.to_owned(),
             reserve_at,
             status_url: format!("/v1/jobs/{job_id}"),
         }),
     )
         .into_response())
+}
+
+/// How many times a request looks its external ids up again after a concurrent request took one.
+const CLAIM_ATTEMPTS: u32 = 3;
+
+/// The items a request stores, after its external ids are checked.
+struct Admission {
+    kept: Vec<Accrual>,
+    /// The `accrual_id` of each kept item.
+    accrual_ids: Vec<Uuid>,
+    skips: Vec<Skip>,
+}
+
+/// An item left out, and where its id was used first.
+struct Skip {
+    index: usize,
+    accrual: Accrual,
+    first: Holder,
+    /// The id was used first earlier in this request (its holder is in this job).
+    in_request: bool,
+}
+
+impl Skip {
+    fn into_row(self, job_id: Uuid) -> SkippedItem {
+        let a = self.accrual;
+        SkippedItem {
+            index: self.index,
+            external_id: a
+                .external_id
+                .map(|e| e.as_str().to_owned())
+                .unwrap_or_default(),
+            member_id: a.member_id.as_str().to_owned(),
+            point_type: a.point_type.as_str().to_owned(),
+            amount: a.amount.get(),
+            existing_accrual_id: self.first.accrual_id,
+            existing_job_id: if self.in_request {
+                job_id
+            } else {
+                self.first.job_id
+            },
+        }
+    }
+}
+
+impl Admission {
+    /// Every item, each with a new `accrual_id`.
+    fn every(accruals: Vec<Accrual>) -> Self {
+        Self {
+            accrual_ids: fresh_ids(accruals.len()),
+            kept: accruals,
+            skips: Vec::new(),
+        }
+    }
+}
+
+fn fresh_ids(n: usize) -> Vec<Uuid> {
+    (0..n).map(|_| Uuid::now_v7()).collect()
+}
+
+/// Checks the request's external ids against the client's earlier jobs and each other: with
+/// repeats, `reject` refuses the request (422 listing each) and `skip` leaves them out.
+async fn admit(
+    state: &AppState,
+    client_id: &str,
+    accruals: &[Accrual],
+    on_duplicate: OnDuplicate,
+) -> Result<Admission, ApiError> {
+    let stored = external_ids::lookup(&state.pool, client_id, accruals)
+        .await
+        .map_err(ApiError::database)?;
+    let repeats = external_ids::repeats(accruals, &stored);
+    if !repeats.is_empty() && on_duplicate == OnDuplicate::Reject {
+        state.metrics.validation_failures.inc();
+        return Err(ApiError::DuplicateExternalIds {
+            duplicates: external_ids::describe(accruals, &repeats),
+        });
+    }
+    let ids = fresh_ids(accruals.len());
+    let mut repeats = repeats.into_iter().peekable();
+    let mut admission = Admission {
+        kept: Vec::with_capacity(accruals.len()),
+        accrual_ids: Vec::with_capacity(accruals.len()),
+        skips: Vec::new(),
+    };
+    for (index, accrual) in accruals.iter().enumerate() {
+        match repeats.next_if(|(i, _)| *i == index) {
+            None => {
+                admission.kept.push(accrual.clone());
+                admission.accrual_ids.push(ids[index]);
+            }
+            Some((_, first)) => {
+                let (first, in_request) = match first {
+                    FirstUse::Stored(holder) => (holder, false),
+                    FirstUse::InRequest(first) => (
+                        Holder {
+                            accrual_id: ids[first],
+                            job_id: Uuid::nil(),
+                        },
+                        true,
+                    ),
+                };
+                admission.skips.push(Skip {
+                    index,
+                    accrual: accrual.clone(),
+                    first,
+                    in_request,
+                });
+            }
+        }
+    }
+    Ok(admission)
+}
+
+/// `(external_id, accrual_id)` of every kept item that has an id.
+fn claims(kept: &[Accrual], accrual_ids: &[Uuid]) -> Vec<(String, Uuid)> {
+    kept.iter()
+        .zip(accrual_ids)
+        .filter_map(|(a, id)| a.external_id.as_ref().map(|e| (e.as_str().to_owned(), *id)))
+        .collect()
 }
 
 /// A retry of a request already stored: the original job, or 409 if the body differs.
@@ -238,26 +391,26 @@ fn parse_and_validate(
     })
 }
 
-/// Gives every point its `accrual_id` (UUID v7) and stores the points in compressed chunks of
+/// Stores the points, each with its `accrual_id` (UUID v7), in compressed chunks of
 /// `chunk_items`, each with its item count.
 fn encode_chunks(
     job_id: Uuid,
     accepted_at: DateTime<Utc>,
-    accruals: Vec<Accrual>,
+    points: Vec<(Uuid, Accrual)>,
     chunk_items: usize,
 ) -> Vec<(Vec<u8>, usize)> {
-    let mut chunks = Vec::with_capacity(accruals.len().div_ceil(chunk_items.max(1)));
-    let mut records = Vec::with_capacity(chunk_items.min(accruals.len()));
-    let mut accruals = accruals.into_iter().peekable();
-    while let Some(accrual) = accruals.next() {
+    let mut chunks = Vec::with_capacity(points.len().div_ceil(chunk_items.max(1)));
+    let mut records = Vec::with_capacity(chunk_items.min(points.len()));
+    let mut points = points.into_iter().peekable();
+    while let Some((accrual_id, accrual)) = points.next() {
         records.push(PointRecord {
-            accrual_id: Uuid::now_v7(),
+            accrual_id,
             job_id,
             accrual,
             accepted_at,
             reverses: None,
         });
-        if records.len() == chunk_items.max(1) || accruals.peek().is_none() {
+        if records.len() == chunk_items.max(1) || points.peek().is_none() {
             chunks.push((chunk::encode(&records), records.len()));
             records.clear();
         }
@@ -299,7 +452,8 @@ mod tests {
         let accruals =
             parse_and_validate(format!("[{}]", vec![one; 25].join(",")).as_bytes(), None)
                 .expect("valid");
-        let chunks = encode_chunks(Uuid::now_v7(), Utc::now(), accruals, 10);
+        let points = accruals.into_iter().map(|a| (Uuid::now_v7(), a)).collect();
+        let chunks = encode_chunks(Uuid::now_v7(), Utc::now(), points, 10);
         assert_eq!(
             chunks.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
             vec![10, 10, 5]

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::request_id::current_request_id;
+use crate::external_ids::DuplicateExternalId;
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
@@ -35,6 +36,10 @@ pub struct Problem {
     pub line: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
+    /// 422 duplicate-external-id: every item whose `external_id` was used before, with the point
+    /// and job holding it (or, for a repeat within the request, the index of its first use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicates: Option<Vec<DuplicateExternalId>>,
     /// 429 and 503 server-busy: seconds to wait, as in `Retry-After`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
@@ -77,6 +82,11 @@ pub enum ApiError {
     Validation {
         errors: Vec<ItemError>,
         total: usize,
+    },
+    /// Items whose `external_id` the client used before (`on_duplicate=reject`).
+    #[error("{} item(s) carry an external_id used before; nothing was stored", duplicates.len())]
+    DuplicateExternalIds {
+        duplicates: Vec<DuplicateExternalId>,
     },
     #[error("{detail}")]
     RateLimited {
@@ -159,6 +169,11 @@ impl ApiError {
                 "validation-failed",
                 "Invalid accrual items",
             ),
+            Self::DuplicateExternalIds { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "duplicate-external-id",
+                "External ids used before",
+            ),
             Self::RateLimited { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
@@ -208,6 +223,7 @@ impl IntoResponse for ApiError {
             request_id: request_id.clone(),
             errors: None,
             total_errors: None,
+            duplicates: None,
             line: None,
             column: None,
             retry_after_seconds: retry_after,
@@ -228,6 +244,9 @@ impl IntoResponse for ApiError {
                 Self::Validation { errors, total } => {
                     body.errors = Some(errors);
                     body.total_errors = Some(total);
+                }
+                Self::DuplicateExternalIds { duplicates } => {
+                    body.duplicates = Some(duplicates);
                 }
                 Self::MalformedJson { line, column, .. } => {
                     body.line = Some(line);

@@ -93,12 +93,18 @@ pub async fn get(
         return Err(expired());
     }
 
+    let skips = results::Skips::load(&state.pool, job_id, job.skipped)
+        .await
+        .map_err(ApiError::database)?;
     let pool = state.pool.clone();
     let filter = params.outcome;
-    let rows = futures_util::stream::iter(chunks)
-        .map(move |chunk| {
+    let rows = futures_util::stream::iter(results::pieces(chunks))
+        .map(move |piece| {
             let pool = pool.clone();
-            async move { results::render_chunk(&pool, job_id, chunk, filter, format).await }
+            let skips = skips.clone();
+            async move {
+                results::render_piece(&pool, job_id, piece, &skips, filter, format).await
+            }
         })
         .buffered(READ_AHEAD)
         .map_err(move |e| {

@@ -30,6 +30,8 @@ pub enum Outcome {
     DeadLettered,
     /// Neither yet: not sent, on the queue, or in a listener's hands.
     Pending,
+    /// Left out (`on_duplicate=skip`): the client had used its `external_id` before.
+    Skipped,
 }
 
 impl Outcome {
@@ -38,6 +40,7 @@ impl Outcome {
             Self::Written => "written",
             Self::DeadLettered => "dead_lettered",
             Self::Pending => "pending",
+            Self::Skipped => "skipped",
         }
     }
 }
@@ -49,6 +52,7 @@ pub enum OutcomeFilter {
     Written,
     DeadLettered,
     Pending,
+    Skipped,
     #[default]
     All,
 }
@@ -60,6 +64,7 @@ impl OutcomeFilter {
             Self::Written => outcome == Outcome::Written,
             Self::DeadLettered => outcome == Outcome::DeadLettered,
             Self::Pending => outcome == Outcome::Pending,
+            Self::Skipped => outcome == Outcome::Skipped,
         }
     }
 }
@@ -83,15 +88,16 @@ impl Format {
 }
 
 /// The CSV header row.
-pub const CSV_HEADER: &str =
-    "index,accrual_id,member_id,point_type,amount,outcome,reason,written_at\r\n";
+pub const CSV_HEADER: &str = "index,accrual_id,member_id,point_type,amount,outcome,reason,written_at,\
+     external_id,existing_accrual_id,existing_job_id\r\n";
 
 /// One item's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ItemResult {
     /// 0-based position of the item in the request body.
     pub index: u64,
-    pub accrual_id: Uuid,
+    /// The point's id (`null` for a skipped item, which has none).
+    pub accrual_id: Option<Uuid>,
     pub member_id: String,
     pub point_type: String,
     pub amount: i64,
@@ -100,6 +106,12 @@ pub struct ItemResult {
     pub reason: Option<String>,
     /// When the point was written to the ledger (`null` unless written).
     pub written_at: Option<DateTime<Utc>>,
+    /// The client's id for the item, if it gave one.
+    pub external_id: Option<String>,
+    /// A skipped item: the point that holds its `external_id`.
+    pub existing_accrual_id: Option<Uuid>,
+    /// A skipped item: the job of that point.
+    pub existing_job_id: Option<Uuid>,
 }
 
 /// A stored chunk of the job: its place and size, not its bytes.
@@ -157,16 +169,222 @@ struct StoredPoint<'a> {
     #[serde(borrow)]
     point_type: Cow<'a, str>,
     amount: i64,
+    #[serde(default, borrow)]
+    external_id: Option<Cow<'a, str>>,
 }
 
-/// Reads one chunk and renders the results of its items that `filter` admits, in `format`.
-pub async fn render_chunk(
+/// The request indexes of a job's skipped items (`on_duplicate=skip`), in order: the gaps
+/// between its stored items. Empty, and free, for a job without any.
+#[derive(Debug, Clone, Default)]
+pub struct Skips {
+    indexes: std::sync::Arc<Vec<u32>>,
+}
+
+impl Skips {
+    pub async fn load(pool: &MySqlPool, job_id: Uuid, skipped: u32) -> Result<Self, sqlx::Error> {
+        if skipped == 0 {
+            return Ok(Self::default());
+        }
+        let indexes: Vec<u32> = sqlx::query_scalar(
+            "SELECT item_index FROM accrual_job_skips WHERE job_id = ? ORDER BY item_index",
+        )
+        .bind(job_id)
+        .fetch_all(pool)
+        .await?;
+        Ok(Self::from_indexes(indexes))
+    }
+
+    fn from_indexes(indexes: Vec<u32>) -> Self {
+        Self {
+            indexes: std::sync::Arc::new(indexes),
+        }
+    }
+
+    fn contains(&self, index: u64) -> bool {
+        u32::try_from(index).is_ok_and(|i| self.indexes.binary_search(&i).is_ok())
+    }
+
+    /// How many skipped items come before request index `index`.
+    fn before(&self, index: u64) -> u64 {
+        self.indexes.partition_point(|&s| u64::from(s) < index) as u64
+    }
+
+    /// The request index of the item stored at position `stored` (counting stored items only):
+    /// the smallest index with `stored` stored items before it that is not itself skipped.
+    fn request_index(&self, stored: u64) -> u64 {
+        let mut index = stored;
+        loop {
+            let next = stored + self.before(index + 1);
+            if next == index {
+                return index;
+            }
+            index = next;
+        }
+    }
+}
+
+/// A stored chunk's part of the results: its items, and the skipped items from just after the
+/// previous chunk's last item up to its own last (the last chunk takes every skipped item after).
+/// A job with no stored chunk (every item skipped) has one part of skipped items only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub chunk: Option<ChunkRef>,
+    pub last: bool,
+}
+
+/// The parts a job's results are read in, in order.
+pub fn pieces(chunks: Vec<ChunkRef>) -> Vec<Piece> {
+    if chunks.is_empty() {
+        return vec![Piece {
+            chunk: None,
+            last: true,
+        }];
+    }
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| Piece {
+            chunk: Some(chunk),
+            last: i + 1 == n,
+        })
+        .collect()
+}
+
+type SkipRow = (u32, String, String, String, i64, Option<Uuid>, Option<Uuid>);
+
+/// Reads one piece and renders the results of its items that `filter` admits, in `format`.
+pub async fn render_piece(
     pool: &MySqlPool,
     job_id: Uuid,
-    chunk: ChunkRef,
+    piece: Piece,
+    skips: &Skips,
     filter: OutcomeFilter,
     format: Format,
 ) -> Result<String, ResultsError> {
+    let points = match piece.chunk {
+        Some(chunk) => read_chunk(pool, job_id, chunk).await?,
+        None => Vec::new(),
+    };
+    let first_stored = piece.chunk.map_or(0, |c| c.first_index);
+    // The request indexes this piece covers: [start, end).
+    let start = match first_stored {
+        0 => 0,
+        n => skips.request_index(n - 1) + 1,
+    };
+    let end = match points.len() as u64 {
+        _ if piece.last => u64::MAX,
+        0 => start,
+        n => skips.request_index(first_stored + n - 1) + 1,
+    };
+    let skipped = if skips.before(end) > skips.before(start) && filter.admits(Outcome::Skipped) {
+        skipped_rows(pool, job_id, start, end).await?
+    } else {
+        Vec::new()
+    };
+    let ids: Vec<Uuid> = points.iter().map(|p| p.accrual_id).collect();
+    // Needed for every filter: a dead letter whose point was written does not count.
+    let written = written_at(pool, &ids).await?;
+    let dead = if matches!(filter, OutcomeFilter::Written | OutcomeFilter::Skipped) {
+        HashMap::new()
+    } else {
+        dead_letters(pool, &ids).await?
+    };
+    let mut out = String::with_capacity((points.len() + skipped.len()) * 160);
+    let mut emit = |result: &ItemResult| match format {
+        Format::Ndjson => {
+            // A struct of strings, numbers and instants always serialises.
+            out.push_str(&serde_json::to_string(result).unwrap_or_default());
+            out.push('\n');
+        }
+        Format::Csv => write_csv_row(&mut out, result),
+    };
+    let mut skipped = skipped.into_iter().peekable();
+    let mut index = start;
+    for point in points {
+        // Step over the gaps the skipped items leave, showing them where they are.
+        while skips.contains(index) {
+            index += 1;
+        }
+        while let Some(row) = skipped.next_if(|row| u64::from(row.0) < index) {
+            emit(&skipped_result(row));
+        }
+        let written_at = written.get(&point.accrual_id).copied();
+        let reason = dead.get(&point.accrual_id);
+        let outcome = match (written_at, reason) {
+            (Some(_), _) => Outcome::Written,
+            (None, Some(_)) => Outcome::DeadLettered,
+            (None, None) => Outcome::Pending,
+        };
+        if filter.admits(outcome) {
+            emit(&ItemResult {
+                index,
+                accrual_id: Some(point.accrual_id),
+                member_id: point.member_id,
+                point_type: point.point_type,
+                amount: point.amount,
+                outcome,
+                reason: if outcome == Outcome::DeadLettered {
+                    reason.cloned()
+                } else {
+                    None
+                },
+                written_at: written_at.map(|t| t.and_utc()),
+                external_id: point.external_id,
+                existing_accrual_id: None,
+                existing_job_id: None,
+            });
+        }
+        index += 1;
+    }
+    for row in skipped {
+        emit(&skipped_result(row));
+    }
+    Ok(out)
+}
+
+fn skipped_result(row: SkipRow) -> ItemResult {
+    let (index, external_id, member_id, point_type, amount, existing_accrual_id, existing_job_id) =
+        row;
+    ItemResult {
+        index: u64::from(index),
+        accrual_id: None,
+        member_id,
+        point_type,
+        amount,
+        outcome: Outcome::Skipped,
+        reason: Some("external_id used before".into()),
+        written_at: None,
+        external_id: Some(external_id),
+        existing_accrual_id,
+        existing_job_id,
+    }
+}
+
+async fn skipped_rows(
+    pool: &MySqlPool,
+    job_id: Uuid,
+    start: u64,
+    end: u64,
+) -> Result<Vec<SkipRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT item_index, external_id, member_id, point_type, amount, existing_accrual_id, \
+         existing_job_id FROM accrual_job_skips \
+         WHERE job_id = ? AND item_index >= ? AND item_index < ? ORDER BY item_index",
+    )
+    .bind(job_id)
+    .bind(start)
+    .bind(end.min(u64::from(u32::MAX) + 1))
+    .fetch_all(pool)
+    .await
+}
+
+/// The stored points of one chunk.
+async fn read_chunk(
+    pool: &MySqlPool,
+    job_id: Uuid,
+    chunk: ChunkRef,
+) -> Result<Vec<OwnedPoint>, ResultsError> {
     let blob: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT items FROM accrual_chunks WHERE job_id = ? AND seq = ?")
             .bind(job_id)
@@ -180,55 +398,32 @@ pub async fn render_chunk(
     };
     let bodies = chunk::decode(&blob).map_err(|e| unreadable(e.to_string()))?;
     drop(blob);
-    let points = bodies
+    bodies
         .iter()
-        .map(|body| serde_json::from_str::<StoredPoint>(body))
+        .map(|body| serde_json::from_str::<StoredPoint>(body).map(OwnedPoint::from))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| unreadable(e.to_string()))?;
-    let ids: Vec<Uuid> = points.iter().map(|p| p.accrual_id).collect();
-    // Needed for every filter: a dead letter whose point was written does not count.
-    let written = written_at(pool, &ids).await?;
-    let dead = if filter == OutcomeFilter::Written {
-        HashMap::new()
-    } else {
-        dead_letters(pool, &ids).await?
-    };
-    let mut out = String::with_capacity(points.len() * 160);
-    for (position, point) in points.iter().enumerate() {
-        let written_at = written.get(&point.accrual_id).copied();
-        let reason = dead.get(&point.accrual_id);
-        let outcome = match (written_at, reason) {
-            (Some(_), _) => Outcome::Written,
-            (None, Some(_)) => Outcome::DeadLettered,
-            (None, None) => Outcome::Pending,
-        };
-        if !filter.admits(outcome) {
-            continue;
-        }
-        let result = ItemResult {
-            index: chunk.first_index + position as u64,
-            accrual_id: point.accrual_id,
-            member_id: point.member_id.clone().into_owned(),
-            point_type: point.point_type.clone().into_owned(),
-            amount: point.amount,
-            outcome,
-            reason: if outcome == Outcome::DeadLettered {
-                reason.cloned()
-            } else {
-                None
-            },
-            written_at: written_at.map(|t| t.and_utc()),
-        };
-        match format {
-            Format::Ndjson => {
-                // A struct of strings, numbers and instants always serialises.
-                out.push_str(&serde_json::to_string(&result).unwrap_or_default());
-                out.push('\n');
-            }
-            Format::Csv => write_csv_row(&mut out, &result),
+        .map_err(|e| unreadable(e.to_string()))
+}
+
+/// A stored point's fields the results show.
+struct OwnedPoint {
+    accrual_id: Uuid,
+    member_id: String,
+    point_type: String,
+    amount: i64,
+    external_id: Option<String>,
+}
+
+impl From<StoredPoint<'_>> for OwnedPoint {
+    fn from(p: StoredPoint<'_>) -> Self {
+        Self {
+            accrual_id: p.accrual_id,
+            member_id: p.member_id.into_owned(),
+            point_type: p.point_type.into_owned(),
+            amount: p.amount,
+            external_id: p.external_id.map(Cow::into_owned),
         }
     }
-    Ok(out)
 }
 
 /// When each of `ids` that is in the ledger was written.
@@ -290,13 +485,21 @@ fn write_csv_row(out: &mut String, r: &ItemResult) {
         .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
         .unwrap_or_default();
     // `write!` to a String cannot fail.
-    let _ = write!(out, "{},{},", r.index, r.accrual_id);
+    let id = |id: Option<Uuid>| id.map(|i| i.to_string()).unwrap_or_default();
+    let _ = write!(out, "{},{},", r.index, id(r.accrual_id));
     push_csv_field(out, &r.member_id);
     out.push(',');
     push_csv_field(out, &r.point_type);
     let _ = write!(out, ",{},{},", r.amount, r.outcome.as_str());
     push_csv_field(out, r.reason.as_deref().unwrap_or(""));
-    let _ = write!(out, ",{written_at}\r\n");
+    let _ = write!(out, ",{written_at},");
+    push_csv_field(out, r.external_id.as_deref().unwrap_or(""));
+    let _ = write!(
+        out,
+        ",{},{}\r\n",
+        id(r.existing_accrual_id),
+        id(r.existing_job_id)
+    );
 }
 
 /// A CSV field, quoted (with quotes doubled) when it holds a comma, a quote or a line break.
@@ -354,23 +557,37 @@ mod tests {
             &mut out,
             &ItemResult {
                 index: 7,
-                accrual_id: Uuid::nil(),
+                accrual_id: Some(Uuid::nil()),
                 member_id: "m-1".into(),
                 point_type: "WELFARE".into(),
                 amount: 5,
                 outcome: Outcome::DeadLettered,
                 reason: Some("bad, very".into()),
                 written_at: None,
+                external_id: Some("txn,1".into()),
+                existing_accrual_id: None,
+                existing_job_id: None,
             },
         );
         assert_eq!(
             out,
-            "7,00000000-0000-0000-0000-000000000000,m-1,WELFARE,5,dead_lettered,\"bad, very\",\r\n"
+            "7,00000000-0000-0000-0000-000000000000,m-1,WELFARE,5,dead_lettered,\"bad, very\",,\"txn,1\",,\r\n"
         );
         assert_eq!(
             out.matches(',').count() - 1,
             CSV_HEADER.matches(',').count()
         );
+    }
+
+    #[test]
+    fn stored_items_take_the_request_indexes_the_skipped_items_leave() {
+        let skips = Skips::from_indexes(vec![0, 1, 4, 7, 8]);
+        // Request: S S 0 1 S 2 3 S S 4 5 …
+        let indexes: Vec<u64> = (0..6).map(|s| skips.request_index(s)).collect();
+        assert_eq!(indexes, vec![2, 3, 5, 6, 9, 10]);
+        let none = Skips::default();
+        assert_eq!(none.request_index(41), 41);
+        assert!(skips.contains(7) && !skips.contains(9));
     }
 
     #[test]

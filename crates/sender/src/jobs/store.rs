@@ -1,6 +1,7 @@
 //! Durable jobs: the `accrual_jobs` row and its `accrual_chunks`, written in one transaction.
 
-use accrual_core::db::{ER_DUP_ENTRY, error_number};
+use accrual_core::db::{ER_DUP_ENTRY, error_number, placeholders, statement_sizes};
+use sqlx::AssertSqlSafe;
 use chrono::{DateTime, Utc};
 use sqlx::MySqlPool;
 use uuid::Uuid;
@@ -20,6 +21,22 @@ pub struct NewJob {
     pub label: Option<String>,
     /// Stored chunks (see `accrual_core::chunk`) with their item counts.
     pub chunks: Vec<(Vec<u8>, usize)>,
+    /// The client's ids the job's points take: `(external_id, accrual_id)`.
+    pub external_ids: Vec<(String, Uuid)>,
+    /// Items left out because their `external_id` was used before (`on_duplicate=skip`).
+    pub skips: Vec<SkippedItem>,
+}
+
+/// An item left out of a job because its `external_id` was used before, and the point holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedItem {
+    pub index: usize,
+    pub external_id: String,
+    pub member_id: String,
+    pub point_type: String,
+    pub amount: i64,
+    pub existing_accrual_id: Uuid,
+    pub existing_job_id: Uuid,
 }
 
 /// A stored job as the API shows it.
@@ -98,22 +115,27 @@ impl From<JobTuple> for JobRow {
 pub enum StoreError {
     #[error("a job with this client and Idempotency-Key exists already")]
     DuplicateKey,
+    /// Another request took one of the job's `external_id`s since they were looked up.
+    #[error("an external_id of the job was taken by a concurrent request")]
+    ExternalIdTaken,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
 /// Stores the job and all its chunks, or nothing.
 pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
-    let status = if job.reserve_at.is_some() {
-        "reserved"
+    let status = initial_status(job);
+    // A job whose every item was skipped has nothing to send: it is complete as it is stored.
+    let (written, completed_at) = if status == "completed" {
+        (Some(0u32), Some(job.created_at.naive_utc()))
     } else {
-        "dispatching"
+        (None, None)
     };
     let due_at = job.reserve_at.unwrap_or(job.created_at);
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO accrual_jobs (job_id, client_id, idempotency_key, body_sha256, total, members, status, reserve_at, created_at, label) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO accrual_jobs (job_id, client_id, idempotency_key, body_sha256, total, members, status, reserve_at, created_at, label, skipped, written, dead_lettered, completed_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(job.job_id)
     .bind(&job.client_id)
@@ -125,6 +147,10 @@ pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
     .bind(job.reserve_at.map(|t| t.naive_utc()))
     .bind(job.created_at.naive_utc())
     .bind(&job.label)
+    .bind(job.skips.len() as u32)
+    .bind(written)
+    .bind(written)
+    .bind(completed_at)
     .execute(&mut *tx)
     .await;
     match inserted {
@@ -146,7 +172,82 @@ pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
             .execute(&mut *tx)
             .await?;
     }
+    match claim_external_ids(&mut tx, job).await {
+        Err(e) if error_number(&e) == Some(ER_DUP_ENTRY) => return Err(StoreError::ExternalIdTaken),
+        other => other?,
+    }
+    insert_skips(&mut tx, job).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// `reserved` (released at `reserve_at`), `dispatching`, or `completed` when every item was
+/// skipped and nothing is left to send.
+pub fn initial_status(job: &NewJob) -> &'static str {
+    if job.total == 0 {
+        "completed"
+    } else if job.reserve_at.is_some() {
+        "reserved"
+    } else {
+        "dispatching"
+    }
+}
+
+/// Rows per statement when a job claims its ids (4 placeholders each).
+const CLAIM_ROWS: usize = 4_096;
+/// Rows per statement when a job records its skipped items (9 placeholders each).
+const SKIP_ROWS: usize = 2_048;
+
+/// Takes the job's `external_id`s for its client; a duplicate-key error means one is taken.
+async fn claim_external_ids(
+    tx: &mut sqlx::MySqlConnection,
+    job: &NewJob,
+) -> Result<(), sqlx::Error> {
+    let mut rest = &job.external_ids[..];
+    for size in statement_sizes(rest.len(), CLAIM_ROWS) {
+        let (batch, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO accrual_external_ids (client_id, external_id, accrual_id, job_id) VALUES {}",
+            placeholders(size, 4)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (external_id, accrual_id) in batch {
+            query = query
+                .bind(&job.client_id)
+                .bind(external_id)
+                .bind(*accrual_id)
+                .bind(job.job_id);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_skips(tx: &mut sqlx::MySqlConnection, job: &NewJob) -> Result<(), sqlx::Error> {
+    let mut rest = &job.skips[..];
+    for size in statement_sizes(rest.len(), SKIP_ROWS) {
+        let (batch, tail) = rest.split_at(size);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO accrual_job_skips (job_id, item_index, external_id, member_id, point_type, \
+             amount, existing_accrual_id, existing_job_id) VALUES {}",
+            placeholders(size, 8)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for skip in batch {
+            query = query
+                .bind(job.job_id)
+                .bind(skip.index as u32)
+                .bind(&skip.external_id)
+                .bind(&skip.member_id)
+                .bind(&skip.point_type)
+                .bind(skip.amount)
+                .bind(skip.existing_accrual_id)
+                .bind(skip.existing_job_id);
+        }
+        query.execute(&mut *tx).await?;
+    }
     Ok(())
 }
 
@@ -218,6 +319,11 @@ pub async fn cancel(pool: &MySqlPool, job_id: Uuid, client_id: &str) -> Result<(
         return Err(CancelError::NotCancellable(shown));
     }
     sqlx::query("DELETE FROM accrual_chunks WHERE job_id = ?")
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+    // None of the job's points was ever sent: its external ids are free for another job.
+    sqlx::query("DELETE FROM accrual_external_ids WHERE job_id = ?")
         .bind(job_id)
         .execute(&mut *tx)
         .await?;

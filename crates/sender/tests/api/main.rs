@@ -6,6 +6,7 @@ mod chaos;
 mod contract;
 mod dry_run;
 mod events;
+mod external_ids;
 mod front_door;
 mod front_door_http;
 mod helpers;

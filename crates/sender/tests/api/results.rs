@@ -53,6 +53,9 @@ const COLUMNS: [&str; 8] = [
     "outcome",
     "reason",
     "written_at",
+    "external_id",
+    "existing_accrual_id",
+    "existing_job_id",
 ];
 
 /// Member of the item at `index` in the 20,000-item job: three of them are poison for MySQL.

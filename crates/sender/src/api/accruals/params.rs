@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::MAX_RESERVE_DAYS;
 use crate::api::error::ApiError;
+use crate::external_ids::OnDuplicate;
 
 /// The query parameters `POST /v1/accruals` knows; any other is refused with a 400, so a typo
 /// (`reserveAt`, `dryrun`) never turns into an immediate, real job.
@@ -21,6 +22,8 @@ pub struct PostParams {
     pub dry_run: Option<String>,
     /// The client's name for the job (a campaign).
     pub label: Option<String>,
+    /// `reject` (default) or `skip`: what to do with items whose `external_id` was used before.
+    pub on_duplicate: Option<String>,
 }
 
 /// `true` or `false`, nothing else: a `dry_run=1` or `dry_run=yes` that were taken for `false`
@@ -33,6 +36,11 @@ pub fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
             "{name} must be true or false"
         ))),
     }
+}
+
+pub fn on_duplicate(value: Option<&str>) -> Result<OnDuplicate, ApiError> {
+    OnDuplicate::parse(value)
+        .ok_or_else(|| ApiError::InvalidParameter("on_duplicate must be reject or skip".into()))
 }
 
 pub fn label(value: Option<String>) -> Result<Option<Label>, ApiError> {
