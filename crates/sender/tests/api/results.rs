@@ -44,7 +44,7 @@ async fn post(app: &TestApp, query: &str, body: String) -> String {
 }
 
 /// The CSV header's columns, in order: the fields of each NDJSON record.
-const COLUMNS: [&str; 8] = [
+const COLUMNS: [&str; 11] = [
     "index",
     "accrual_id",
     "member_id",
