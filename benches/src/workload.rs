@@ -16,6 +16,8 @@ struct Item {
     point_type: &'static str,
     amount: i64,
     reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_id: Option<String>,
 }
 
 /// Request bodies ready to post, and what the ledger must hold once they are all written.
@@ -31,6 +33,17 @@ pub struct Workload {
 impl Workload {
     /// Generates `points` items with random amounts (1–1,000) over `members` members.
     pub fn generate(points: usize, members: usize, items_per_request: usize) -> Self {
+        Self::generate_with_ids(points, members, items_per_request, None)
+    }
+
+    /// As [`Workload::generate`]; with `id_prefix`, item `i` carries the `external_id`
+    /// `<prefix>-<i>`.
+    pub fn generate_with_ids(
+        points: usize,
+        members: usize,
+        items_per_request: usize,
+        id_prefix: Option<&str>,
+    ) -> Self {
         let members = members.clamp(1, points.max(1));
         let per_request = items_per_request.clamp(1, MAX_ITEMS_PER_REQUEST);
         let mut rng = rand::rng();
@@ -48,6 +61,7 @@ impl Workload {
                         point_type: POINT_TYPES[(i / members) % POINT_TYPES.len()],
                         amount,
                         reason: "benchmark campaign",
+                        external_id: id_prefix.map(|p| format!("{p}-{i}")),
                     }
                 })
                 .collect();

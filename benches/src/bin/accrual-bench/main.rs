@@ -101,6 +101,9 @@ pub struct Args {
     /// Skip the results phase (downloading every job's per-item results once all is written).
     #[arg(long)]
     no_results: bool,
+    /// Give every item an `external_id` (unique per run), so acceptance looks up and claims them.
+    #[arg(long)]
+    external_ids: bool,
 }
 
 const API_KEY: &str = "bench-key";
@@ -215,7 +218,15 @@ async fn measure(
     client: &aws_sdk_sqs::Client,
     queues: &sqs::QueueUrls,
 ) -> anyhow::Result<report::Report> {
-    let workload = Workload::generate(args.points, args.members, args.items_per_request);
+    let id_prefix = args
+        .external_ids
+        .then(|| format!("bench-{}", chrono::Utc::now().timestamp_micros()));
+    let workload = Workload::generate_with_ids(
+        args.points,
+        args.members,
+        args.items_per_request,
+        id_prefix.as_deref(),
+    );
     let mut raw_mysql = None;
     let mut raw_sqs = None;
     if args.raw_sqs_points > 0 {

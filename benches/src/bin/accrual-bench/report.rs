@@ -321,6 +321,7 @@ impl Report {
                 "concurrency": self.args.concurrency,
                 "largest_body_bytes": self.largest_body,
                 "listeners": self.listeners.len(),
+                "external_ids": self.args.external_ids,
             },
             "settings": {
                 "dispatch_tasks": self.args.dispatch_tasks,
