@@ -114,7 +114,8 @@ pub async fn post(
     let (bytes, budget) = read_limited(&headers, body, &state.uploads).await?;
     if dry_run {
         let answer =
-            dry_run::answer(&state, &client_id, (bytes, budget), reserve_at, label).await?;
+            dry_run::answer(&state, &client_id, (bytes, budget), reserve_at, label, on_duplicate)
+                .await?;
         return Ok(Json(answer).into_response());
     }
 

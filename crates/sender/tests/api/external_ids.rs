@@ -293,3 +293,26 @@ async fn every_item_skipped_makes_a_completed_job_and_bad_ids_or_modes_are_refus
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
+
+#[tokio::test]
+async fn a_dry_run_checks_external_ids_as_a_real_request_would() {
+    let app = spawn_app().await;
+    app.post_job_as(KEY_A, "", body(&[item_with_id("m", 5, "used")])).await;
+    let items = body(&[item_with_id("m", 5, "used"), item_with_id("m", 7, "new")]);
+    let refused = problem(app.post_raw(KEY_A, "?dry_run=true", items.clone()).await, 422).await;
+    assert_eq!(refused["duplicates"][0]["index"], 0);
+    let response = app
+        .post_raw(KEY_A, "?dry_run=true&on_duplicate=skip", items)
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["points"], 1);
+    assert_eq!(answer["skipped"], 1);
+    assert_eq!(answer["amounts"]["CAMPAIGN"], 7);
+    // Nothing was claimed by the dry run.
+    let claimed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accrual_external_ids")
+        .fetch_one(&app.env.pool)
+        .await
+        .unwrap();
+    assert_eq!(claimed, 1);
+}

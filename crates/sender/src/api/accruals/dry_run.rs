@@ -16,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Accepted, blocking, parse_and_validate};
 use crate::api::error::ApiError;
+use crate::external_ids::{self, OnDuplicate};
 use crate::state::AppState;
 
 /// Members looked up per statement. Each is a unique-index probe; 4,096 placeholders keep a
@@ -30,8 +31,11 @@ const LOOKUPS_AT_ONCE: usize = 4;
 pub struct DryRun {
     /// Always `true`: nothing was stored, queued or charged against the points allowance.
     pub dry_run: bool,
-    /// Points the request would accept (the number of items).
+    /// Points the request would accept (the number of items, less the skipped ones).
     pub points: u64,
+    /// Items `on_duplicate=skip` would leave out: their `external_id` was used before. (With
+    /// `reject`, such a request gets the same 422 as a real one.)
+    pub skipped: u64,
     /// Distinct members among the items.
     pub members: u64,
     /// Distinct members not yet known (the request would add them to `members`).
@@ -87,12 +91,18 @@ pub(super) async fn answer(
     (bytes, budget): (Bytes, OwnedSemaphorePermit),
     reserve_at: Option<DateTime<Utc>>,
     label: Option<String>,
+    on_duplicate: OnDuplicate,
 ) -> Result<DryRun, ApiError> {
-    let summary = blocking(move || {
+    let (summary, accruals) = blocking(move || {
         let parsed = parse_and_validate(&bytes, reserve_at);
         // The body's bytes go back to the budget with the body.
         drop((bytes, budget));
-        parsed.map(|accruals| summarize(&accruals))
+        parsed.map(|accruals| {
+            let summary = summarize(&accruals);
+            // Only a request with external ids needs its items again, to look them up.
+            let with_ids = accruals.iter().any(|a| a.external_id.is_some());
+            (summary, with_ids.then_some(accruals))
+        })
     })
     .await?
     .inspect_err(|e| {
@@ -100,6 +110,30 @@ pub(super) async fn answer(
             state.metrics.validation_failures.inc();
         }
     })?;
+    let mut summary = summary;
+    let mut skipped = 0;
+    if let Some(accruals) = accruals {
+        let stored = external_ids::lookup(&state.pool, client_id, &accruals)
+            .await
+            .map_err(ApiError::database)?;
+        let repeats = external_ids::repeats(&accruals, &stored);
+        if !repeats.is_empty() && on_duplicate == OnDuplicate::Reject {
+            return Err(ApiError::DuplicateExternalIds {
+                duplicates: external_ids::describe(&accruals, &repeats),
+            });
+        }
+        if !repeats.is_empty() {
+            let left_out: HashSet<usize> = repeats.iter().map(|(i, _)| *i).collect();
+            let kept: Vec<Accrual> = accruals
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !left_out.contains(i))
+                .map(|(_, a)| a)
+                .collect();
+            skipped = left_out.len() as u64;
+            summary = summarize(&kept);
+        }
+    }
     let known = known_members(&state.pool, &summary.members)
         .await
         .map_err(ApiError::database)?;
@@ -109,6 +143,7 @@ pub(super) async fn answer(
     Ok(DryRun {
         dry_run: true,
         points: summary.points,
+        skipped,
         members,
         new_members,
         amounts: summary.amounts,
