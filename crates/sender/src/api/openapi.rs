@@ -45,6 +45,15 @@ pub struct AccrualItemSchema {
     /// 1000-9999 once converted to UTC, with at most 6 fractional digits and no leap second:
     /// exactly what the ledger's `DATETIME(6)` stores.
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The client's own id for the item (its transaction id): 1-128 visible ASCII characters,
+    /// unique per client across all its jobs (see `on_duplicate`).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[!-~]{1,128}$",
+        example = "crm-txn-2026-000042"
+    )]
+    external_id: Option<String>,
 }
 
 /// What is wrong with one field of one item.
@@ -159,7 +168,7 @@ impl Modify for CommonErrors {
         super::ops::metrics,
         openapi_json,
     ),
-    components(schemas(AccrualItemSchema, ItemErrorSchema, JobEventSchema, Accepted, JobView, Problem, crate::jobs::results::ItemResult, crate::jobs::results::Outcome, crate::jobs::results::OutcomeFilter, Readiness, ReadinessStatus, Checks, CheckStatus)),
+    components(schemas(AccrualItemSchema, ItemErrorSchema, JobEventSchema, Accepted, JobView, Problem, crate::external_ids::DuplicateExternalId, crate::external_ids::OnDuplicate, crate::jobs::results::ItemResult, crate::jobs::results::Outcome, crate::jobs::results::OutcomeFilter, Readiness, ReadinessStatus, Checks, CheckStatus)),
     modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "accruals", description = "Submit point accruals"),
