@@ -27,7 +27,7 @@ pub use params::PostParams;
 
 mod body;
 mod dry_run;
-mod params;
+pub(crate) mod params;
 
 /// Largest request body accepted: 100 MiB, enforced while reading.
 pub const MAX_BODY_BYTES: usize = 100 * 1024 * 1024;

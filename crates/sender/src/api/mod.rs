@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod ops;
 pub mod request_id;
 pub mod results;
+pub mod reversal;
 pub mod watch;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/events", get(jobs::events))
         .route("/v1/jobs/{job_id}/results", get(results::get))
+        .route("/v1/jobs/{job_id}/reversal", post(reversal::post))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

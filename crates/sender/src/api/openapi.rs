@@ -163,6 +163,7 @@ impl Modify for CommonErrors {
         super::jobs::cancel,
         super::jobs::events,
         super::results::get,
+        super::reversal::post,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -172,7 +173,7 @@ impl Modify for CommonErrors {
     modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "accruals", description = "Submit point accruals"),
-        (name = "jobs", description = "List, follow or cancel jobs"),
+        (name = "jobs", description = "List, follow, cancel or reverse jobs"),
         (name = "operations", description = "Health, readiness, metrics and this contract; no key needed"),
     )
 )]
@@ -203,6 +204,7 @@ mod tests {
             "/v1/jobs/{job_id}",
             "/v1/jobs/{job_id}/events",
             "/v1/jobs/{job_id}/results",
+            "/v1/jobs/{job_id}/reversal",
             "/healthz",
             "/readyz",
             "/metrics",

@@ -418,7 +418,7 @@ fn poison() -> Vec<(String, &'static str)> {
 
 /// The `accrual-listener` binary next to this test executable (target/debug/deps/api-… is the
 /// test; target/debug/accrual-listener the binary, which `cargo nextest run --workspace` builds).
-fn listener_binary() -> PathBuf {
+pub(crate) fn listener_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let binary = exe
         .parent()

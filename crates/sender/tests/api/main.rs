@@ -22,3 +22,4 @@ mod process;
 mod refused;
 mod results;
 mod retention;
+mod reversal;
