@@ -120,6 +120,7 @@ pub async fn post(
             job_id,
             accepted: total as u64,
             members: members as u64,
+            skipped: 0,
             status: "dispatching".to_owned(),
             reserve_at: None,
             status_url: format!("/v1/jobs/{job_id}"),
