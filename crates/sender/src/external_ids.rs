@@ -74,10 +74,7 @@ pub enum FirstUse {
 }
 
 /// Every item of the request whose `external_id` was used before, in request order.
-pub fn repeats(
-    accruals: &[Accrual],
-    stored: &HashMap<String, Holder>,
-) -> Vec<(usize, FirstUse)> {
+pub fn repeats(accruals: &[Accrual], stored: &HashMap<String, Holder>) -> Vec<(usize, FirstUse)> {
     let mut first_in_request: HashMap<&str, usize> = HashMap::new();
     let mut repeats = Vec::new();
     for (index, accrual) in accruals.iter().enumerate() {

@@ -12,12 +12,22 @@ const UPSERT_ROWS: usize = 1_024;
 const DEADLOCK_RETRIES: u32 = 3;
 
 /// Upserts the distinct members of `accruals`; returns how many distinct members there were.
+pub async fn upsert(pool: &MySqlPool, accruals: &[Accrual]) -> Result<usize, sqlx::Error> {
+    upsert_distinct(pool, &distinct(accruals)).await
+}
+
+/// The distinct members of `accruals`, sorted.
+pub fn distinct(accruals: &[Accrual]) -> Vec<String> {
+    let distinct: BTreeSet<&str> = accruals.iter().map(|a| a.member_id.as_str()).collect();
+    distinct.into_iter().map(str::to_owned).collect()
+}
+
+/// Upserts `members` (distinct, sorted); returns how many there were.
 ///
 /// Members are written in sorted order so that concurrent requests with overlapping members take
 /// their row locks in the same order, which keeps deadlocks rare; one that happens anyway is retried.
-pub async fn upsert(pool: &MySqlPool, accruals: &[Accrual]) -> Result<usize, sqlx::Error> {
-    let distinct: BTreeSet<&str> = accruals.iter().map(|a| a.member_id.as_str()).collect();
-    let members: Vec<&str> = distinct.into_iter().collect();
+pub async fn upsert_distinct(pool: &MySqlPool, members: &[String]) -> Result<usize, sqlx::Error> {
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -11,6 +11,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -114,9 +116,15 @@ pub async fn post(
         .transpose()?;
     let (bytes, budget) = read_limited(&headers, body, &state.uploads).await?;
     if dry_run {
-        let answer =
-            dry_run::answer(&state, &client_id, (bytes, budget), reserve_at, label, on_duplicate)
-                .await?;
+        let answer = dry_run::answer(
+            &state,
+            &client_id,
+            (bytes, budget),
+            reserve_at,
+            label,
+            on_duplicate,
+        )
+        .await?;
         return Ok(Json(answer).into_response());
     }
 
@@ -141,29 +149,47 @@ pub async fn post(
         }
     })?;
     let has_external_ids = accruals.iter().any(|a| a.external_id.is_some());
+    let started = std::time::Instant::now();
+    let mut took = Took::default();
     let mut accruals = Some(accruals);
     let mut job = None;
     for attempt in 1..=CLAIM_ATTEMPTS {
         let admission = match &accruals {
             // Kept for another look should a concurrent request take one of the ids.
-            Some(all) if has_external_ids => admit(&state, &client_id, all, on_duplicate).await?,
+            Some(all) if has_external_ids => {
+                // Optimistic at first: the claim itself finds an id used in an earlier job.
+                let admitted = admit(&state, &client_id, all, on_duplicate, attempt > 1).await?;
+                took.lookup = started.elapsed();
+                admitted
+            }
             // Without ids there is nothing to look up, claim or race for: every item, moved.
             _ => Admission::every(accruals.take().unwrap_or_default()),
         };
         if attempt == 1 {
             super::limit_points(&state, &client_id, admission.kept.len() as u64).await?;
         }
-        let members = members::upsert(&state.pool, &admission.kept)
-            .await
-            .map_err(ApiError::database)?;
+        // The chunks are encoded, the members upserted and the ids claimed (in the job's own
+        // transaction) at once; the job commits only after all three, so no point can be
+        // dispatched before its member exists.
+        let parallel_started = std::time::Instant::now();
         let job_id = Uuid::now_v7();
         let chunk_items = state.chunk_items;
-        let (chunks, external_ids) = blocking(move || {
-            let claims = claims(&admission.kept, &admission.accrual_ids);
-            let points = admission.accrual_ids.into_iter().zip(admission.kept).collect();
-            (encode_chunks(job_id, now, points, chunk_items), claims)
-        })
-        .await?;
+        let Admission {
+            kept,
+            accrual_ids,
+            skips,
+        } = admission;
+        let external_ids = claims(&kept, &accrual_ids);
+        let member_ids = members::distinct(&kept);
+        let encode = blocking(move || {
+            let points = accrual_ids.into_iter().zip(kept).collect();
+            encode_chunks(job_id, now, points, chunk_items)
+        });
+        let upsert = members::upsert_distinct(&state.pool, &member_ids);
+        let claim = store::claim(&state.pool, &client_id, job_id, &external_ids);
+        let (chunks, members, claimed) = tokio::join!(encode, upsert, claim);
+        let (chunks, members) = (chunks?, members.map_err(ApiError::database)?);
+        took.parallel = parallel_started.elapsed();
         let new_job = NewJob {
             job_id,
             client_id: client_id.clone(),
@@ -176,9 +202,15 @@ pub async fn post(
             label: label.clone(),
             chunks,
             external_ids,
-            skips: admission.skips.into_iter().map(|s| s.into_row(job_id)).collect(),
+            skips: skips.into_iter().map(|s| s.into_row(job_id)).collect(),
         };
-        match store::insert(&state.pool, &new_job).await {
+        let store_started = std::time::Instant::now();
+        let stored = match claimed {
+            Ok(tx) => store::insert_claimed(tx, &new_job).await,
+            Err(e) => Err(e),
+        };
+        took.store = store_started.elapsed();
+        match stored {
             Ok(()) => {
                 job = Some(new_job);
                 break;
@@ -189,7 +221,9 @@ pub async fn post(
                 let existing = store::find_by_key(&state.pool, &client_id, &key)
                     .await
                     .map_err(ApiError::database)?
-                    .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
+                    .ok_or_else(|| {
+                        ApiError::Internal(anyhow::anyhow!("idempotency key vanished"))
+                    })?;
                 return replay(existing, &body_sha256).map(IntoResponse::into_response);
             }
             // A concurrent request took one of the ids since they were looked up: look again.
@@ -206,7 +240,13 @@ pub async fn post(
     };
     let (job_id, total, members, skipped) = (job.job_id, job.total, job.members, job.skips.len());
     let status = store::initial_status(&job);
-    tracing::info!(%job_id, %client_id, points = total, members, skipped, reserve_at = ?reserve_at, "Accepted accrual job");
+    tracing::info!(
+        %job_id, %client_id, points = total, members, skipped, reserve_at = ?reserve_at,
+        lookup_ms = took.lookup.as_millis() as u64,
+        upsert_encode_claim_ms = took.parallel.as_millis() as u64,
+        store_ms = took.store.as_millis() as u64,
+        "Accepted accrual job"
+    );
     state.metrics.jobs_accepted.inc();
     state.metrics.points_accepted.inc_by(total as u64);
     state.dispatcher.wake();
@@ -223,6 +263,17 @@ pub async fn post(
         }),
     )
         .into_response())
+}
+
+/// Where an accepted request's time went after parsing, for the log.
+#[derive(Debug, Default)]
+struct Took {
+    /// Looking the external ids up (only after a claim found one taken, or with repeats).
+    lookup: std::time::Duration,
+    /// Encoding the chunks, upserting the members and claiming the ids, side by side.
+    parallel: std::time::Duration,
+    /// Storing the job and its chunks, and committing.
+    store: std::time::Duration,
 }
 
 /// How many times a request looks its external ids up again after a concurrent request took one.
@@ -282,18 +333,24 @@ fn fresh_ids(n: usize) -> Vec<Uuid> {
     (0..n).map(|_| Uuid::now_v7()).collect()
 }
 
-/// Checks the request's external ids against the client's earlier jobs and each other: with
-/// repeats, `reject` refuses the request (422 listing each) and `skip` leaves them out.
+/// Checks the request's external ids against each other and, with `look_up` or when the request
+/// repeats one of its own, against the client's earlier jobs: with repeats, `reject` refuses the
+/// request (422 listing each) and `skip` leaves them out. Without `look_up`, an id of an earlier
+/// job is found by the claim (its unique key), and the request comes back here to look.
 async fn admit(
     state: &AppState,
     client_id: &str,
     accruals: &[Accrual],
     on_duplicate: OnDuplicate,
+    look_up: bool,
 ) -> Result<Admission, ApiError> {
-    let stored = external_ids::lookup(&state.pool, client_id, accruals)
-        .await
-        .map_err(ApiError::database)?;
-    let repeats = external_ids::repeats(accruals, &stored);
+    let mut repeats = external_ids::repeats(accruals, &HashMap::new());
+    if look_up || !repeats.is_empty() {
+        let stored = external_ids::lookup(&state.pool, client_id, accruals)
+            .await
+            .map_err(ApiError::database)?;
+        repeats = external_ids::repeats(accruals, &stored);
+    }
     if !repeats.is_empty() && on_duplicate == OnDuplicate::Reject {
         state.metrics.validation_failures.inc();
         return Err(ApiError::DuplicateExternalIds {

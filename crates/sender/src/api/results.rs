@@ -102,9 +102,7 @@ pub async fn get(
         .map(move |piece| {
             let pool = pool.clone();
             let skips = skips.clone();
-            async move {
-                results::render_piece(&pool, job_id, piece, &skips, filter, format).await
-            }
+            async move { results::render_piece(&pool, job_id, piece, &skips, filter, format).await }
         })
         .buffered(READ_AHEAD)
         .map_err(move |e| {

@@ -1,8 +1,10 @@
 //! Durable jobs: the `accrual_jobs` row and its `accrual_chunks`, written in one transaction.
 
-use accrual_core::db::{ER_DUP_ENTRY, error_number, placeholders, statement_sizes};
-use sqlx::AssertSqlSafe;
+use accrual_core::db::{
+    ER_DUP_ENTRY, ER_LOCK_DEADLOCK, error_number, placeholders, statement_sizes,
+};
 use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
 use sqlx::MySqlPool;
 use uuid::Uuid;
 
@@ -124,6 +126,35 @@ pub enum StoreError {
 
 /// Stores the job and all its chunks, or nothing.
 pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
+    let tx = claim(pool, &job.client_id, job.job_id, &job.external_ids).await?;
+    insert_claimed(tx, job).await
+}
+
+/// Opens a job's transaction and takes its `external_id`s for the client in it (sorted, so
+/// concurrent requests take their row locks in one order). `ExternalIdTaken` when one is held
+/// already, or when a concurrent request holding some of them deadlocked with this one.
+pub async fn claim(
+    pool: &MySqlPool,
+    client_id: &str,
+    job_id: Uuid,
+    external_ids: &[(String, Uuid)],
+) -> Result<sqlx::Transaction<'static, sqlx::MySql>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut sorted: Vec<&(String, Uuid)> = external_ids.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    match claim_external_ids(&mut tx, client_id, job_id, &sorted).await {
+        Err(e) if matches!(error_number(&e), Some(ER_DUP_ENTRY | ER_LOCK_DEADLOCK)) => {
+            Err(StoreError::ExternalIdTaken)
+        }
+        other => other.map(|()| tx).map_err(StoreError::from),
+    }
+}
+
+/// Stores the job and its chunks in the transaction [`claim`] opened, and commits.
+pub async fn insert_claimed(
+    mut tx: sqlx::Transaction<'static, sqlx::MySql>,
+    job: &NewJob,
+) -> Result<(), StoreError> {
     let status = initial_status(job);
     // A job whose every item was skipped has nothing to send: it is complete as it is stored.
     let (written, completed_at) = if status == "completed" {
@@ -132,7 +163,6 @@ pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
         (None, None)
     };
     let due_at = job.reserve_at.unwrap_or(job.created_at);
-    let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO accrual_jobs (job_id, client_id, idempotency_key, body_sha256, total, members, status, reserve_at, created_at, label, skipped, written, dead_lettered, completed_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -172,10 +202,6 @@ pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
             .execute(&mut *tx)
             .await?;
     }
-    match claim_external_ids(&mut tx, job).await {
-        Err(e) if error_number(&e) == Some(ER_DUP_ENTRY) => return Err(StoreError::ExternalIdTaken),
-        other => other?,
-    }
     insert_skips(&mut tx, job).await?;
     tx.commit().await?;
     Ok(())
@@ -201,9 +227,11 @@ const SKIP_ROWS: usize = 2_048;
 /// Takes the job's `external_id`s for its client; a duplicate-key error means one is taken.
 async fn claim_external_ids(
     tx: &mut sqlx::MySqlConnection,
-    job: &NewJob,
+    client_id: &str,
+    job_id: Uuid,
+    external_ids: &[&(String, Uuid)],
 ) -> Result<(), sqlx::Error> {
-    let mut rest = &job.external_ids[..];
+    let mut rest = external_ids;
     for size in statement_sizes(rest.len(), CLAIM_ROWS) {
         let (batch, tail) = rest.split_at(size);
         rest = tail;
@@ -214,10 +242,10 @@ async fn claim_external_ids(
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for (external_id, accrual_id) in batch {
             query = query
-                .bind(&job.client_id)
+                .bind(client_id)
                 .bind(external_id)
                 .bind(*accrual_id)
-                .bind(job.job_id);
+                .bind(job_id);
         }
         query.execute(&mut *tx).await?;
     }

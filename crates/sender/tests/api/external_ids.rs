@@ -113,7 +113,9 @@ async fn a_retry_with_ten_thousand_used_ids_is_refused_naming_them_or_skips_them
         .unwrap();
     assert_eq!(jobs, 1);
 
-    let skipping = app.post_raw(KEY_A, "?on_duplicate=skip", body(&second)).await;
+    let skipping = app
+        .post_raw(KEY_A, "?on_duplicate=skip", body(&second))
+        .await;
     assert_eq!(skipping.status().as_u16(), 202);
     let accepted: Value = skipping.json().await.unwrap();
     assert_eq!(accepted["accepted"], 15_000);
@@ -170,7 +172,11 @@ async fn two_concurrent_requests_sharing_ids_give_each_id_to_one_of_them() {
         );
         let mut statuses = [a.status().as_u16(), b.status().as_u16()];
         statuses.sort_unstable();
-        assert_eq!(statuses, [202, 422], "round {round}: one wins, one is refused");
+        assert_eq!(
+            statuses,
+            [202, 422],
+            "round {round}: one wins, one is refused"
+        );
     }
     // With skip, both are accepted and every id is taken once.
     let (a, b) = tokio::join!(
@@ -178,8 +184,14 @@ async fn two_concurrent_requests_sharing_ids_give_each_id_to_one_of_them() {
         app.post_raw(KEY_A, "?on_duplicate=skip", request(51_000)),
     );
     let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
-    assert_eq!(a["accepted"].as_u64().unwrap() + b["accepted"].as_u64().unwrap(), 3_000);
-    assert_eq!(a["skipped"].as_u64().unwrap() + b["skipped"].as_u64().unwrap(), 1_000);
+    assert_eq!(
+        a["accepted"].as_u64().unwrap() + b["accepted"].as_u64().unwrap(),
+        3_000
+    );
+    assert_eq!(
+        a["skipped"].as_u64().unwrap() + b["skipped"].as_u64().unwrap(),
+        1_000
+    );
     let claimed: Vec<(String, i64)> = sqlx::query_as(
         "SELECT external_id, COUNT(*) FROM accrual_external_ids \
          WHERE external_id LIKE 'shared-5%' GROUP BY external_id",
@@ -209,12 +221,20 @@ async fn an_id_twice_in_one_request_is_refused_or_kept_once() {
     let response = app.post_raw(KEY_A, "?on_duplicate=skip", items).await;
     assert_eq!(response.status().as_u16(), 202);
     let accepted: Value = response.json().await.unwrap();
-    assert_eq!((accepted["accepted"].clone(), accepted["skipped"].clone()), (2.into(), 1.into()));
+    assert_eq!(
+        (accepted["accepted"].clone(), accepted["skipped"].clone()),
+        (2.into(), 1.into())
+    );
     let job_id = accepted["job_id"].as_str().unwrap();
     let results = app.results(job_id, "").await;
     let outcomes: Vec<(&str, &str)> = results
         .iter()
-        .map(|r| (r["external_id"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["external_id"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(outcomes[2], ("dup", "skipped"));
     // The skipped item names the point of its first use, in this very job.
@@ -231,7 +251,8 @@ async fn ids_are_per_client_items_without_ids_cost_nothing_and_a_cancel_frees_th
     // Another client may use the same id.
     app.post_job_as(KEY_B, "", one.clone()).await;
     // Items without ids claim nothing.
-    app.post_job_as(KEY_A, "", body(&[crate::helpers::item("m", "P", 1)])).await;
+    app.post_job_as(KEY_A, "", body(&[crate::helpers::item("m", "P", 1)]))
+        .await;
     let claimed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accrual_external_ids")
         .fetch_one(&app.env.pool)
         .await
@@ -282,8 +303,12 @@ async fn every_item_skipped_makes_a_completed_job_and_bad_ids_or_modes_are_refus
     .await;
     assert_eq!(bad["errors"][0]["field"], "external_id");
     let mode = problem(
-        app.post_raw(KEY_A, "?on_duplicate=ignore", body(&[item_with_id("m", 1, "y")]))
-            .await,
+        app.post_raw(
+            KEY_A,
+            "?on_duplicate=ignore",
+            body(&[item_with_id("m", 1, "y")]),
+        )
+        .await,
         400,
     )
     .await;
@@ -297,9 +322,14 @@ fn urlencode(s: &str) -> String {
 #[tokio::test]
 async fn a_dry_run_checks_external_ids_as_a_real_request_would() {
     let app = spawn_app().await;
-    app.post_job_as(KEY_A, "", body(&[item_with_id("m", 5, "used")])).await;
+    app.post_job_as(KEY_A, "", body(&[item_with_id("m", 5, "used")]))
+        .await;
     let items = body(&[item_with_id("m", 5, "used"), item_with_id("m", 7, "new")]);
-    let refused = problem(app.post_raw(KEY_A, "?dry_run=true", items.clone()).await, 422).await;
+    let refused = problem(
+        app.post_raw(KEY_A, "?dry_run=true", items.clone()).await,
+        422,
+    )
+    .await;
     assert_eq!(refused["duplicates"][0]["index"], 0);
     let response = app
         .post_raw(KEY_A, "?dry_run=true&on_duplicate=skip", items)
