@@ -139,6 +139,11 @@ pub async fn post(
 
     let job_id = Uuid::now_v7();
     let total = accruals.len();
+    let reserved_amounts = if reserve_at.is_some() {
+        crate::member_ledger::reserved_amounts(&accruals)
+    } else {
+        Vec::new()
+    };
     let chunk_items = state.chunk_items;
     let chunks = blocking(move || encode_chunks(job_id, now, accruals, chunk_items)).await?;
     let job = NewJob {
@@ -152,6 +157,7 @@ pub async fn post(
         created_at: now,
         label,
         chunks,
+        reserved_amounts,
     };
     match store::insert(&state.pool, &job).await {
         Ok(()) => {}

@@ -20,6 +20,8 @@ pub struct NewJob {
     pub label: Option<String>,
     /// Stored chunks (see `accrual_core::chunk`) with their item counts.
     pub chunks: Vec<(Vec<u8>, usize)>,
+    /// A reserved job's amounts per (member, point type), for members' balances; empty otherwise.
+    pub reserved_amounts: Vec<crate::member_ledger::ReservedAmount>,
 }
 
 /// A stored job as the API shows it.
@@ -146,6 +148,7 @@ pub async fn insert(pool: &MySqlPool, job: &NewJob) -> Result<(), StoreError> {
             .execute(&mut *tx)
             .await?;
     }
+    crate::member_ledger::insert_reserved(&mut tx, job.job_id, &job.reserved_amounts).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -56,6 +56,7 @@ async fn store_job_with_a_point_sqs_refuses(pool: &sqlx::MySqlPool) -> (Uuid, Uu
         created_at: now,
         label: None,
         chunks: vec![(chunk::encode_bodies(&bodies), POINTS)],
+        reserved_amounts: Vec::new(),
     };
     store::insert(pool, &job).await.unwrap();
     (job_id, records[BAD].accrual_id)
