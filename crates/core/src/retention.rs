@@ -10,6 +10,9 @@
 //! - the `Idempotency-Key` of every job created more than `IDEMPOTENCY_RETENTION_HOURS` ago. A
 //!   request with that key afterwards is a new request and makes a new job.
 //!
+//! - the reserved amounts of a job no longer `reserved` ([`purge_released_reserved_amounts`], run
+//!   by the sender's retention task only, at once: they already count for nothing).
+//!
 //! What stays: the ledger (`point_accruals`, never read or locked here), dead letters, and every
 //! job row with its stored outcome, so `GET /v1/jobs/{job_id}` answers as before.
 //!
@@ -331,6 +334,56 @@ async fn purge_keys(
         tokio::time::sleep(PAUSE).await;
     }
     Ok(())
+}
+
+/// Jobs picked per query by [`purge_released_reserved_amounts`].
+const RESERVED_JOBS_PER_PICK: u32 = 50;
+/// Reserved amounts deleted per statement.
+const RESERVED_ROWS_PER_DELETE: u64 = 1_000;
+
+/// Deletes the reserved amounts (`accrual_reserved_amounts`, migration 0007) of every job that is
+/// no longer `reserved` (released by the dispatcher, or cancelled), until none is left or `stop`
+/// is cancelled; returns the rows deleted. Not a retention with a delay: such rows already count
+/// for nothing (a balance counts only jobs whose status is `reserved`, and a job never returns to
+/// it), so this only keeps the table as small as the reserved jobs themselves. The pick reads the
+/// table's primary key (job_id first) and each job's `accrual_jobs` row.
+pub async fn purge_released_reserved_amounts(
+    pool: &MySqlPool,
+    stop: &CancellationToken,
+) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    while !stop.is_cancelled() {
+        let jobs: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT r.job_id FROM (SELECT DISTINCT job_id FROM accrual_reserved_amounts) r \
+             JOIN accrual_jobs j ON j.job_id = r.job_id WHERE j.status <> 'reserved' LIMIT ?",
+        )
+        .bind(RESERVED_JOBS_PER_PICK)
+        .fetch_all(pool)
+        .await?;
+        for &job_id in &jobs {
+            loop {
+                if stop.is_cancelled() {
+                    return Ok(deleted);
+                }
+                let n =
+                    sqlx::query("DELETE FROM accrual_reserved_amounts WHERE job_id = ? LIMIT ?")
+                        .bind(job_id)
+                        .bind(RESERVED_ROWS_PER_DELETE)
+                        .execute(pool)
+                        .await?
+                        .rows_affected();
+                deleted += n;
+                tokio::time::sleep(PAUSE).await;
+                if n < RESERVED_ROWS_PER_DELETE {
+                    break;
+                }
+            }
+        }
+        if jobs.len() < RESERVED_JOBS_PER_PICK as usize {
+            break;
+        }
+    }
+    Ok(deleted)
 }
 
 /// A retention as an `INTERVAL ? MICROSECOND` (validated retentions are far below `u64::MAX` µs).

@@ -8,6 +8,7 @@
 //! - [`settings`] — environment variables / CLI flags.
 //! - [`api`] — routes, the `POST /v1/accruals` handler, API keys, request ids, the one `ApiError`.
 //! - [`members`] — multi-row member upserts.
+//! - [`member_ledger`] — a member's ledger page and balance; a reserved job's amounts.
 //! - [`jobs`] — durable jobs (`accrual_jobs` + compressed `accrual_chunks`), status and progress.
 //! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
 //! - [`completion`] — the task that settles finished jobs (final status, counts, `completed_at`).
@@ -22,6 +23,7 @@ pub mod dispatcher;
 pub mod external_ids;
 pub mod fanout;
 pub mod jobs;
+pub mod member_ledger;
 pub mod members;
 pub mod metrics;
 pub mod rate_limit;

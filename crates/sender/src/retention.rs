@@ -115,6 +115,20 @@ impl Retention {
                 tracing::warn!(error = %e.source, "Retention purge failed; trying again next round");
             }
         }
+        let released = tokio::select! {
+            n = retention::purge_released_reserved_amounts(&self.pool, &stop) => n,
+            never = self.keep_lease(&stop) => match never {},
+        };
+        match released {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(
+                rows,
+                "Deleted the reserved amounts of released or cancelled jobs"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not delete released reserved amounts; trying again next round")
+            }
+        }
         if stop.is_cancelled() && !shutdown.is_cancelled() {
             tracing::warn!(
                 "Retention lease lost or not renewed during a purge; stopped it, the next round carries on"

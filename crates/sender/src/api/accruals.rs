@@ -181,6 +181,12 @@ pub async fn post(
         } = admission;
         let external_ids = claims(&kept, &accrual_ids);
         let member_ids = members::distinct(&kept);
+        // A reserved job's sums per member and point type, for members' balances.
+        let reserved_amounts = if reserve_at.is_some() {
+            crate::member_ledger::reserved_amounts(&kept)
+        } else {
+            Vec::new()
+        };
         let encode = blocking(move || {
             let points = accrual_ids.into_iter().zip(kept).collect();
             encode_chunks(job_id, now, points, chunk_items)
@@ -203,6 +209,7 @@ pub async fn post(
             chunks,
             external_ids,
             skips: skips.into_iter().map(|s| s.into_row(job_id)).collect(),
+            reserved_amounts,
         };
         let store_started = std::time::Instant::now();
         let stored = match claimed {

@@ -4,6 +4,7 @@ pub mod accruals;
 pub mod auth;
 pub mod error;
 pub mod jobs;
+pub mod members;
 pub mod openapi;
 pub mod ops;
 pub mod request_id;
@@ -36,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{job_id}/events", get(jobs::events))
         .route("/v1/jobs/{job_id}/results", get(results::get))
         .route("/v1/jobs/{job_id}/reversal", post(reversal::post))
+        .route("/v1/members/{member_id}/accruals", get(members::ledger))
+        .route("/v1/members/{member_id}/balance", get(members::balance))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

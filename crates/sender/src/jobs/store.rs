@@ -27,6 +27,8 @@ pub struct NewJob {
     pub external_ids: Vec<(String, Uuid)>,
     /// Items left out because their `external_id` was used before (`on_duplicate=skip`).
     pub skips: Vec<SkippedItem>,
+    /// A reserved job's amounts per (member, point type), for members' balances; empty otherwise.
+    pub reserved_amounts: Vec<crate::member_ledger::ReservedAmount>,
 }
 
 /// An item left out of a job because its `external_id` was used before, and the point holding it.
@@ -203,6 +205,7 @@ pub async fn insert_claimed(
             .await?;
     }
     insert_skips(&mut tx, job).await?;
+    crate::member_ledger::insert_reserved(&mut tx, job.job_id, &job.reserved_amounts).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -13,6 +13,7 @@ mod helpers;
 mod hung;
 mod job_list;
 mod jobs;
+mod members;
 mod observability;
 mod ops;
 mod outcome;

@@ -58,6 +58,7 @@ async fn store_job_with_a_point_sqs_refuses(pool: &sqlx::MySqlPool) -> (Uuid, Uu
         chunks: vec![(chunk::encode_bodies(&bodies), POINTS)],
         external_ids: Vec::new(),
         skips: Vec::new(),
+        reserved_amounts: Vec::new(),
     };
     store::insert(pool, &job).await.unwrap();
     (job_id, records[BAD].accrual_id)

@@ -227,7 +227,7 @@ fn decode_cursor(
     Ok(ListPosition { created_at, job_id })
 }
 
-fn from_hex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn from_hex(text: &str) -> Option<Vec<u8>> {
     // Lower-case digits only, so one position has one spelling (`u8::from_str_radix` would also
     // take `+f` and `F`).
     let digit = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
@@ -241,7 +241,7 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(value: &str) -> String {
+pub(crate) fn percent_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
