@@ -33,6 +33,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "reversals",
         include_str!("../migrations/0005_reversals.sql"),
     ),
+    (
+        6,
+        "webhooks",
+        include_str!("../migrations/0006_webhooks.sql"),
+    ),
 ];
 
 /// MySQL error: the column exists already (an `ADD COLUMN` run a second time).
