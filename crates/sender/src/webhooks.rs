@@ -24,6 +24,9 @@ use uuid::Uuid;
 
 use crate::metrics::{SenderMetrics, WebhookLabels};
 
+/// The `User-Agent` of every delivery.
+const USER_AGENT: &str = concat!("accrual-webhooks/", env!("CARGO_PKG_VERSION"));
+
 /// Events claimed and delivered at once per round.
 pub const BATCH: usize = 16;
 
@@ -101,7 +104,42 @@ pub struct Webhooks {
     metrics: Arc<SenderMetrics>,
     /// This replica's name in `maintenance_leases.owner`.
     owner: String,
-    http: reqwest::Client,
+    http: HttpClient,
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<axum::body::Bytes>,
+>;
+
+/// An HTTP/1 client for http and https URLs: rustls on the crypto provider the AWS SDK already
+/// links (aws-lc-rs), the system's root certificates, no proxy, no redirects followed (hyper
+/// follows none).
+fn https_client() -> anyhow::Result<HttpClient> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!(
+            errors = found.errors.len(),
+            "No root certificates found: webhooks to https URLs will fail"
+        );
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
 }
 
 /// An event claimed for an attempt, with its endpoint as it is now.
@@ -131,15 +169,7 @@ impl Webhooks {
         metrics: Arc<SenderMetrics>,
         owner: String,
     ) -> anyhow::Result<Self> {
-        // https endpoints use rustls with the crypto provider the AWS SDK already links; a
-        // provider installed before (by the SDK or the embedding program) is kept.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(settings.webhook_timeout)
-            .connect_timeout(settings.webhook_timeout)
-            .user_agent(concat!("accrual-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = https_client()?;
         Ok(Self {
             pool,
             settings,
@@ -287,17 +317,30 @@ impl Webhooks {
             }
         };
         let signature = webhook::signature(secret, Utc::now().timestamp(), body.as_bytes());
-        let sent = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+        let request = hyper::Request::post(url.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, USER_AGENT)
             .header(SIGNATURE_HEADER, signature)
-            .body(body.to_owned())
-            .send()
-            .await;
+            .body(http_body_util::Full::new(axum::body::Bytes::from(
+                body.to_owned(),
+            )));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => {
+                return Attempt {
+                    status: None,
+                    error: Some(format!("endpoint refused: {e}")),
+                    result: "error",
+                    took: Duration::ZERO,
+                };
+            }
+        };
+        // The timeout covers the connection, the request and the answer's head.
+        let sent =
+            tokio::time::timeout(self.settings.webhook_timeout, self.http.request(request)).await;
         let took = started.elapsed();
         match sent {
-            Ok(response) => {
+            Ok(Ok(response)) => {
                 let status = response.status();
                 // The answer's body is not read: only its status counts.
                 drop(response);
@@ -309,10 +352,19 @@ impl Webhooks {
                     took,
                 }
             }
-            Err(e) => Attempt {
+            Ok(Err(e)) => Attempt {
                 status: None,
-                result: if e.is_timeout() { "timeout" } else { "error" },
+                result: "error",
                 error: Some(error_chain(&e)),
+                took,
+            },
+            Err(_) => Attempt {
+                status: None,
+                result: "timeout",
+                error: Some(format!(
+                    "timed out after {} ms (WEBHOOK_TIMEOUT)",
+                    self.settings.webhook_timeout.as_millis()
+                )),
                 took,
             },
         }

@@ -21,3 +21,4 @@ mod process;
 mod refused;
 mod results;
 mod retention;
+mod webhooks;
