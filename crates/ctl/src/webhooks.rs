@@ -107,6 +107,9 @@ type EventRow = (
     Option<String>,
 );
 
+/// (attempt, attempted_at, http_status, error, duration_ms)
+type AttemptRow = (u32, DateTime<Utc>, Option<u16>, Option<String>, u32);
+
 async fn deliveries(pool: &MySqlPool, client: &str, limit: u32) -> anyhow::Result<()> {
     check_client(client)?;
     let events: Vec<EventRow> = sqlx::query_as(
@@ -120,7 +123,7 @@ async fn deliveries(pool: &MySqlPool, client: &str, limit: u32) -> anyhow::Resul
     .await
     .context("Failed to read the events")?;
     for e in events {
-        let attempts: Vec<(u32, DateTime<Utc>, Option<u16>, Option<String>, u32)> = sqlx::query_as(
+        let attempts: Vec<AttemptRow> = sqlx::query_as(
             "SELECT attempt, attempted_at, http_status, error, duration_ms \
                  FROM webhook_attempts WHERE event_id = ? ORDER BY attempt",
         )
