@@ -597,3 +597,68 @@ async fn an_event_is_given_up_after_the_retry_period() {
         Some(1.0)
     );
 }
+
+/// A `completed_with_errors` job whose dead letter is redriven and written is settled again by the
+/// listener: the status changes, so `job.completed` follows, written in the listener's settlement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recount_that_changes_the_status_sends_the_new_status() {
+    let port = free_port();
+    let receiver = Receiver::start(port, Behaviour::default()).await;
+    let app = spawn_app_with(|s| quick(s, Duration::from_secs(2))).await;
+    let pool = &app.env.pool;
+    set_endpoint(pool, "client_a", port).await;
+    sqlx::query(
+        "ALTER TABLE point_accruals ADD CONSTRAINT no_poison CHECK (member_id NOT LIKE 'poison-%')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let _listener = app.spawn_listener().await;
+    let job = app
+        .post_job_as(
+            KEY_A,
+            "",
+            format!(
+                "[{},{}]",
+                item("m-1", "WELFARE", 10),
+                item("poison-1", "WELFARE", 1)
+            ),
+        )
+        .await;
+    let with_errors = ("job.completed_with_errors".to_owned(), job.clone());
+    eventually(
+        Duration::from_secs(60),
+        "job.completed_with_errors",
+        || async { receiver.verified().contains_key(&with_errors) },
+    )
+    .await;
+
+    sqlx::query("ALTER TABLE point_accruals DROP CONSTRAINT no_poison")
+        .execute(pool)
+        .await
+        .unwrap();
+    let moved = accrual_core::dlq::redrive(
+        &app.env.client,
+        &app.env.queues.dlq,
+        &app.env.queues.main,
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.points, 1);
+    let completed = ("job.completed".to_owned(), job.clone());
+    eventually(Duration::from_secs(60), "job.completed", || async {
+        receiver.verified().contains_key(&completed)
+    })
+    .await;
+    let verified = receiver.verified();
+    assert_eq!(verified[&with_errors].body["dead_lettered"], 1);
+    assert_eq!(verified[&completed].body["written"], 2);
+    assert_eq!(verified[&completed].body["dead_lettered"], 0);
+    let events: Vec<String> = outbox(pool, "client_a")
+        .await
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(events, ["job.completed_with_errors", "job.completed"]);
+}
