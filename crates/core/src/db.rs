@@ -34,6 +34,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../migrations/0005_reversals.sql"),
     ),
     (
+        6,
+        "webhooks",
+        include_str!("../migrations/0006_webhooks.sql"),
+    ),
+    (
         7,
         "member_ledger",
         include_str!("../migrations/0007_member_ledger.sql"),

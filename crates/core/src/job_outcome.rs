@@ -12,10 +12,16 @@
 //! `completed_at`: the time of the last write or dead letter, not the time anyone looked). The
 //! sender's completion task settles jobs whose points are all sent; the listener settles again a
 //! finished job one of whose dead letters it has just written.
+//!
+//! A settlement that changes a job's status records its webhook event (`job.completed`,
+//! `job.completed_with_errors`, and `job.reversed` for the job a reversal job reverses) in the
+//! same transaction: see [`crate::webhook`].
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{AssertSqlSafe, MySqlPool};
 use uuid::Uuid;
+
+use crate::webhook;
 
 /// Statuses a job keeps once it has them (a `completed_with_errors` job may still become
 /// `completed` if its dead letters are redriven and written).
@@ -142,14 +148,16 @@ async fn settle_once(pool: &MySqlPool, job_id: Uuid) -> Result<Attempt, sqlx::Er
         Option<u32>,
         NaiveDateTime,
         Option<NaiveDateTime>,
+        Option<Uuid>,
     );
     let row: Option<Row> = sqlx::query_as(
-        "SELECT total, status, written, dead_lettered, created_at, reserve_at FROM accrual_jobs WHERE job_id = ?",
+        "SELECT total, status, written, dead_lettered, created_at, reserve_at, reverses FROM accrual_jobs WHERE job_id = ?",
     )
     .bind(job_id)
     .fetch_optional(pool)
     .await?;
-    let Some((total, status, stored_written, stored_dead, created_at, reserve_at)) = row else {
+    let Some((total, status, stored_written, stored_dead, created_at, reserve_at, reverses)) = row
+    else {
         return Ok(Attempt::Unchanged);
     };
     if matches!(status.as_str(), "reserved" | "cancelled") {
@@ -186,13 +194,27 @@ async fn settle_once(pool: &MySqlPool, job_id: Uuid) -> Result<Attempt, sqlx::Er
     } else {
         "'completed', 'completed_with_errors'"
     };
-    if update(statuses).execute(pool).await?.rows_affected() == 0 {
+    // The webhook events of the change are written in its transaction (see `webhook`).
+    let mut tx = pool.begin().await?;
+    if update(statuses).execute(&mut *tx).await?.rows_affected() == 0 {
+        tx.rollback().await?;
         return Ok(if first {
             Attempt::LostFirst
         } else {
             Attempt::Unchanged
         });
     }
+    // A status that changed (always, on the first settlement) is an event; counts alone are not.
+    if status != next
+        && let Some(event) = webhook::Event::settled(next)
+    {
+        webhook::record(&mut tx, job_id, event).await?;
+    }
+    // A reversal job settling for the first time: the job it reverses is reversed.
+    if first && let Some(reversed) = reverses {
+        webhook::record(&mut tx, reversed, webhook::Event::Reversed).await?;
+    }
+    tx.commit().await?;
     tracing::info!(%job_id, status = next, written = outcome.written, dead_lettered = outcome.dead_lettered, "Job settled");
     let released = reserve_at.unwrap_or(created_at);
     Ok(Attempt::Settled(Settled {

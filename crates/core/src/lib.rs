@@ -6,6 +6,8 @@
 //! - [`dead_letter`] — record a point's dead letter for its job and send it to the DLQ.
 //! - [`dlq`] — list and redrive the dead-letter queue.
 //! - [`job_outcome`] — a job's exact counts and its final state, stored when it is done.
+//! - [`job_view`] — a job as its client sees it (API, SSE, webhook bodies), from MySQL alone.
+//! - [`webhook`] — webhook events: the outbox row, the signature, endpoint URLs, the retry schedule.
 //! - [`retention`] — what goes once old enough (final jobs' chunk bodies, idempotency keys), its settings.
 //! - [`lease`] — leases on background work one sender replica at a time does (`maintenance_leases`).
 //! - [`domain`] — newtypes (`MemberId`, `PointType`, `Amount`, `Reason`) that can only hold valid values.
@@ -27,6 +29,7 @@ pub mod dead_letter;
 pub mod dlq;
 pub mod domain;
 pub mod job_outcome;
+pub mod job_view;
 pub mod lease;
 pub mod message;
 pub mod progress;
@@ -34,4 +37,5 @@ pub mod retention;
 pub mod settings;
 pub mod sqs;
 pub mod telemetry;
+pub mod webhook;
 pub mod wire;

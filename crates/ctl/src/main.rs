@@ -7,6 +7,8 @@ use accrual_core::{db, dlq, sqs};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod webhooks;
+
 #[derive(Parser)]
 #[command(
     name = "accrualctl",
@@ -45,6 +47,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Set, show or remove a client's webhook endpoint; list its deliveries.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
     /// Show how many of a job's points are in the ledger, as JSON.
     Job {
         job_id: uuid::Uuid,
@@ -70,6 +79,25 @@ enum KeysCommand {
     /// Print a new random key for CLIENT and the entry to add to ACCRUAL_API_KEYS or to the
     /// ACCRUAL_API_KEYS_FILE (the entry holds only the key's SHA-256 digest).
     New { client: String },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Set CLIENT's endpoint to URL (http or https, with a host) with a new random secret, printed
+    /// only now; replaces an endpoint and secret set before.
+    Set { client: String, url: String },
+    /// Print CLIENT's endpoint (URL, created and updated times; never the secret) as JSON.
+    Show { client: String },
+    /// Remove CLIENT's endpoint; its events not yet delivered are given up.
+    Remove { client: String },
+    /// Print CLIENT's webhook events, newest first, as JSON lines: status (delivered, pending,
+    /// gave_up), attempts and each attempt's HTTP status or error.
+    Deliveries {
+        client: String,
+        /// Most events to print.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -176,6 +204,13 @@ async fn main() -> anyhow::Result<()> {
             eprintln!(
                 "Give `key` to the client (it is shown only now); add `config_entry` to ACCRUAL_API_KEYS (comma-separated) or as a line of ACCRUAL_API_KEYS_FILE, then restart the senders."
             );
+        }
+        Command::Webhooks { command, database } => {
+            database.validate().map_err(anyhow::Error::msg)?;
+            let pool = db::connect(&database)
+                .await
+                .context("Failed to connect to MySQL")?;
+            webhooks::run(&pool, command).await?;
         }
         Command::Job { job_id, database } => {
             let pool = db::connect(&database)

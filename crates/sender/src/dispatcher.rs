@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use accrual_core::progress::Progress;
 use accrual_core::sqs::MAX_BATCH_BYTES;
-use accrual_core::{chunk, db, dead_letter, message};
+use accrual_core::{chunk, db, dead_letter, message, webhook};
 use sqlx::MySqlPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -181,10 +181,14 @@ impl Dispatcher {
                 .bind(seq)
                 .fetch_one(&mut *tx)
                 .await?;
-        sqlx::query("UPDATE accrual_jobs SET status = 'dispatching' WHERE job_id = ? AND status = 'reserved'")
+        let released = sqlx::query("UPDATE accrual_jobs SET status = 'dispatching' WHERE job_id = ? AND status = 'reserved'")
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
+        // A reserved job starting: its webhook event commits with the release, or neither does.
+        if released.rows_affected() > 0 {
+            webhook::record(&mut tx, job_id, webhook::Event::Released).await?;
+        }
         tx.commit().await?;
         Ok(Some(Claimed { job_id, seq, items }))
     }

@@ -13,6 +13,7 @@
 //! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
 //! - [`completion`] — the task that settles finished jobs (final status, counts, `completed_at`).
 //! - [`retention`] — the task that purges expired chunk bodies and idempotency keys (one replica, by lease).
+//! - [`webhooks`] — the task that delivers signed webhooks from the outbox (one replica, by lease).
 //! - [`fanout`] — `SendMessageBatch` with bounded concurrency and retries.
 //! - [`rate_limit`] — per-client GCRA limits in Redis (fail open).
 //! - [`metrics`] — Prometheus metrics.
@@ -32,6 +33,7 @@ pub mod server;
 pub mod settings;
 pub mod startup;
 pub mod state;
+pub mod webhooks;
 
 pub use settings::SenderSettings;
 pub use startup::Application;

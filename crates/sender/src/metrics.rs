@@ -22,6 +22,14 @@ pub struct JobLabels {
     pub status: &'static str,
 }
 
+/// Labels of a webhook delivery attempt: `delivered` (a 2xx answer), `rejected` (any other
+/// status), `timeout` (no answer within `WEBHOOK_TIMEOUT`) or `error` (no connection, a refused
+/// URL, a removed endpoint).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub result: &'static str,
+}
+
 /// Buckets of a job's completion time: 1 s to about 4.5 hours, doubling.
 fn completion_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(1.0, 2.0, 15)
@@ -69,6 +77,16 @@ pub struct SenderMetrics {
     /// Their time from release (`reserve_at`, else `created_at`) to their last point written or
     /// dead-lettered (`completed_at`).
     pub job_completion_seconds: Histogram,
+    /// Webhook delivery attempts this replica made, by result.
+    pub webhook_attempts: Family<WebhookLabels, Counter>,
+    /// Webhook events this replica gave up on (no 2xx within `WEBHOOK_RETRY_FOR`).
+    pub webhook_gave_up: Counter,
+    /// Webhook events due for delivery, as the replica holding the delivery lease last saw them
+    /// (0 on the others).
+    pub webhook_due: Gauge,
+    /// How long the oldest due webhook event has been due (0 when none, and on the replicas not
+    /// holding the lease).
+    pub webhook_oldest_due_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     registry: Registry,
 }
 
@@ -102,6 +120,10 @@ impl SenderMetrics {
             retention_idempotency_keys_purged: Counter::default(),
             jobs_completed: Family::default(),
             job_completion_seconds: Histogram::new(completion_buckets()),
+            webhook_attempts: Family::default(),
+            webhook_gave_up: Counter::default(),
+            webhook_due: Gauge::default(),
+            webhook_oldest_due_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -201,6 +223,27 @@ impl SenderMetrics {
             "Time from a job's release (reserve_at, else created_at) to its last point written or dead-lettered",
             Unit::Seconds,
             m.job_completion_seconds.clone(),
+        );
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts by this replica, by result (delivered, rejected, timeout, error)",
+            m.webhook_attempts.clone(),
+        );
+        registry.register(
+            "webhook_gave_up",
+            "Webhook events given up after WEBHOOK_RETRY_FOR without a 2xx answer",
+            m.webhook_gave_up.clone(),
+        );
+        registry.register(
+            "webhook_due",
+            "Webhook events due for delivery (reported by the replica holding the delivery lease, 0 elsewhere)",
+            m.webhook_due.clone(),
+        );
+        registry.register_with_unit(
+            "webhook_oldest_due",
+            "How long the oldest due webhook event has been due (0 when none)",
+            Unit::Seconds,
+            m.webhook_oldest_due_seconds.clone(),
         );
         Self { registry, ..m }
     }

@@ -121,6 +121,9 @@ pub struct SenderSettings {
     pub retention: RetentionSettings,
 
     #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookSettings,
+
+    #[command(flatten)]
     pub database: DatabaseSettings,
 
     #[command(flatten)]
@@ -212,6 +215,7 @@ impl SenderSettings {
             "RETENTION_INTERVAL must be at least 1s and at most 24h",
         );
         problems.check(self.retention.validate());
+        problems.check(self.webhooks.validate());
         problems.check(self.database.validate());
         problems.check(self.sqs.validate());
         problems.check(self.redis.validate());

@@ -26,6 +26,8 @@ pub struct Application {
     dispatch_tasks: usize,
     /// The retention task, started with the dispatchers.
     retention: crate::retention::Retention,
+    /// The webhook delivery task, started with the dispatchers.
+    webhooks: crate::webhooks::Webhooks,
     /// Connection limits and the shutdown grace, for the HTTP server.
     http: HttpLimits,
 }
@@ -113,6 +115,13 @@ impl Application {
             // Replaced by a child of the token `run_until_stopped` is given.
             shutdown: CancellationToken::new(),
         };
+        let webhooks = crate::webhooks::Webhooks::new(
+            state.pool.clone(),
+            settings.webhooks,
+            state.metrics.clone(),
+            replica.clone(),
+        )
+        .context("Failed to build the webhook HTTP client")?;
         let retention = crate::retention::Retention::new(
             state.pool.clone(),
             settings.retention,
@@ -128,6 +137,7 @@ impl Application {
             state,
             dispatch_tasks: settings.dispatch_tasks,
             retention,
+            webhooks,
             http: HttpLimits {
                 header_read_timeout: settings.sender_header_read_timeout,
                 idle_timeout: settings.sender_idle_timeout,
@@ -164,6 +174,7 @@ impl Application {
         };
         tracker.spawn(completion.run(shutdown.clone()));
         tracker.spawn(self.retention.run(shutdown.clone()));
+        tracker.spawn(self.webhooks.run(shutdown.clone()));
         tracker.close();
         let router = api::router(self.state);
         let grace = self.http.shutdown_grace;
@@ -173,7 +184,7 @@ impl Application {
             if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
                 tracing::warn!(
                     grace_secs = grace.as_secs(),
-                    "Background tasks (dispatchers, completion, retention) still busy at shutdown; their leases expire and another replica takes over"
+                    "Background tasks (dispatchers, completion, retention, webhooks) still busy at shutdown; their leases expire and another replica takes over"
                 );
             }
         };

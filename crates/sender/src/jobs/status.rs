@@ -6,9 +6,8 @@
 //! from MySQL.
 
 use accrual_core::job_outcome;
+use accrual_core::job_view::{self, JobFields};
 use accrual_core::progress::{Counters, Progress};
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::MySqlPool;
 use uuid::Uuid;
 
@@ -26,37 +25,8 @@ pub const STATUSES: [&str; 6] = [
     "cancelled",
 ];
 
-/// `GET /v1/jobs/{job_id}` and each SSE event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct JobView {
-    pub job_id: Uuid,
-    pub status: String,
-    pub total: u64,
-    pub enqueued: u64,
-    pub written: u64,
-    pub duplicates: u64,
-    pub dead_lettered: u64,
-    pub created_at: DateTime<Utc>,
-    pub reserve_at: Option<DateTime<Utc>>,
-    pub completed_at: Option<DateTime<Utc>>,
-    /// The client's label for the job (`?label=` when it was posted).
-    pub label: Option<String>,
-    /// Where the job's per-item results are: `GET` it for one record per item, in request order.
-    pub results_url: String,
-    /// Items left out of the job because the client had used their `external_id` before
-    /// (`on_duplicate=skip`); not part of `total`.
-    pub skipped: u64,
-    /// The job this reversal job reverses.
-    pub reverses: Option<Uuid>,
-    /// The reversal job that reverses this job.
-    pub reversed_by: Option<Uuid>,
-}
-
-impl JobView {
-    pub fn is_final(&self) -> bool {
-        FINAL_STATUSES.contains(&self.status.as_str())
-    }
-}
+/// The view's one definition is in core (the listener renders webhook bodies too).
+pub use accrual_core::job_view::JobView;
 
 /// Points of a job sent so far, as MySQL has them.
 async fn enqueued(pool: &MySqlPool, job_id: Uuid) -> Result<u64, sqlx::Error> {
@@ -116,7 +86,7 @@ pub async fn view_of(
             }
         },
     };
-    Ok(to_view(row, total, counters))
+    Ok(to_view(row, counters))
 }
 
 /// Live counters can run ahead of the truth (two listeners counting one point while they race):
@@ -131,24 +101,22 @@ fn clamp(live: Counters, total: u64) -> Counters {
     }
 }
 
-fn to_view(row: JobRow, total: u64, c: Counters) -> JobView {
-    JobView {
-        job_id: row.job_id,
-        status: row.status,
-        total,
-        enqueued: c.enqueued,
-        written: c.written,
-        duplicates: c.duplicates,
-        dead_lettered: c.dead_lettered,
-        created_at: row.created_at,
-        reserve_at: row.reserve_at,
-        completed_at: row.completed_at,
-        label: row.label,
-        results_url: format!("/v1/jobs/{}/results", row.job_id),
-        skipped: u64::from(row.skipped),
-        reverses: row.reverses,
-        reversed_by: row.reversed_by,
-    }
+fn to_view(row: JobRow, c: Counters) -> JobView {
+    job_view::to_view(
+        JobFields {
+            job_id: row.job_id,
+            status: row.status,
+            total: row.total,
+            created_at: row.created_at,
+            reserve_at: row.reserve_at,
+            completed_at: row.completed_at,
+            label: row.label,
+            skipped: row.skipped,
+            reverses: row.reverses,
+            reversed_by: row.reversed_by,
+        },
+        c,
+    )
 }
 
 #[cfg(test)]

@@ -364,6 +364,7 @@ pub async fn cancel(pool: &MySqlPool, job_id: Uuid, client_id: &str) -> Result<(
     .bind(job_id)
     .execute(&mut *tx)
     .await?;
+    accrual_core::webhook::record(&mut tx, job_id, accrual_core::webhook::Event::Cancelled).await?;
     tx.commit().await?;
     Ok(())
 }

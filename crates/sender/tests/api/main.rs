@@ -24,3 +24,4 @@ mod refused;
 mod results;
 mod retention;
 mod reversal;
+mod webhooks;
