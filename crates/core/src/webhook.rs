@@ -5,7 +5,7 @@
 //! webhooks set`). Whoever changes a job's state (the sender's dispatcher, cancel and completion
 //! task, the listener's settlement) calls [`record`] inside its transaction: when the client has
 //! an endpoint, the event's body (the job view as at the change, plus `event`, `event_id`,
-//! `event_created_at`) is stored in `webhook_events`, so it exists if and only if the change committed.
+//! `created_at`) is stored in `webhook_events`, so it exists if and only if the change committed.
 //! The sender's delivery task (one replica at a time, by lease) then POSTs it until a 2xx answer
 //! or until the retry period is over.
 
@@ -66,14 +66,14 @@ impl Event {
     }
 }
 
-/// A webhook's body: the job view and the event's own fields. The view has a `created_at` of its
-/// own (the job's), so the event's time is `event_created_at`: one JSON key each.
+/// A webhook's body: the event's own fields and, under `job`, the job's view as at the change
+/// (exactly `GET /v1/jobs/{job_id}`'s JSON; nested, so the event's `created_at` and the job's
+/// cannot be mistaken for each other).
 #[derive(Debug, Serialize)]
 pub struct EventBody<'a> {
     pub event: &'static str,
     pub event_id: Uuid,
-    pub event_created_at: DateTime<Utc>,
-    #[serde(flatten)]
+    pub created_at: DateTime<Utc>,
     pub job: &'a JobView,
 }
 
@@ -101,7 +101,7 @@ pub async fn record(
     let body = EventBody {
         event: event.as_str(),
         event_id,
-        event_created_at: now.and_utc(),
+        created_at: now.and_utc(),
         job: &view,
     };
     let body = serde_json::to_string(&body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;

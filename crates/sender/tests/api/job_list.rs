@@ -373,7 +373,13 @@ async fn every_filter_of_the_job_list_reads_a_list_index_without_sorting() {
             let plan = store::list_plan(&app.env.pool, "client_3", &filter, position, 51)
                 .await
                 .unwrap();
-            assert_eq!(plan.len(), 1, "{plan:?}");
+            // The list read, and for each listed job one unique-key probe for `reversed_by`.
+            assert_eq!(plan.len(), 2, "{plan:?}");
+            assert_eq!(
+                (plan[1].key.as_deref(), plan[1].access.as_str()),
+                (Some("uq_accrual_jobs_reverses"), "eq_ref"),
+                "{plan:?}"
+            );
             // The label's index with a label (a campaign is a few jobs), else the status's.
             let index = match (&filter.label, filter.status) {
                 (Some(_), _) => "ix_accrual_jobs_client_label",
