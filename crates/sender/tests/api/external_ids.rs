@@ -158,17 +158,17 @@ async fn a_retry_with_ten_thousand_used_ids_is_refused_naming_them_or_skips_them
 async fn two_concurrent_requests_sharing_ids_give_each_id_to_one_of_them() {
     let app = spawn_app().await;
     // 2,000 items each; ids 1,000..1,999 of the first are ids 0..999 of the second.
-    let request = |from: usize| {
+    let request = |prefix: &str, from: usize| {
         body(
             &(from..from + 2_000)
-                .map(|i| item_with_id("m", 1, &format!("shared-{i}")))
+                .map(|i| item_with_id("m", 1, &format!("{prefix}-{i}")))
                 .collect::<Vec<_>>(),
         )
     };
     for round in 0..3 {
         let (a, b) = tokio::join!(
-            app.post_raw(KEY_A, "", request(round * 10_000)),
-            app.post_raw(KEY_A, "", request(round * 10_000 + 1_000)),
+            app.post_raw(KEY_A, "", request("shared", round * 10_000)),
+            app.post_raw(KEY_A, "", request("shared", round * 10_000 + 1_000)),
         );
         let mut statuses = [a.status().as_u16(), b.status().as_u16()];
         statuses.sort_unstable();
@@ -180,8 +180,8 @@ async fn two_concurrent_requests_sharing_ids_give_each_id_to_one_of_them() {
     }
     // With skip, both are accepted and every id is taken once.
     let (a, b) = tokio::join!(
-        app.post_raw(KEY_A, "?on_duplicate=skip", request(50_000)),
-        app.post_raw(KEY_A, "?on_duplicate=skip", request(51_000)),
+        app.post_raw(KEY_A, "?on_duplicate=skip", request("skipped", 0)),
+        app.post_raw(KEY_A, "?on_duplicate=skip", request("skipped", 1_000)),
     );
     let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
     assert_eq!(
@@ -194,7 +194,7 @@ async fn two_concurrent_requests_sharing_ids_give_each_id_to_one_of_them() {
     );
     let claimed: Vec<(String, i64)> = sqlx::query_as(
         "SELECT external_id, COUNT(*) FROM accrual_external_ids \
-         WHERE external_id LIKE 'shared-5%' GROUP BY external_id",
+         WHERE external_id LIKE 'skipped-%' GROUP BY external_id",
     )
     .fetch_all(&app.env.pool)
     .await

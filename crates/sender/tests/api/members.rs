@@ -92,49 +92,24 @@ fn shown(balance: &Value) -> BTreeMap<String, (i64, i64, i64, i64, i64)> {
         .collect()
 }
 
-/// Writes a reversal of `original` the way the reversal job does: a job row with `reverses`,
-/// and per ledger row of the original one compensating row (its own accrual_id, the negative
-/// amount, `reverses` = the original accrual_id, the original's expires_at).
-async fn reverse_by_sql(app: &TestApp, client: &str, original: Uuid) -> Uuid {
-    let reversal = Uuid::now_v7();
-    let pool = &app.env.pool;
-    let rows: Vec<(Uuid, String, String, i64, Option<chrono::NaiveDateTime>)> = sqlx::query_as(
-        "SELECT accrual_id, member_id, point_type, amount, expires_at FROM point_accruals WHERE job_id = ?",
-    )
-    .bind(original)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO accrual_jobs (job_id, client_id, body_sha256, total, members, status, created_at, completed_at, written, dead_lettered, reverses) \
-         VALUES (?, ?, ?, ?, 1, 'completed', NOW(6), NOW(6), ?, 0, ?)",
-    )
-    .bind(reversal)
-    .bind(client)
-    .bind(&[0u8; 32][..])
-    .bind(rows.len() as u32)
-    .bind(rows.len() as u32)
-    .bind(original)
-    .execute(pool)
-    .await
-    .unwrap();
-    for (accrual_id, member, point_type, amount, expires_at) in rows {
-        sqlx::query(
-            "INSERT INTO point_accruals (accrual_id, job_id, member_id, point_type, amount, reason, expires_at, accepted_at, reverses) \
-             VALUES (?, ?, ?, ?, ?, 'reversal', ?, NOW(6), ?)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(reversal)
-        .bind(member)
-        .bind(point_type)
-        .bind(-amount)
-        .bind(expires_at)
-        .bind(accrual_id)
-        .execute(pool)
+/// Reverses `original` through the API (`POST /v1/jobs/{id}/reversal`) and waits until the
+/// reversal job has written its compensating rows.
+async fn reverse(app: &TestApp, key: &str, original: &str) -> Uuid {
+    let response = app
+        .http
+        .post(format!("{}/v1/jobs/{original}/reversal", app.address))
+        .bearer_auth(key)
+        .send()
         .await
         .unwrap();
-    }
-    reversal
+    assert_eq!(response.status().as_u16(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let reversal = accepted["job_id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(60), "the reversal written", || {
+        completed(app, key, &reversal)
+    })
+    .await;
+    reversal.parse().unwrap()
 }
 
 /// Every page of `GET path` (limit 2), following `next`; the rows in the order shown.
@@ -271,7 +246,7 @@ async fn a_members_ledger_and_balance_match_sql_sums_with_reversal_expiry_and_re
         })
         .await;
     }
-    let reversal = reverse_by_sql(&app, "client_a", reversed.parse().unwrap()).await;
+    let reversal = reverse(&app, KEY_A, &reversed).await;
     // Past the short expiry.
     let wait = (soon - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(200);
     tokio::time::sleep(wait).await;
