@@ -349,12 +349,9 @@ pub async fn cancel(pool: &MySqlPool, job_id: Uuid, client_id: &str) -> Result<(
         };
         return Err(CancelError::NotCancellable(shown));
     }
-    sqlx::query("DELETE FROM accrual_chunks WHERE job_id = ?")
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await?;
     // None of the job's points was ever sent: its external ids are free for another job.
-    sqlx::query("DELETE FROM accrual_external_ids WHERE job_id = ?")
+    free_external_ids(&mut tx, client_id, job_id).await?;
+    sqlx::query("DELETE FROM accrual_chunks WHERE job_id = ?")
         .bind(job_id)
         .execute(&mut *tx)
         .await?;
@@ -366,6 +363,50 @@ pub async fn cancel(pool: &MySqlPool, job_id: Uuid, client_id: &str) -> Result<(
     .await?;
     accrual_core::webhook::record(&mut tx, job_id, accrual_core::webhook::Event::Cancelled).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Rows per statement when a cancelled job frees its ids.
+const FREE_ROWS: usize = 1_024;
+
+/// Deletes the `external_id` claims of a job about to be cancelled, by key: the ids are read from
+/// its stored chunks (the claims table has no index on `job_id`, which would slow every claim).
+async fn free_external_ids(
+    tx: &mut sqlx::MySqlConnection,
+    client_id: &str,
+    job_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    #[derive(serde::Deserialize)]
+    struct WithId {
+        #[serde(default)]
+        external_id: Option<String>,
+    }
+    let blobs: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT items FROM accrual_chunks WHERE job_id = ? ORDER BY seq")
+            .bind(job_id)
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut ids = Vec::new();
+    for blob in &blobs {
+        let bodies = accrual_core::chunk::decode(blob)
+            .map_err(|e| sqlx::Error::Decode(format!("chunk of job {job_id}: {e}").into()))?;
+        ids.extend(
+            bodies
+                .iter()
+                .filter_map(|b| serde_json::from_str::<WithId>(b).ok()?.external_id),
+        );
+    }
+    for batch in ids.chunks(FREE_ROWS) {
+        let sql = format!(
+            "DELETE FROM accrual_external_ids WHERE client_id = ? AND job_id = ? AND external_id IN ({})",
+            vec!["?"; batch.len()].join(",")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(client_id).bind(job_id);
+        for id in batch {
+            query = query.bind(id);
+        }
+        query.execute(&mut *tx).await?;
+    }
     Ok(())
 }
 
