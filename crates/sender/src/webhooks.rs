@@ -240,14 +240,15 @@ impl Webhooks {
 
     /// Takes up to [`BATCH`] due events, oldest due first, and moves them a lease ahead.
     async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
-        type Row = (Uuid, String, String, i64, Option<String>, Option<String>);
+        type Row = (Uuid, String, String, i64, String);
         let mut tx = self.pool.begin().await?;
+        // Only the events are locked. Joined in this statement, the endpoint would be skipped too
+        // while a state change's transaction holds its row share-locked (recording an event reads
+        // it with INSERT … SELECT), and its event would look like one whose endpoint was removed.
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT e.event_id, e.event, e.body, \
-               TIMESTAMPDIFF(MICROSECOND, e.created_at, NOW(6)), w.url, w.secret \
-             FROM webhook_events e LEFT JOIN webhook_endpoints w ON w.client_id = e.client_id \
-             WHERE e.next_attempt_at <= NOW(6) \
-             ORDER BY e.next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED",
+            "SELECT event_id, event, body, TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)), client_id \
+             FROM webhook_events WHERE next_attempt_at <= NOW(6) \
+             ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED",
         )
         .bind(BATCH as u32)
         .fetch_all(&mut *tx)
@@ -256,6 +257,22 @@ impl Webhooks {
             tx.commit().await?;
             return Ok(Vec::new());
         }
+        // A plain (non-locking) read: the endpoints as committed, whoever holds their rows.
+        let clients: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.4.as_str()).collect();
+        let sql = format!(
+            "SELECT client_id, url, secret FROM webhook_endpoints WHERE client_id IN {}",
+            accrual_core::db::placeholders(1, clients.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql));
+        for client in &clients {
+            query = query.bind(*client);
+        }
+        let endpoints: std::collections::HashMap<String, (String, String)> = query
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(client, url, secret)| (client, (url, secret)))
+            .collect();
         let ids = accrual_core::db::placeholders(1, rows.len());
         let sql = format!(
             "UPDATE webhook_events SET next_attempt_at = NOW(6) + INTERVAL ? MICROSECOND \
@@ -277,7 +294,7 @@ impl Webhooks {
                 body: r.2,
                 age: Duration::from_micros(r.3.max(0) as u64),
                 claimed,
-                endpoint: r.4.zip(r.5),
+                endpoint: endpoints.get(&r.4).cloned(),
             })
             .collect())
     }

@@ -547,6 +547,46 @@ async fn a_duplicate_delivery_carries_the_same_event_id() {
     );
 }
 
+/// Recording an event share-locks the client's endpoint row until its transaction commits (INSERT …
+/// SELECT). A delivery claiming events meanwhile must still see the endpoint: joined into the
+/// claim's `FOR UPDATE SKIP LOCKED`, the locked row was skipped and the event given up as one whose
+/// endpoint was removed (seen in a full suite run on a loaded machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_delivered_while_its_endpoint_row_is_share_locked() {
+    let port = free_port();
+    let receiver = Receiver::start(port, Behaviour::default()).await;
+    let app = spawn_app_with(|s| quick(s, Duration::from_secs(2))).await;
+    let pool = &app.env.pool;
+    set_endpoint(pool, "client_a", port).await;
+    let job = post_reserved(&app.http, &app.address, 3_600).await;
+    // What a state change's transaction holds while it records an event of this client.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT client_id FROM webhook_endpoints WHERE client_id = 'client_a' LOCK IN SHARE MODE",
+    )
+    .fetch_all(&mut *holder)
+    .await
+    .unwrap();
+    cancel(&app.http, &app.address, &job).await;
+
+    eventually(
+        Duration::from_secs(15),
+        "the cancel event delivered while the endpoint row is locked",
+        || async {
+            receiver
+                .verified()
+                .contains_key(&("job.cancelled".to_owned(), job.clone()))
+        },
+    )
+    .await;
+    holder.rollback().await.unwrap();
+    let events = outbox(pool, "client_a").await;
+    assert_eq!(events.len(), 1);
+    let tried = attempts(pool, events[0].0).await;
+    assert_eq!(tried.len(), 1, "{tried:?}");
+    assert_eq!(tried[0].1, Some(200), "{tried:?}");
+}
+
 /// An endpoint that never answers 2xx: the event is given up once the next attempt would come
 /// after WEBHOOK_RETRY_FOR, recorded and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
