@@ -34,17 +34,29 @@ export AWS_EC2_METADATA_DISABLED=true
 # (the default and the reference; 127.0.0.1:4566) or fauxqs (Node; FAUXQS_PORT, 127.0.0.1:4576 by
 # default, so both can run at once). With fauxqs, AWS_ENDPOINT_URL names it, for every process these
 # scripts start (the tests read it through testkit, the services and accrual-bench through settings).
+# SQS_EMULATOR=both (scripts/test's default) starts the two; the test script then points each of its
+# two passes at one (LOCALSTACK_URL, FAUXQS_URL).
 SQS_EMULATOR=${SQS_EMULATOR:-localstack}
 FAUXQS_PORT=${FAUXQS_PORT:-4576}
+LOCALSTACK_URL=http://127.0.0.1:4566
+FAUXQS_URL=http://127.0.0.1:$FAUXQS_PORT
 case "$SQS_EMULATOR" in
-  localstack) ;;
-  fauxqs) export AWS_ENDPOINT_URL="http://127.0.0.1:$FAUXQS_PORT" ;;
+  localstack | both) ;;
+  fauxqs) export AWS_ENDPOINT_URL=$FAUXQS_URL ;;
   *)
-    log "SQS_EMULATOR must be localstack or fauxqs, not '$SQS_EMULATOR'"
+    log "SQS_EMULATOR must be localstack, fauxqs or (for scripts/test and services-up) both, not '$SQS_EMULATOR'"
     exit 64
     ;;
 esac
 export SQS_EMULATOR FAUXQS_PORT
+
+# one_emulator WHAT: refuses SQS_EMULATOR=both for a script that runs on one emulator.
+one_emulator() {
+  if [ "$SQS_EMULATOR" = both ]; then
+    log "$1 runs on one SQS emulator: SQS_EMULATOR=localstack (the default) or fauxqs, not both"
+    exit 64
+  fi
+}
 
 # localstack_healthy: LocalStack answers and its SQS is up.
 localstack_healthy() {
@@ -60,4 +72,9 @@ fauxqs_healthy() {
 }
 
 # sqs_emulator_healthy: the emulator SQS_EMULATOR names answers.
-sqs_emulator_healthy() { "${SQS_EMULATOR}_healthy"; }
+sqs_emulator_healthy() {
+  case "$SQS_EMULATOR" in
+    both) localstack_healthy && fauxqs_healthy ;;
+    *) "${SQS_EMULATOR}_healthy" ;;
+  esac
+}
