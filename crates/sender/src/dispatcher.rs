@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::backlog::Backlog;
 use crate::fanout::{Fanout, FanoutError, Refused, Sent};
 use crate::metrics::SenderMetrics;
 
@@ -54,6 +55,8 @@ pub struct Dispatcher {
     poll: Duration,
     /// Woken when a request stores a job, so idle tasks start at once.
     wake: Arc<Notify>,
+    /// How far dispatch may run ahead of the listeners.
+    backlog: Backlog,
 }
 
 /// How a dispatch ended.
@@ -84,6 +87,7 @@ impl Dispatcher {
         lease: Duration,
         poll: Duration,
         owner: String,
+        backlog: Backlog,
     ) -> Self {
         Self {
             pool,
@@ -96,6 +100,7 @@ impl Dispatcher {
             lease,
             poll,
             wake: Arc::new(Notify::new()),
+            backlog,
         }
     }
 
@@ -118,6 +123,12 @@ impl Dispatcher {
     async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
+            // No chunk is claimed while the queue is at DISPATCH_MAX_QUEUE_DEPTH, so none is held
+            // (and none kept from another replica) while waiting.
+            self.backlog.wait_for_room(&shutdown).await;
+            if shutdown.is_cancelled() {
+                break;
+            }
             // Register interest before looking, so a wake-up between the look and the wait is kept.
             let notified = self.wake.notified();
             match self.claim().await {
@@ -269,6 +280,7 @@ impl Dispatcher {
                     .inc_by((points - refused.len()) as u64);
                 self.metrics.points_refused.inc_by(refused.len() as u64);
                 self.metrics.messages_dispatched.inc_by(sent as u64);
+                self.backlog.sent(sent as u64);
                 self.metrics.chunks_dispatched.inc();
                 self.progress
                     .add(

@@ -11,6 +11,7 @@
 //! - [`member_ledger`] — a member's ledger page and balance; a reserved job's amounts.
 //! - [`jobs`] — durable jobs (`accrual_jobs` + compressed `accrual_chunks`), status and progress.
 //! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
+//! - [`backlog`] — the bound on how far dispatch may run ahead of the listeners.
 //! - [`completion`] — the task that settles finished jobs (final status, counts, `completed_at`).
 //! - [`retention`] — the task that purges expired chunk bodies and idempotency keys (one replica, by lease).
 //! - [`webhooks`] — the task that delivers signed webhooks from the outbox (one replica, by lease).
@@ -19,6 +20,7 @@
 //! - [`metrics`] — Prometheus metrics.
 
 pub mod api;
+pub mod backlog;
 pub mod completion;
 pub mod dispatcher;
 pub mod external_ids;

@@ -66,6 +66,12 @@ pub struct SenderMetrics {
     pub sse_pollers: Gauge,
     /// Due chunks not yet dispatched, set when `/metrics` is read.
     pub chunks_pending: Gauge,
+    /// Time this replica's dispatchers waited because the queue was at
+    /// `DISPATCH_MAX_QUEUE_DEPTH` (summed over the dispatchers).
+    pub dispatch_paused_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Messages in the queue (visible and in flight) at the dispatchers' last reading; 0 without
+    /// a `DISPATCH_MAX_QUEUE_DEPTH`.
+    pub dispatch_queue_depth: Gauge,
     /// Final jobs whose stored results this replica's retention task purged.
     pub retention_jobs_purged: Counter,
     /// Stored chunks this replica's retention task deleted.
@@ -114,6 +120,8 @@ impl SenderMetrics {
             send_calls: Counter::default(),
             dispatch_lag_seconds: Gauge::default(),
             chunks_pending: Gauge::default(),
+            dispatch_paused_seconds: Counter::default(),
+            dispatch_queue_depth: Gauge::default(),
             sse_pollers: Gauge::default(),
             retention_jobs_purged: Counter::default(),
             retention_chunks_purged: Counter::default(),
@@ -192,6 +200,17 @@ impl SenderMetrics {
             "chunks_pending",
             "Due chunks not yet dispatched",
             m.chunks_pending.clone(),
+        );
+        registry.register_with_unit(
+            "dispatch_paused",
+            "Time dispatchers waited because the queue was at DISPATCH_MAX_QUEUE_DEPTH, summed over the dispatchers",
+            Unit::Seconds,
+            m.dispatch_paused_seconds.clone(),
+        );
+        registry.register(
+            "dispatch_queue_depth",
+            "Messages in the queue, visible and in flight, at the dispatchers' last reading (0 without DISPATCH_MAX_QUEUE_DEPTH)",
+            m.dispatch_queue_depth.clone(),
         );
         registry.register(
             "sse_pollers",

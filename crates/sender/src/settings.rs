@@ -56,6 +56,14 @@ pub struct SenderSettings {
     #[arg(long, env = "DISPATCH_TASKS", default_value_t = 2)]
     pub dispatch_tasks: usize,
 
+    /// Most messages the queue may hold (visible and in flight) before this replica's dispatchers
+    /// wait for the listeners: how far dispatch may run ahead of the ledger, and so how much work
+    /// a crash can leave in flight. 0: no bound; otherwise at least 1000. Keep it above the KEDA
+    /// trigger's `queueLength` times the listeners' `maxReplicaCount`, so that the queue can still
+    /// grow deep enough to scale the listeners out fully.
+    #[arg(long, env = "DISPATCH_MAX_QUEUE_DEPTH", default_value_t = 1_000_000)]
+    pub dispatch_max_queue_depth: u64,
+
     /// Points per stored chunk: the unit a dispatcher claims and re-sends after a crash.
     #[arg(long, env = "CHUNK_ITEMS", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     pub chunk_items: u32,
@@ -168,6 +176,11 @@ impl SenderSettings {
             "SEND_CONCURRENCY must be at least 1 (no chunk could be sent)",
         );
         problems.require(
+            self.dispatch_max_queue_depth == 0
+                || self.dispatch_max_queue_depth >= crate::backlog::MIN_MAX_DEPTH,
+            "DISPATCH_MAX_QUEUE_DEPTH must be 0 (no bound) or at least 1000 (dispatch would stop and start all the time)",
+        );
+        problems.require(
             (1..=50_000).contains(&self.chunk_items),
             "CHUNK_ITEMS must be 1-50000",
         );
@@ -252,6 +265,14 @@ mod tests {
             (&["--dispatch-lease", "500ms"], "DISPATCH_LEASE"),
             (&["--dispatch-poll", "0ms"], "DISPATCH_POLL"),
             (&["--dispatch-poll", "1ms"], "DISPATCH_POLL"),
+            (
+                &["--dispatch-max-queue-depth", "999"],
+                "DISPATCH_MAX_QUEUE_DEPTH",
+            ),
+            (
+                &["--dispatch-max-queue-depth", "1"],
+                "DISPATCH_MAX_QUEUE_DEPTH",
+            ),
             (&["--send-concurrency", "0"], "SEND_CONCURRENCY"),
             (
                 &["--database-max-connections", "0"],

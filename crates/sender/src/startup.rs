@@ -91,6 +91,12 @@ impl Application {
             settings.dispatch_lease,
             settings.dispatch_poll,
             replica.clone(),
+            crate::backlog::Backlog::new(
+                client.clone(),
+                queue_url.clone(),
+                settings.dispatch_max_queue_depth,
+                metrics.clone(),
+            ),
         );
         let metrics_for_watch = metrics.sse_pollers.clone();
         let state = AppState {

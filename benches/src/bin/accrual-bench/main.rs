@@ -77,13 +77,22 @@ pub struct Args {
         default_value = "mysql://root@127.0.0.1:3306"
     )]
     mysql_url: String,
-    /// SQS endpoint (LocalStack).
+    /// SQS endpoint (LocalStack by default; scripts/bench --emulator fauxqs points it at fauxqs).
     #[arg(
         long,
         env = "AWS_ENDPOINT_URL",
         default_value = "http://127.0.0.1:4566"
     )]
     aws_endpoint_url: String,
+    /// Which SQS emulator answers at --aws-endpoint-url, recorded in the result (`localstack` or
+    /// `fauxqs`; scripts/bench sets it). Left out, the endpoint is asked: LocalStack answers its
+    /// health URL, anything else is recorded as `other`.
+    #[arg(long, env = "SQS_EMULATOR", value_parser = ["localstack", "fauxqs"])]
+    emulator: Option<String>,
+    /// Most messages the queue may hold before the sender's dispatchers wait for the listeners
+    /// (DISPATCH_MAX_QUEUE_DEPTH, 0: no bound); left out, the sender's default (1,000,000).
+    #[arg(long, env = "DISPATCH_MAX_QUEUE_DEPTH")]
+    dispatch_max_queue_depth: Option<u64>,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Where the JSON result is written.
@@ -107,6 +116,35 @@ pub struct Args {
 }
 
 const API_KEY: &str = "bench-key";
+/// The sender's default `DISPATCH_MAX_QUEUE_DEPTH`, recorded when the run leaves it unset.
+const DEFAULT_MAX_QUEUE_DEPTH: u64 = 1_000_000;
+
+impl Args {
+    /// The emulator the run measured (resolved in `main`).
+    pub fn emulator(&self) -> &str {
+        self.emulator.as_deref().unwrap_or("other")
+    }
+
+    /// The sender's `DISPATCH_MAX_QUEUE_DEPTH` in this run.
+    pub fn max_queue_depth(&self) -> u64 {
+        self.dispatch_max_queue_depth
+            .unwrap_or(DEFAULT_MAX_QUEUE_DEPTH)
+    }
+}
+
+/// `localstack` when the endpoint answers LocalStack's health URL, else `other`.
+async fn detect_emulator(endpoint: &str) -> String {
+    let health = format!("{}/_localstack/health", endpoint.trim_end_matches('/'));
+    let answer = reqwest::Client::new()
+        .get(health)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    match answer {
+        Ok(response) if response.status().is_success() => "localstack".into(),
+        _ => "other".into(),
+    }
+}
 
 /// The database and queues of one run.
 struct Scratch {
@@ -118,7 +156,10 @@ struct Scratch {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.emulator.is_none() {
+        args.emulator = Some(detect_emulator(&args.aws_endpoint_url).await);
+    }
     if args.points == 0 {
         bail!("--points must be at least 1");
     }
@@ -158,13 +199,14 @@ async fn main() -> anyhow::Result<()> {
         id,
     };
     eprintln!(
-        "accrual-bench {}: {} points over {} members as requests of {} items, {} at once, {} listener(s)",
+        "accrual-bench {}: {} points over {} members as requests of {} items, {} at once, {} listener(s), on {}",
         scratch.id,
         args.points,
         args.members.min(args.points),
         args.items_per_request.min(args.points),
         args.concurrency,
-        args.listeners
+        args.listeners,
+        args.emulator(),
     );
     db::create_database_if_absent(&scratch.database.database_url).await?;
     let pool = db::connect(&scratch.database).await?;
@@ -307,6 +349,9 @@ async fn measure(
             args.points_per_message.to_string(),
         ),
     ]);
+    if let Some(depth) = args.dispatch_max_queue_depth {
+        sender_env.push(("DISPATCH_MAX_QUEUE_DEPTH".into(), depth.to_string()));
+    }
     let mut listeners = Vec::with_capacity(args.listeners);
     for i in 0..args.listeners.max(1) {
         let port = free_port()?;

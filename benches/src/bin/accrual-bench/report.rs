@@ -149,6 +149,7 @@ impl Report {
         let mut row = |k: &str, v: String| {
             let _ = writeln!(t, "  {k:<44} {v}");
         };
+        row("SQS emulator", self.args.emulator().to_owned());
         row(
             "workload",
             format!(
@@ -311,6 +312,7 @@ impl Report {
         json!({
             "id": self.id,
             "label": self.args.label,
+            "emulator": self.args.emulator(),
             "finished_at": chrono::Utc::now().to_rfc3339(),
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "workload": {
@@ -329,6 +331,7 @@ impl Report {
                 "receive_tasks": self.args.receive_tasks,
                 "batch_max_rows": self.args.batch_max_rows,
                 "points_per_message": self.args.points_per_message,
+                "dispatch_max_queue_depth": self.args.max_queue_depth(),
                 "raw_mysql_connections": self.args.raw_mysql_connections,
             },
             "pipeline": {
@@ -380,13 +383,14 @@ impl Report {
         })
     }
 
-    /// Writes the JSON to `dir/<UTC time>-<label>-<points>.json`.
+    /// Writes the JSON to `dir/<UTC time>-<label>-<emulator>-<points>.json`.
     pub fn save(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let name = format!(
-            "{}-{}-{}.json",
+            "{}-{}-{}-{}.json",
             chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
             self.args.label,
+            self.args.emulator(),
             self.points()
         );
         let path = dir.join(name);

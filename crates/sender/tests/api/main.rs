@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accruals;
+mod backlog;
 mod chaos;
 mod contract;
 mod dry_run;
