@@ -1,5 +1,6 @@
 //! Collects points into batches (by size or linger time), writes each batch in one transaction and
-//! deletes its messages only after the commit.
+//! deletes its messages only after the commit. Up to [`BATCHES_IN_PROCESS`] batches are written and
+//! deleted at once, while the next is collected.
 //!
 //! A packed message is never split between batches: a batch takes whole messages until it holds
 //! `max_rows` points or more, so a message is deleted once, after all of its points are done.
@@ -35,6 +36,15 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Lock conflicts (deadlock, lock wait timeout) retried before the database counts as down.
 const LOCK_RETRIES: u32 = 5;
+/// Batches written and deleted at once. The receivers have room for one more, collected meanwhile.
+pub const BATCHES_IN_PROCESS: usize = 3;
+
+/// Logs a batch task that panicked (its messages reappear after their visibility timeout).
+fn report(done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = done {
+        tracing::error!(error = %e, "A batch task failed; its messages are received again after their visibility timeout");
+    }
+}
 
 pub struct Batcher {
     pub ledger: Ledger,
@@ -61,12 +71,16 @@ impl Batcher {
     /// cancelled (the shutdown deadline), a batch that cannot be written is handed back to SQS
     /// instead of waiting for MySQL.
     pub async fn run(self, mut inbound: mpsc::Receiver<Inbound>, abandon: CancellationToken) {
+        let this = Arc::new(self);
+        // Batches being written and deleted while the next one is collected: a batch's deletes
+        // (one DeleteMessageBatch per ten messages) overlap the next batch's insert.
+        let mut in_process = tokio::task::JoinSet::new();
         while let Some(first) = inbound.recv().await {
             let mut rows = first.records.len();
-            let mut batch = Vec::with_capacity(self.max_rows.min(1_024));
+            let mut batch = Vec::with_capacity(this.max_rows.min(1_024));
             batch.push(first);
-            let deadline = Instant::now() + self.linger;
-            while rows < self.max_rows {
+            let deadline = Instant::now() + this.linger;
+            while rows < this.max_rows {
                 match tokio::time::timeout_at(deadline, inbound.recv()).await {
                     Ok(Some(next)) => {
                         rows += next.records.len();
@@ -75,7 +89,14 @@ impl Batcher {
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.process_batch(batch, &abandon).await;
+            while in_process.len() >= BATCHES_IN_PROCESS {
+                report(in_process.join_next().await);
+            }
+            let (this, abandon) = (this.clone(), abandon.clone());
+            in_process.spawn(async move { this.process_batch(batch, &abandon).await });
+        }
+        while let Some(done) = in_process.join_next().await {
+            report(Some(done));
         }
     }
 

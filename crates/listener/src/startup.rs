@@ -96,10 +96,11 @@ impl Listener {
     /// messages are made visible again instead.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let max_rows = self.settings.batch_max_rows as usize;
-        // Room for two batches of points: receivers keep the next batch ready while one is
-        // written. The channel's own bound (messages) is never the tighter one.
-        let room_points = (max_rows * 2) as u32;
-        let (to_batcher, inbound) = mpsc::channel(max_rows * 2);
+        // Room for the batches being written and deleted and one more: receivers keep the next
+        // batch ready meanwhile. The channel's own bound (messages) is never the tighter one.
+        let batches = crate::batcher::BATCHES_IN_PROCESS + 1;
+        let room_points = (max_rows * batches) as u32;
+        let (to_batcher, inbound) = mpsc::channel(max_rows * batches);
         let dead_letters = DeadLetterLog {
             ledger: self.ledger.clone(),
             progress: self.progress.clone(),
