@@ -5,8 +5,9 @@
 //! crash then leaves that much work in flight, and an emulator that keeps its queue in memory
 //! slows down with its depth (fauxqs: docs/performance.md, "Both emulators"). So before claiming
 //! a chunk a dispatcher looks at how many messages the queue holds (visible and in flight, from
-//! `GetQueueAttributes`, read in the background at most once a second for all of this replica's
-//! dispatchers, plus what they sent since that reading) and waits while that is at the bound.
+//! `GetQueueAttributes`, read in the background at most once per `DISPATCH_POLL` for all of this
+//! replica's dispatchers, plus what they sent since that reading) and waits while that is at the
+//! bound, looking again every `DISPATCH_POLL`.
 //!
 //! The bound is on messages, not points: a packed message carries up to
 //! `ACCRUAL_POINTS_PER_MESSAGE` points. A depth that cannot be read does not stop dispatch (SQS
@@ -22,8 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::SenderMetrics;
 
-/// How often the queue's depth is read, at most, by all of a replica's dispatchers together.
-pub const READ_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest a depth reading may take before dispatch goes on without it.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The smallest bound: below a few chunks' worth of messages dispatch would stop and start
@@ -41,6 +40,9 @@ struct Inner {
     client: aws_sdk_sqs::Client,
     queue_url: String,
     max_depth: u64,
+    /// How often the depth is read, at most, and how long a waiting dispatcher sleeps between
+    /// looks (`DISPATCH_POLL`).
+    interval: Duration,
     metrics: Arc<SenderMetrics>,
     /// The last reading of the depth; `UNKNOWN` before the first and after a failed one.
     depth: AtomicU64,
@@ -53,11 +55,12 @@ struct Inner {
 const UNKNOWN: u64 = u64::MAX;
 
 impl Backlog {
-    /// `max_depth` 0 means no bound.
+    /// `max_depth` 0 means no bound; `interval` is `DISPATCH_POLL`.
     pub fn new(
         client: aws_sdk_sqs::Client,
         queue_url: String,
         max_depth: u64,
+        interval: Duration,
         metrics: Arc<SenderMetrics>,
     ) -> Self {
         let inner = (max_depth > 0).then(|| {
@@ -65,6 +68,7 @@ impl Backlog {
                 client,
                 queue_url,
                 max_depth,
+                interval,
                 metrics,
                 depth: AtomicU64::new(UNKNOWN),
                 read_at: std::sync::Mutex::new(None),
@@ -101,7 +105,7 @@ impl Backlog {
             let waited = Instant::now();
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(READ_INTERVAL) => {}
+                () = tokio::time::sleep(inner.interval) => {}
             }
             inner
                 .metrics
@@ -116,12 +120,12 @@ impl Backlog {
 
 impl Inner {
     /// The queue's depth as last read plus the messages sent since; `None` when it is not known.
-    /// A reading older than `READ_INTERVAL` starts a new one in the background, so a slow or
+    /// A reading older than the interval starts a new one in the background, so a slow or
     /// hung `GetQueueAttributes` never holds a dispatcher up.
     fn estimate(self: &Arc<Self>) -> Option<u64> {
         let stale = {
             let mut read_at = self.read_at.lock().expect("never poisoned");
-            let stale = read_at.is_none_or(|at| at.elapsed() >= READ_INTERVAL);
+            let stale = read_at.is_none_or(|at| at.elapsed() >= self.interval);
             if stale {
                 *read_at = Some(Instant::now());
             }

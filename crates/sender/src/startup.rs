@@ -95,6 +95,7 @@ impl Application {
                 client.clone(),
                 queue_url.clone(),
                 settings.dispatch_max_queue_depth,
+                settings.dispatch_poll,
                 metrics.clone(),
             ),
         );
