@@ -4,6 +4,7 @@
 //! processes), and reports the pipeline against those limits: throughput, latency, and the CPU and
 //! memory of each of our processes. Results go to stdout as a table and to `--results-dir` as JSON.
 
+mod accept_latency;
 mod pipeline;
 mod raw;
 mod report;
@@ -104,6 +105,22 @@ pub struct Args {
     /// Give every item an `external_id` (unique per run), so acceptance looks up and claims them.
     #[arg(long)]
     external_ids: bool,
+    /// Accept-latency mode (#17): post `--background-points`, then, while they are dispatched and
+    /// written, `--measured-requests` requests of `--items-per-request` items one after another,
+    /// and report each one's accept latency and their p50/p99/max. Replaces `--points`; skips the
+    /// raw measurements and the results phase.
+    #[arg(long)]
+    accept_latency: bool,
+    /// With `--accept-latency`: points posted before the measured requests.
+    #[arg(long, default_value_t = 1_500_000)]
+    background_points: usize,
+    /// With `--accept-latency`: requests timed one by one while the background drains.
+    #[arg(long, default_value_t = 10)]
+    measured_requests: usize,
+    /// With `--accept-latency`: end at the last 202 instead of waiting for every point to be
+    /// written (the ledger is then not checked).
+    #[arg(long)]
+    no_drain: bool,
 }
 
 const API_KEY: &str = "bench-key";
@@ -118,7 +135,10 @@ struct Scratch {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.accept_latency {
+        args = accept_latency::prepare(args)?;
+    }
     if args.points == 0 {
         bail!("--points must be at least 1");
     }
@@ -358,6 +378,12 @@ async fn measure(
             concurrency: args.concurrency,
             points,
             timeout: Duration::from_secs(args.timeout_secs),
+            measured: if args.accept_latency {
+                args.measured_requests
+            } else {
+                0
+            },
+            drain: !(args.accept_latency && args.no_drain),
         },
     )
     .await
@@ -399,17 +425,26 @@ async fn measure(
     .fetch_one(pool)
     .await?;
     let dead_letters = sqs::approximate_depth(client, &queues.dlq).await?;
-    if rows != points as i64 || sum != amount_sum || dead_letters != 0 {
+    let accept_latency = args
+        .accept_latency
+        .then(|| accept_latency::AcceptLatency::new(args, &outcome));
+    if accept_latency.as_ref().is_some_and(|a| !a.drained) {
+        eprintln!(
+            "not drained (--no-drain): {rows} of {points} points in the ledger; not checked; process logs in {}",
+            logs.display()
+        );
+    } else if rows != points as i64 || sum != amount_sum || dead_letters != 0 {
         bail!(
             "the ledger does not match what was sent: {rows} rows summing to {sum} and {dead_letters} dead letters, \
              expected {points} rows summing to {amount_sum} and none; process logs are in {}",
             logs.display()
         );
+    } else {
+        eprintln!(
+            "ledger checked: {rows} rows, amounts sum to {sum}, no dead letters; process logs in {}",
+            logs.display()
+        );
     }
-    eprintln!(
-        "ledger checked: {rows} rows, amounts sum to {sum}, no dead letters; process logs in {}",
-        logs.display()
-    );
     Ok(report::Report {
         args: args.clone(),
         id: scratch.id.clone(),
@@ -422,6 +457,7 @@ async fn measure(
         raw_sqs,
         raw_mysql,
         results,
+        accept_latency,
     })
 }
 
