@@ -10,6 +10,8 @@
 //! - [`members`] — multi-row member upserts.
 //! - [`member_ledger`] — a member's ledger page and balance; a reserved job's amounts.
 //! - [`jobs`] — durable jobs (`accrual_jobs` + compressed `accrual_chunks`), status and progress.
+//! - [`background`] — the second runtime, at `DISPATCH_NICE`, that dispatch and the other
+//!   background tasks run on, with their own MySQL pool.
 //! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
 //! - [`completion`] — the task that settles finished jobs (final status, counts, `completed_at`).
 //! - [`retention`] — the task that purges expired chunk bodies and idempotency keys (one replica, by lease).
@@ -19,6 +21,7 @@
 //! - [`metrics`] — Prometheus metrics.
 
 pub mod api;
+pub mod background;
 pub mod completion;
 pub mod dispatcher;
 pub mod external_ids;
