@@ -136,6 +136,7 @@ pub async fn post(
     // The digest and the parse side by side, each on a blocking thread.
     let for_digest = bytes.clone();
     let digest = blocking(move || -> [u8; 32] { Sha256::digest(&for_digest).into() });
+    let known = state.known_members.clone();
     let parse = blocking(move || {
         let started = Instant::now();
         let parsed = parse_and_validate(&bytes, reserve_at);
@@ -143,7 +144,7 @@ pub async fn post(
         let parsed_at = started.elapsed();
         // The members are sorted out here, off the async workers, while the items are at hand.
         let parsed = parsed.map(|accruals| {
-            let members = members::distinct(&accruals);
+            let members = members::sort_out(&accruals, &known);
             (accruals, members)
         });
         (parsed, (parsed_at, started.elapsed() - parsed_at))
@@ -200,9 +201,10 @@ pub async fn post(
         let (kept, member_ids) = match all_members.take() {
             Some(all) if skips.is_empty() => (kept, all),
             _ => {
+                let known = state.known_members.clone();
                 blocking(move || {
-                    let distinct = members::distinct(&kept);
-                    (kept, distinct)
+                    let members = members::sort_out(&kept, &known);
+                    (kept, members)
                 })
                 .await?
             }
@@ -323,7 +325,7 @@ struct Took {
     read: Duration,
     /// Its SHA-256, parsing and validating the items.
     parse: Duration,
-    /// Finding the distinct members.
+    /// Finding the distinct members, and those not known to exist.
     distinct: Duration,
     /// Looking the external ids up (only after a claim found one taken, or with repeats).
     lookup: Duration,
