@@ -53,9 +53,16 @@ pub fn prepare(mut args: Args) -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// The emulator's name by its default port (scripts/services-up: LocalStack 4566, fauxqs 4576),
-/// else the endpoint's port.
+/// The emulator's name: `SQS_EMULATOR` (the scripts' switch) when it names one, else by its
+/// default port (scripts/services-up: LocalStack 4566, fauxqs 4576), else the endpoint's port.
 fn emulator(endpoint: &str) -> String {
+    match std::env::var("SQS_EMULATOR").as_deref() {
+        Ok(name @ ("fauxqs" | "localstack")) => name.to_owned(),
+        _ => by_port(endpoint),
+    }
+}
+
+fn by_port(endpoint: &str) -> String {
     let port = endpoint
         .trim_end_matches('/')
         .rsplit(':')
@@ -196,8 +203,8 @@ mod tests {
 
     #[test]
     fn the_emulator_is_named_by_its_port() {
-        assert_eq!(emulator("http://127.0.0.1:4566"), "localstack");
-        assert_eq!(emulator("http://127.0.0.1:4576/"), "fauxqs");
-        assert_eq!(emulator("http://localhost:9324"), "port9324");
+        assert_eq!(by_port("http://127.0.0.1:4566"), "localstack");
+        assert_eq!(by_port("http://127.0.0.1:4576/"), "fauxqs");
+        assert_eq!(by_port("http://localhost:9324"), "port9324");
     }
 }
