@@ -66,7 +66,7 @@ async fn background_threads_run_at_dispatch_nice_and_still_send_every_point() {
     // the test's own nice, if higher).
     assert!(
         threads.iter().any(|(_, nice)| *nice == 15)
-            && threads.iter().all(|(_, nice)| *nice >= own.max(10).min(15)),
+            && threads.iter().all(|(_, nice)| *nice >= own.clamp(10, 15)),
         "background threads and their nice values: {threads:?} (the test's own: {own})"
     );
     // The request path keeps the process's priority.
