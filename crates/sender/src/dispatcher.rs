@@ -109,14 +109,21 @@ impl Dispatcher {
         self.wake.notify_waiters();
     }
 
-    /// Starts `tasks` dispatcher loops on `tracker`; they stop when `shutdown` is cancelled.
-    /// With 0 tasks this replica only accepts jobs; others dispatch them.
-    pub fn spawn(&self, tasks: usize, tracker: &TaskTracker, shutdown: &CancellationToken) {
+    /// Starts `tasks` dispatcher loops on `tracker`, on the runtime `on` (the background one);
+    /// they stop when `shutdown` is cancelled. With 0 tasks this replica only accepts jobs; others
+    /// dispatch them.
+    pub fn spawn(
+        &self,
+        tasks: usize,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+        on: &tokio::runtime::Handle,
+    ) {
         tracing::info!(owner = %self.owner, tasks, "Dispatcher starting");
         for _ in 0..tasks {
             let this = self.clone();
             let shutdown = shutdown.clone();
-            tracker.spawn(async move { this.run(shutdown).await });
+            tracker.spawn_on(async move { this.run(shutdown).await }, on);
         }
     }
 

@@ -10,6 +10,8 @@
 //! - [`members`] — multi-row member upserts.
 //! - [`member_ledger`] — a member's ledger page and balance; a reserved job's amounts.
 //! - [`jobs`] — durable jobs (`accrual_jobs` + compressed `accrual_chunks`), status and progress.
+//! - [`background`] — the second runtime, at `DISPATCH_NICE`, that dispatch and the other
+//!   background tasks run on, with their own MySQL pool.
 //! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
 //! - [`backlog`] — the bound on how far dispatch may run ahead of the listeners.
 //! - [`completion`] — the task that settles finished jobs (final status, counts, `completed_at`).
@@ -20,6 +22,7 @@
 //! - [`metrics`] — Prometheus metrics.
 
 pub mod api;
+pub mod background;
 pub mod backlog;
 pub mod completion;
 pub mod dispatcher;

@@ -73,6 +73,12 @@ pub struct SenderSettings {
     #[arg(long, env = "ACCRUAL_POINTS_PER_MESSAGE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub points_per_message: u32,
 
+    /// Nice value (0-19) of the threads that run dispatch, completion, retention and webhooks
+    /// (Linux): above 0, requests get the CPU before them, so a large request is answered quickly
+    /// while earlier jobs are sent. 0 keeps them at the sender's priority.
+    #[arg(long, env = "DISPATCH_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub dispatch_nice: i32,
+
     /// How long a claimed chunk stays with its replica without renewal (e.g. 60s; at least 1s).
     #[arg(long, env = "DISPATCH_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub dispatch_lease: Duration,
@@ -170,6 +176,10 @@ impl SenderSettings {
         problems.require(
             self.dispatch_poll >= MIN_DISPATCH_POLL,
             "DISPATCH_POLL must be at least 10ms (idle dispatchers would query MySQL without pause)",
+        );
+        problems.require(
+            (0..=19).contains(&self.dispatch_nice),
+            "DISPATCH_NICE must be 0-19 (a nice value; below 0 would raise the background above requests)",
         );
         problems.require(
             self.send_concurrency >= 1,
@@ -349,6 +359,8 @@ mod tests {
             &["--rate-limit-requests-per-minute", "0"],
             &["--rate-limit-points-per-minute", "0"],
             &["--accrual-points-per-message", "0"],
+            &["--dispatch-nice", "20"],
+            &["--dispatch-nice", "-1"],
         ] {
             let mut all = vec!["accrual-sender"];
             all.extend_from_slice(args);
@@ -362,5 +374,12 @@ mod tests {
             message.contains("CHUNK_ITEMS") && message.contains("RATE_LIMIT_POINTS_PER_MINUTE"),
             "{message}"
         );
+        for nice in [-1, 20] {
+            let mut settings = parse(&[]);
+            settings.dispatch_nice = nice;
+            assert!(refusal(&settings).contains("DISPATCH_NICE"), "{nice}");
+        }
+        assert_eq!(parse(&[]).dispatch_nice, 10);
+        assert_eq!(parse(&["--dispatch-nice", "19"]).dispatch_nice, 19);
     }
 }

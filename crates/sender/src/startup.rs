@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, auth::ApiKeys};
+use crate::background::BackgroundRuntime;
+use crate::completion::Completion;
 use crate::dispatcher::{DeadLetterQueue, Dispatcher};
 use crate::fanout::Fanout;
 use crate::metrics::SenderMetrics;
@@ -24,6 +26,10 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     dispatch_tasks: usize,
+    /// Where the dispatchers, completion, retention and webhooks run, at `DISPATCH_NICE`.
+    background: BackgroundRuntime,
+    /// The completion task, started with the dispatchers.
+    completion: Completion,
     /// The retention task, started with the dispatchers.
     retention: crate::retention::Retention,
     /// The webhook delivery task, started with the dispatchers.
@@ -56,6 +62,24 @@ impl Application {
         let queue_url = sqs::find_queue(&client, &settings.sqs.accrual_queue).await?;
         let dlq_url = sqs::find_queue(&client, &settings.sqs.accrual_dlq).await?;
         let progress = Progress::connect(&settings.redis).await;
+        let background = BackgroundRuntime::start(background_threads(), settings.dispatch_nice)
+            .context("Failed to start the background runtime")?;
+        let mut database = settings.database.clone();
+        database.database_max_connections = background_connections(&settings);
+        let (database, sqs_settings, redis) =
+            (database, settings.sqs.clone(), settings.redis.clone());
+        // Connected on the background runtime, so that its threads drive their I/O.
+        let (bg_pool, bg_client, bg_progress) = background
+            .handle()
+            .spawn(async move {
+                let pool = db::connect(&database).await?;
+                let client = sqs::client(&sqs_settings).await;
+                let progress = Progress::connect(&redis).await;
+                Ok::<_, db::DbError>((pool, client, progress))
+            })
+            .await
+            .context("The background runtime failed while connecting")?
+            .context("Failed to connect to MySQL for the background tasks")?;
         let metrics = Arc::new(SenderMetrics::new());
         let overrides = crate::rate_limit::parse_overrides(&settings.rate_limits)
             .map_err(anyhow::Error::msg)
@@ -71,28 +95,29 @@ impl Application {
             metrics.clone(),
         );
         let fanout = Fanout::new(
-            client.clone(),
+            bg_client.clone(),
             queue_url.clone(),
             settings.send_concurrency,
             metrics.send_calls.clone(),
         );
         let replica = replica_id();
+        let backlog_client = bg_client.clone();
         let dispatcher = Dispatcher::new(
-            pool.clone(),
+            bg_pool.clone(),
             fanout,
             DeadLetterQueue {
-                client: client.clone(),
+                client: bg_client,
                 url: dlq_url,
                 source_queue: settings.sqs.accrual_queue.clone(),
             },
             settings.points_per_message,
-            progress.clone(),
+            bg_progress.clone(),
             metrics.clone(),
             settings.dispatch_lease,
             settings.dispatch_poll,
             replica.clone(),
             crate::backlog::Backlog::new(
-                client.clone(),
+                backlog_client,
                 queue_url.clone(),
                 settings.dispatch_max_queue_depth,
                 settings.dispatch_poll,
@@ -106,6 +131,7 @@ impl Application {
             dispatcher,
             progress,
             chunk_items: settings.chunk_items as usize,
+            known_members: crate::members::KnownMembers::default(),
             metrics,
             rate_limiter,
             job_watch: crate::api::watch::JobWatch::new(metrics_for_watch),
@@ -122,15 +148,20 @@ impl Application {
             // Replaced by a child of the token `run_until_stopped` is given.
             shutdown: CancellationToken::new(),
         };
+        let completion = Completion {
+            pool: bg_pool.clone(),
+            progress: bg_progress,
+            metrics: state.metrics.clone(),
+        };
         let webhooks = crate::webhooks::Webhooks::new(
-            state.pool.clone(),
+            bg_pool.clone(),
             settings.webhooks,
             state.metrics.clone(),
             replica.clone(),
         )
         .context("Failed to build the webhook HTTP client")?;
         let retention = crate::retention::Retention::new(
-            state.pool.clone(),
+            bg_pool,
             settings.retention,
             settings.retention_interval,
             state.metrics.clone(),
@@ -143,6 +174,8 @@ impl Application {
             listener,
             state,
             dispatch_tasks: settings.dispatch_tasks,
+            background,
+            completion,
             retention,
             webhooks,
             http: HttpLimits {
@@ -171,17 +204,14 @@ impl Application {
         tracing::info!(%addr, "Sender listening");
         self.state.shutdown = shutdown.child_token();
         let tracker = TaskTracker::new();
+        let background = self.background;
+        let on = background.handle();
         self.state
             .dispatcher
-            .spawn(self.dispatch_tasks, &tracker, &shutdown);
-        let completion = crate::completion::Completion {
-            pool: self.state.pool.clone(),
-            progress: self.state.progress.clone(),
-            metrics: self.state.metrics.clone(),
-        };
-        tracker.spawn(completion.run(shutdown.clone()));
-        tracker.spawn(self.retention.run(shutdown.clone()));
-        tracker.spawn(self.webhooks.run(shutdown.clone()));
+            .spawn(self.dispatch_tasks, &tracker, &shutdown, on);
+        tracker.spawn_on(self.completion.run(shutdown.clone()), on);
+        tracker.spawn_on(self.retention.run(shutdown.clone()), on);
+        tracker.spawn_on(self.webhooks.run(shutdown.clone()), on);
         tracker.close();
         let router = api::router(self.state);
         let grace = self.http.shutdown_grace;
@@ -199,9 +229,27 @@ impl Application {
             server::serve(self.listener, router, self.http, shutdown.clone()),
             dispatchers
         );
+        // Whatever is still running after the grace is dropped here (its leases expire).
+        drop(background);
         tracing::info!("Sender stopped");
         Ok(())
     }
+}
+
+/// The background's own MySQL pool: two connections per dispatcher task (a claim or mark, and a
+/// lease renewal or dead letter beside it) and one each for completion, retention and webhooks,
+/// never more than `DATABASE_MAX_CONNECTIONS`.
+fn background_connections(settings: &SenderSettings) -> u32 {
+    let wanted = 2 * settings.dispatch_tasks as u32 + 3;
+    wanted
+        .min(settings.database.database_max_connections)
+        .max(1)
+}
+
+/// Worker threads of the background runtime: one per core, as the request path has. Their priority,
+/// not their number, is what keeps them behind requests.
+fn background_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// This replica's name in leases (`accrual_chunks.lease_owner`, `dispatched_by`,

@@ -23,6 +23,8 @@ pub struct AppState {
     pub progress: Progress,
     /// Points per stored chunk.
     pub chunk_items: usize,
+    /// Member ids known to be in `members` (never deleted), so requests skip their look-up.
+    pub known_members: crate::members::KnownMembers,
     pub metrics: Arc<SenderMetrics>,
     pub rate_limiter: RateLimiter,
     /// The jobs followed by event streams, one poller each.

@@ -4,6 +4,7 @@
 //! processes), and reports the pipeline against those limits: throughput, latency, and the CPU and
 //! memory of each of our processes. Results go to stdout as a table and to `--results-dir` as JSON.
 
+mod accept_latency;
 mod pipeline;
 mod raw;
 mod report;
@@ -85,8 +86,8 @@ pub struct Args {
     )]
     aws_endpoint_url: String,
     /// Which SQS emulator answers at --aws-endpoint-url, recorded in the result (`localstack` or
-    /// `fauxqs`; scripts/bench sets it). Left out, the endpoint is asked: LocalStack answers its
-    /// health URL, anything else is recorded as `other`.
+    /// `fauxqs`; scripts/bench sets it). Left out, the endpoint is asked (LocalStack answers its
+    /// health URL, fauxqs names itself in a response header); anything else is `other`.
     #[arg(long, env = "SQS_EMULATOR", value_parser = ["localstack", "fauxqs"])]
     emulator: Option<String>,
     /// Most messages the queue may hold before the sender's dispatchers wait for the listeners
@@ -113,6 +114,22 @@ pub struct Args {
     /// Give every item an `external_id` (unique per run), so acceptance looks up and claims them.
     #[arg(long)]
     external_ids: bool,
+    /// Accept-latency mode (#17): post `--background-points`, then, while they are dispatched and
+    /// written, `--measured-requests` requests of `--items-per-request` items one after another,
+    /// and report each one's accept latency and their p50/p99/max. Replaces `--points`; skips the
+    /// raw measurements and the results phase.
+    #[arg(long)]
+    accept_latency: bool,
+    /// With `--accept-latency`: points posted before the measured requests.
+    #[arg(long, default_value_t = 1_500_000)]
+    background_points: usize,
+    /// With `--accept-latency`: requests timed one by one while the background drains.
+    #[arg(long, default_value_t = 10)]
+    measured_requests: usize,
+    /// With `--accept-latency`: end at the last 202 instead of waiting for every point to be
+    /// written (the ledger is then not checked).
+    #[arg(long)]
+    no_drain: bool,
 }
 
 const API_KEY: &str = "bench-key";
@@ -132,16 +149,30 @@ impl Args {
     }
 }
 
-/// `localstack` when the endpoint answers LocalStack's health URL, else `other`.
+/// `localstack` when the endpoint answers LocalStack's health URL, `fauxqs` when its answers carry
+/// fauxqs's `x-amz-id-2: fauxqs` header, else `other`.
 async fn detect_emulator(endpoint: &str) -> String {
-    let health = format!("{}/_localstack/health", endpoint.trim_end_matches('/'));
-    let answer = reqwest::Client::new()
-        .get(health)
+    let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default();
+    let endpoint = endpoint.trim_end_matches('/');
+    let health = http
+        .get(format!("{endpoint}/_localstack/health"))
         .send()
         .await;
-    match answer {
-        Ok(response) if response.status().is_success() => "localstack".into(),
+    if health.is_ok_and(|r| r.status().is_success()) {
+        return "localstack".into();
+    }
+    let list = http
+        .post(endpoint)
+        .header("Content-Type", "application/x-amz-json-1.0")
+        .header("X-Amz-Target", "AmazonSQS.ListQueues")
+        .body("{}")
+        .send()
+        .await;
+    match list {
+        Ok(r) if r.headers().get("x-amz-id-2").is_some_and(|v| v == "fauxqs") => "fauxqs".into(),
         _ => "other".into(),
     }
 }
@@ -159,6 +190,9 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.emulator.is_none() {
         args.emulator = Some(detect_emulator(&args.aws_endpoint_url).await);
+    }
+    if args.accept_latency {
+        args = accept_latency::prepare(args)?;
     }
     if args.points == 0 {
         bail!("--points must be at least 1");
@@ -403,6 +437,12 @@ async fn measure(
             concurrency: args.concurrency,
             points,
             timeout: Duration::from_secs(args.timeout_secs),
+            measured: if args.accept_latency {
+                args.measured_requests
+            } else {
+                0
+            },
+            drain: !(args.accept_latency && args.no_drain),
         },
     )
     .await
@@ -444,17 +484,26 @@ async fn measure(
     .fetch_one(pool)
     .await?;
     let dead_letters = sqs::approximate_depth(client, &queues.dlq).await?;
-    if rows != points as i64 || sum != amount_sum || dead_letters != 0 {
+    let accept_latency = args
+        .accept_latency
+        .then(|| accept_latency::AcceptLatency::new(args, &outcome));
+    if accept_latency.as_ref().is_some_and(|a| !a.drained) {
+        eprintln!(
+            "not drained (--no-drain): {rows} of {points} points in the ledger; not checked; process logs in {}",
+            logs.display()
+        );
+    } else if rows != points as i64 || sum != amount_sum || dead_letters != 0 {
         bail!(
             "the ledger does not match what was sent: {rows} rows summing to {sum} and {dead_letters} dead letters, \
              expected {points} rows summing to {amount_sum} and none; process logs are in {}",
             logs.display()
         );
+    } else {
+        eprintln!(
+            "ledger checked: {rows} rows, amounts sum to {sum}, no dead letters; process logs in {}",
+            logs.display()
+        );
     }
-    eprintln!(
-        "ledger checked: {rows} rows, amounts sum to {sum}, no dead letters; process logs in {}",
-        logs.display()
-    );
     Ok(report::Report {
         args: args.clone(),
         id: scratch.id.clone(),
@@ -467,6 +516,7 @@ async fn measure(
         raw_sqs,
         raw_mysql,
         results,
+        accept_latency,
     })
 }
 

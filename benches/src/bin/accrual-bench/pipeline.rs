@@ -164,6 +164,11 @@ impl Drop for Service {
 pub struct PipelineOutcome {
     /// Each request's latency until its 202.
     pub accept_latencies: Vec<Duration>,
+    /// The latencies of the last `Load::measured` requests, in the order they were posted.
+    pub measured_latencies: Vec<Duration>,
+    /// Points the listeners had written when the run ended (all of them unless `Load::drain` was
+    /// off).
+    pub written: u64,
     /// Each job made, with its number of items.
     pub jobs: Vec<(String, u64)>,
     pub all_accepted: Duration,
@@ -200,10 +205,16 @@ pub struct Load {
     /// Points in all the bodies together.
     pub points: usize,
     pub timeout: Duration,
+    /// The last `measured` bodies are posted one after another once every earlier one is
+    /// accepted (the accept-latency mode); their latencies are kept apart.
+    pub measured: usize,
+    /// Follow the points until all are written; without it the run ends with the last 202.
+    pub drain: bool,
 }
 
-/// Posts the bodies (at most `concurrency` requests at once) and follows the points until the
-/// listeners have written `points` of them, sampling the processes once a second.
+/// Posts the bodies (at most `concurrency` requests at once, the last `measured` one by one after
+/// the rest) and follows the points until the listeners have written `points` of them (or, without
+/// `drain`, until the last 202), sampling the processes twice a second.
 pub async fn run(
     http: &reqwest::Client,
     sender: &mut Service,
@@ -216,30 +227,42 @@ pub async fn run(
         concurrency,
         points,
         timeout,
+        measured,
+        drain,
     } = load;
     let url = format!("http://127.0.0.1:{}/v1/accruals", sender.port);
     let requests = bodies.len();
     let started = Instant::now();
     let posting = {
         let (http, url, key) = (http.clone(), url.clone(), api_key);
+        let mut background = bodies;
+        let measured_bodies = background.split_off(background.len() - measured.min(requests));
         tokio::spawn(async move {
-            let accepted = stream::iter(bodies)
+            let mut accepted = stream::iter(background)
                 .map(|body| post(&http, &url, &key, body))
                 .buffer_unordered(concurrency.max(1))
                 .try_collect::<Vec<Accepted>>()
                 .await?;
-            anyhow::Ok((accepted, started.elapsed()))
+            // One at a time, each timed alone, while the earlier jobs are dispatched and written.
+            let mut measured_latencies = Vec::with_capacity(measured_bodies.len());
+            for body in measured_bodies {
+                let one = post(&http, &url, &key, body).await?;
+                measured_latencies.push(one.0);
+                accepted.push(one);
+            }
+            anyhow::Ok((accepted, measured_latencies, started.elapsed()))
         })
     };
     let mut posting = Some(posting);
-    let mut accepted: Option<(Vec<Accepted>, Duration, u64)> = None;
+    let mut accepted: Option<(Vec<Accepted>, Vec<Duration>, Duration, u64)> = None;
     let mut enqueued_at = None;
     let mut bar = ProgressBar::new("pipeline");
-    loop {
+    let last_written = loop {
         if let Some(task) = posting.take_if(|t| t.is_finished()) {
-            let (latencies, elapsed) = task.await.context("the posting task panicked")??;
+            let (latencies, measured, elapsed) =
+                task.await.context("the posting task panicked")??;
             let peak = sender.sample()?.peak_rss_kib;
-            accepted = Some((latencies, elapsed, peak));
+            accepted = Some((latencies, measured, elapsed, peak));
         }
         sender.check_alive()?;
         sender.sample()?;
@@ -262,9 +285,9 @@ pub async fn run(
         let extra = format!(
             " | accepted {accepted_requests}/{requests} requests, enqueued {dispatched:.0}"
         );
-        if written as usize >= points && accepted.is_some() {
+        if (written as usize >= points || !drain) && accepted.is_some() {
             bar.finish(written, points as u64, &extra);
-            break;
+            break written;
         }
         bar.update(written, points as u64, &extra);
         if started.elapsed() > timeout {
@@ -274,7 +297,7 @@ pub async fn run(
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
     let all_in_mysql = started.elapsed();
     let mut duplicates = 0.0;
     let mut calls = SqsCalls {
@@ -294,13 +317,15 @@ pub async fn run(
             .metric(http, "accrual_listener_sqs_delete_calls_total")
             .await? as u64;
     }
-    let (accepted, all_accepted, sender_peak_rss_accepting_kib) =
+    let (accepted, measured_latencies, all_accepted, sender_peak_rss_accepting_kib) =
         accepted.context("the requests were not all accepted")?;
     let (mut accept_latencies, jobs): (Vec<Duration>, Vec<(String, u64)>) =
         accepted.into_iter().unzip();
     accept_latencies.sort();
     Ok(PipelineOutcome {
         accept_latencies,
+        measured_latencies,
+        written: last_written,
         jobs,
         all_accepted,
         all_enqueued: enqueued_at.unwrap_or(all_in_mysql),

@@ -24,6 +24,8 @@ pub struct Report {
     pub raw_mysql: Option<RawOutcome>,
     /// Downloading every job's per-item results afterwards.
     pub results: Option<ResultsOutcome>,
+    /// The accept-latency mode's measured requests (`--accept-latency`).
+    pub accept_latency: Option<crate::accept_latency::AcceptLatency>,
 }
 
 /// One of the targets and whether this run met it.
@@ -272,6 +274,9 @@ impl Report {
                 ),
             );
         }
+        for (k, v) in self.accept_latency.iter().flat_map(|a| a.rows()) {
+            row(&k, v);
+        }
         for target in self.targets() {
             let verdict = match target.met {
                 Some(true) => "met",
@@ -309,7 +314,7 @@ impl Report {
                 })
             })
         };
-        json!({
+        let mut value = json!({
             "id": self.id,
             "label": self.args.label,
             "emulator": self.args.emulator(),
@@ -381,7 +386,12 @@ impl Report {
             "targets": self.targets().iter().map(|t| json!({
                 "name": t.name, "goal": t.goal, "value": t.value, "met": t.met,
             })).collect::<Vec<_>>(),
-        })
+        });
+        if let Some(a) = &self.accept_latency {
+            value["mode"] = "accept-latency".into();
+            value["accept_latency"] = a.json();
+        }
+        value
     }
 
     /// Writes the JSON to `dir/<UTC time>-<label>-<emulator>-<points>.json`.
@@ -401,7 +411,7 @@ impl Report {
 }
 
 /// Nearest-rank percentile of sorted durations (`p` in 0..=1).
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -409,7 +419,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 

@@ -2,8 +2,6 @@
 //! (or, with `dry_run=true`, only say what that would do).
 
 use accrual_core::accrual::{self, Accrual};
-use accrual_core::chunk;
-use accrual_core::message::PointRecord;
 use accrual_core::wire::{self, BodyError, MAX_ITEMS_PER_REQUEST};
 use axum::Json;
 use axum::body::Body;
@@ -12,6 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
@@ -29,6 +28,7 @@ pub use params::PostParams;
 
 mod body;
 mod dry_run;
+mod encode;
 pub(crate) mod params;
 
 /// Largest request body accepted: 100 MiB, enforced while reading.
@@ -114,6 +114,7 @@ pub async fn post(
         .as_deref()
         .map(|r| params::reserve_at(r, now))
         .transpose()?;
+    let received = Instant::now();
     let (bytes, budget) = read_limited(&headers, body, &state.uploads).await?;
     if dry_run {
         let answer = dry_run::answer(
@@ -128,14 +129,31 @@ pub async fn post(
         return Ok(Json(answer).into_response());
     }
 
-    let (body_sha256, parsed) = blocking(move || {
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let mut took = Took {
+        read: received.elapsed(),
+        ..Took::default()
+    };
+    // The digest and the parse side by side, each on a blocking thread.
+    let for_digest = bytes.clone();
+    let digest = blocking(move || -> [u8; 32] { Sha256::digest(&for_digest).into() });
+    let known = state.known_members.clone();
+    let parse = blocking(move || {
+        let started = Instant::now();
         let parsed = parse_and_validate(&bytes, reserve_at);
-        // The body's bytes go back to the budget with the body.
-        drop((bytes, budget));
-        (digest, parsed)
-    })
-    .await?;
+        drop(bytes);
+        let parsed_at = started.elapsed();
+        // The members are sorted out here, off the async workers, while the items are at hand.
+        let parsed = parsed.map(|accruals| {
+            let members = members::sort_out(&accruals, &known);
+            (accruals, members)
+        });
+        (parsed, (parsed_at, started.elapsed() - parsed_at))
+    });
+    let (body_sha256, parsed) = tokio::join!(digest, parse);
+    let (body_sha256, (parsed, parse_took)) = (body_sha256?, parsed?);
+    // The body's bytes are gone: they go back to the budget.
+    drop(budget);
+    (took.parse, took.distinct) = parse_took;
     if let Some(key) = &idempotency_key
         && let Some(existing) = store::find_by_key(&state.pool, &client_id, key)
             .await
@@ -143,15 +161,16 @@ pub async fn post(
     {
         return replay(existing, &body_sha256).map(IntoResponse::into_response);
     }
-    let accruals = parsed.inspect_err(|e| {
+    let (accruals, all_members) = parsed.inspect_err(|e| {
         if matches!(e, ApiError::Validation { .. } | ApiError::EmptyRequest) {
             state.metrics.validation_failures.inc();
         }
     })?;
     let has_external_ids = accruals.iter().any(|a| a.external_id.is_some());
-    let started = std::time::Instant::now();
-    let mut took = Took::default();
+    let started = Instant::now();
     let mut accruals = Some(accruals);
+    // The members of every item: those of the stored ones unless items are skipped.
+    let mut all_members = Some(all_members);
     let mut job = None;
     for attempt in 1..=CLAIM_ATTEMPTS {
         let admission = match &accruals {
@@ -171,7 +190,6 @@ pub async fn post(
         // The chunks are encoded, the members upserted and the ids claimed (in the job's own
         // transaction) at once; the job commits only after all three, so no point can be
         // dispatched before its member exists.
-        let parallel_started = std::time::Instant::now();
         let job_id = Uuid::now_v7();
         let chunk_items = state.chunk_items;
         let Admission {
@@ -180,21 +198,37 @@ pub async fn post(
             skips,
         } = admission;
         let external_ids = claims(&kept, &accrual_ids);
-        let member_ids = members::distinct(&kept);
+        let (kept, member_ids) = match all_members.take() {
+            Some(all) if skips.is_empty() => (kept, all),
+            _ => {
+                let known = state.known_members.clone();
+                blocking(move || {
+                    let members = members::sort_out(&kept, &known);
+                    (kept, members)
+                })
+                .await?
+            }
+        };
+        let parallel_started = Instant::now();
         // A reserved job's sums per member and point type, for members' balances.
         let reserved_amounts = if reserve_at.is_some() {
             crate::member_ledger::reserved_amounts(&kept)
         } else {
             Vec::new()
         };
-        let encode = blocking(move || {
-            let points = accrual_ids.into_iter().zip(kept).collect();
-            encode_chunks(job_id, now, points, chunk_items)
-        });
-        let upsert = members::upsert_distinct(&state.pool, &member_ids);
+        let encode = encode::encode_in_parallel(job_id, now, accrual_ids, kept, chunk_items);
+        let upsert = members::ensure(&state.pool, &state.known_members, member_ids);
         let claim = store::claim(&state.pool, &client_id, job_id, &external_ids);
-        let (chunks, members, claimed) = tokio::join!(encode, upsert, claim);
-        let (chunks, members) = (chunks?, members.map_err(ApiError::database)?);
+        let ((chunks, encode_took), (ensured, members_took), (claimed, claim_took)) =
+            tokio::join!(timed(encode), timed(upsert), timed(claim));
+        (took.encode, took.members, took.claim) = (encode_took, members_took, claim_took);
+        let chunks = chunks?;
+        let ensured = ensured.map_err(|e| match e {
+            members::MembersError::Db(e) => ApiError::database(e),
+            members::MembersError::Task(e) => ApiError::Internal(e.into()),
+        })?;
+        took.new_members = ensured.inserted;
+        let members = ensured.total;
         took.parallel = parallel_started.elapsed();
         let new_job = NewJob {
             job_id,
@@ -211,7 +245,7 @@ pub async fn post(
             skips: skips.into_iter().map(|s| s.into_row(job_id)).collect(),
             reserved_amounts,
         };
-        let store_started = std::time::Instant::now();
+        let store_started = Instant::now();
         let stored = match claimed {
             Ok(tx) => store::insert_claimed(tx, &new_job).await,
             Err(e) => Err(e),
@@ -254,6 +288,18 @@ pub async fn post(
         store_ms = took.store.as_millis() as u64,
         "Accepted accrual job"
     );
+    tracing::debug!(
+        %job_id, points = total, members, new_members = took.new_members,
+        read_ms = took.read.as_millis() as u64,
+        parse_ms = took.parse.as_millis() as u64,
+        distinct_ms = took.distinct.as_millis() as u64,
+        encode_ms = took.encode.as_millis() as u64,
+        members_ms = took.members.as_millis() as u64,
+        claim_ms = took.claim.as_millis() as u64,
+        store_ms = took.store.as_millis() as u64,
+        handler_ms = received.elapsed().as_millis() as u64,
+        "Accept phases"
+    );
     state.metrics.jobs_accepted.inc();
     state.metrics.points_accepted.inc_by(total as u64);
     state.dispatcher.wake();
@@ -272,15 +318,34 @@ pub async fn post(
         .into_response())
 }
 
-/// Where an accepted request's time went after parsing, for the log.
+/// Where an accepted request's time went, for the log (the phases at debug level).
 #[derive(Debug, Default)]
 struct Took {
+    /// Receiving the body.
+    read: Duration,
+    /// Its SHA-256, parsing and validating the items.
+    parse: Duration,
+    /// Finding the distinct members, and those not known to exist.
+    distinct: Duration,
     /// Looking the external ids up (only after a claim found one taken, or with repeats).
-    lookup: std::time::Duration,
-    /// Encoding the chunks, upserting the members and claiming the ids, side by side.
-    parallel: std::time::Duration,
+    lookup: Duration,
+    /// Encoding the chunks, making sure of the members and claiming the ids, side by side.
+    parallel: Duration,
+    /// Each of the three.
+    encode: Duration,
+    members: Duration,
+    claim: Duration,
+    /// Members that were not in `members` yet.
+    new_members: usize,
     /// Storing the job and its chunks, and committing.
-    store: std::time::Duration,
+    store: Duration,
+}
+
+/// `f`'s output and how long it took, from its first poll.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let out = f.await;
+    (out, started.elapsed())
 }
 
 /// How many times a request looks its external ids up again after a concurrent request took one.
@@ -457,33 +522,6 @@ fn parse_and_validate(
     })
 }
 
-/// Stores the points, each with its `accrual_id` (UUID v7), in compressed chunks of
-/// `chunk_items`, each with its item count.
-fn encode_chunks(
-    job_id: Uuid,
-    accepted_at: DateTime<Utc>,
-    points: Vec<(Uuid, Accrual)>,
-    chunk_items: usize,
-) -> Vec<(Vec<u8>, usize)> {
-    let mut chunks = Vec::with_capacity(points.len().div_ceil(chunk_items.max(1)));
-    let mut records = Vec::with_capacity(chunk_items.min(points.len()));
-    let mut points = points.into_iter().peekable();
-    while let Some((accrual_id, accrual)) = points.next() {
-        records.push(PointRecord {
-            accrual_id,
-            job_id,
-            accrual,
-            accepted_at,
-            reverses: None,
-        });
-        if records.len() == chunk_items.max(1) || points.peek().is_none() {
-            chunks.push((chunk::encode(&records), records.len()));
-            records.clear();
-        }
-    }
-    chunks
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,25 +548,5 @@ mod tests {
             parse_and_validate(body(500_001).as_bytes(), None),
             Err(ApiError::PayloadTooLarge(_))
         ));
-    }
-
-    #[test]
-    fn every_point_gets_its_own_accrual_id_and_chunks_hold_all_points() {
-        let one = r#"{"member_id":"m","point_type":"P","amount":1}"#;
-        let accruals =
-            parse_and_validate(format!("[{}]", vec![one; 25].join(",")).as_bytes(), None)
-                .expect("valid");
-        let points = accruals.into_iter().map(|a| (Uuid::now_v7(), a)).collect();
-        let chunks = encode_chunks(Uuid::now_v7(), Utc::now(), points, 10);
-        assert_eq!(
-            chunks.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
-            vec![10, 10, 5]
-        );
-        let ids: std::collections::HashSet<Uuid> = chunks
-            .iter()
-            .flat_map(|(blob, _)| chunk::decode(blob).expect("decodes"))
-            .map(|b| PointRecord::decode(&b).expect("body").accrual_id)
-            .collect();
-        assert_eq!(ids.len(), 25);
     }
 }

@@ -194,16 +194,7 @@ pub async fn insert_claimed(
             other?;
         }
     }
-    for (seq, (items, count)) in job.chunks.iter().enumerate() {
-        sqlx::query("INSERT INTO accrual_chunks (job_id, seq, items, item_count, due_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(job.job_id)
-            .bind(seq as u32)
-            .bind(items)
-            .bind(*count as u32)
-            .bind(due_at.naive_utc())
-            .execute(&mut *tx)
-            .await?;
-    }
+    insert_chunks(&mut tx, job.job_id, &job.chunks, due_at.naive_utc()).await?;
     insert_skips(&mut tx, job).await?;
     crate::member_ledger::insert_reserved(&mut tx, job.job_id, &job.reserved_amounts).await?;
     tx.commit().await?;
@@ -220,6 +211,48 @@ pub fn initial_status(job: &NewJob) -> &'static str {
     } else {
         "dispatching"
     }
+}
+
+/// Largest statement of chunk rows, in bytes of chunk bodies: a 500,000-item job's 250 chunks go
+/// in a few statements instead of 250 round trips, each well under MySQL's and MariaDB's
+/// `max_allowed_packet` (16 MiB by default on MariaDB, 64 MiB on MySQL 8; 4 MiB on old servers).
+const CHUNK_STATEMENT_BYTES: usize = 2 * 1024 * 1024;
+
+/// Stores a job's chunks, numbered from 0 in order, in multi-row statements of at most
+/// [`CHUNK_STATEMENT_BYTES`] (a chunk larger than that goes alone). Row counts are powers of two,
+/// so few statement shapes are prepared.
+async fn insert_chunks(
+    tx: &mut sqlx::MySqlConnection,
+    job_id: Uuid,
+    chunks: &[(Vec<u8>, usize)],
+    due_at: chrono::NaiveDateTime,
+) -> Result<(), sqlx::Error> {
+    let largest = chunks
+        .iter()
+        .map(|(b, _)| b.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let rows = (CHUNK_STATEMENT_BYTES / largest).max(1);
+    let mut seq = 0u32;
+    for size in statement_sizes(chunks.len(), rows) {
+        let sql = format!(
+            "INSERT INTO accrual_chunks (job_id, seq, items, item_count, due_at) VALUES {}",
+            placeholders(size, 5)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (items, count) in &chunks[seq as usize..seq as usize + size] {
+            query = query
+                .bind(job_id)
+                .bind(seq)
+                .bind(&items[..])
+                .bind(*count as u32)
+                .bind(due_at);
+            seq += 1;
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// Rows per statement when a job claims its ids (4 placeholders each).

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accruals;
+mod background;
 mod backlog;
 mod chaos;
 mod contract;
@@ -14,6 +15,7 @@ mod helpers;
 mod hung;
 mod job_list;
 mod jobs;
+mod known_members;
 mod members;
 mod observability;
 mod ops;

@@ -1,0 +1,70 @@
+//! Members are in `members` before their points are queued, also when the sender remembers which
+//! members exist (#17): a request whose members are partly known, partly new, and requests racing
+//! over the same new members, leave no point referencing a missing member.
+
+use std::time::Duration;
+
+use accrual_testkit::eventually;
+
+use crate::helpers::{KEY_A, TestApp, item, spawn_app};
+
+fn body(members: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = members.map(|m| item(&m, "WELFARE", 2)).collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Members named in `point_accruals` that `members` does not hold.
+async fn points_without_member(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM point_accruals p LEFT JOIN members m ON m.member_id = p.member_id \
+         WHERE m.member_id IS NULL",
+    )
+    .fetch_one(&app.env.pool)
+    .await
+    .unwrap()
+}
+
+async fn member_exists(app: &TestApp, member: &str) -> bool {
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM members WHERE member_id = ?")
+        .bind(member)
+        .fetch_one(&app.env.pool)
+        .await
+        .unwrap()
+        == 1
+}
+
+#[tokio::test]
+async fn known_and_new_members_are_all_in_members_before_the_202() {
+    let app = spawn_app().await;
+    // The first request makes 300 members known to the sender.
+    app.post_job_as(KEY_A, "", body((0..300).map(|i| format!("km-{i:04}"))))
+        .await;
+    assert_eq!(app.env.member_rows().await, 300);
+    // The second names 200 of them again and 200 new ones; each new one is there at its 202.
+    let second = app
+        .post_job_as(KEY_A, "", body((100..500).map(|i| format!("km-{i:04}"))))
+        .await;
+    assert_eq!(app.env.member_rows().await, 500);
+    for i in [100, 299, 300, 499] {
+        assert!(
+            member_exists(&app, &format!("km-{i:04}")).await,
+            "km-{i:04}"
+        );
+    }
+    // Requests racing over the same new members all store them.
+    let racing = (0..4).map(|r| {
+        let members = (450 + r * 10..700 + r * 10).map(|i| format!("km-{i:04}"));
+        app.post_job_as(KEY_A, "", body(members))
+    });
+    let racing = futures_util::future::join_all(racing).await;
+    assert_eq!(app.env.member_rows().await, 730);
+
+    app.spawn_listener().await;
+    for job_id in std::iter::once(&second).chain(&racing) {
+        eventually(Duration::from_secs(60), "the job completed", || async {
+            app.job_view(job_id).await["status"] == "completed"
+        })
+        .await;
+    }
+    assert_eq!(points_without_member(&app).await, 0);
+}
