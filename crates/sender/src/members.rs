@@ -198,15 +198,7 @@ pub enum MembersError {
 /// Which of `members` (distinct, sorted) are in `members`: read-only look-ups of up to
 /// [`LOOKUP_ROWS`] ids each, a few at a time.
 async fn existing(pool: &MySqlPool, members: &[String]) -> Result<HashSet<String>, sqlx::Error> {
-    // Ranges rather than slices: a stream of closures over borrowed slices trips the compiler's
-    // `Send` check of the handler's future (a higher-ranked lifetime it cannot prove general).
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    for size in statement_sizes(members.len(), LOOKUP_ROWS) {
-        ranges.push(start..start + size);
-        start += size;
-    }
-    stream::iter(ranges)
+    stream::iter(lookup_ranges(members.len()))
         .map(|range| existing_batch(pool, &members[range]))
         .buffer_unordered(LOOKUPS_AT_ONCE)
         .try_fold(HashSet::new(), |mut all, found| async move {
@@ -214,6 +206,42 @@ async fn existing(pool: &MySqlPool, members: &[String]) -> Result<HashSet<String
             Ok(all)
         })
         .await
+}
+
+/// How many of `members` (distinct) are in `members` (a dry run's answer), by the same look-ups
+/// as [`existing`], counting instead of reading the ids back.
+pub async fn count_existing(pool: &MySqlPool, members: &[String]) -> Result<u64, sqlx::Error> {
+    stream::iter(lookup_ranges(members.len()))
+        .map(|range| count_batch(pool, &members[range]))
+        .buffer_unordered(LOOKUPS_AT_ONCE)
+        .try_fold(0_u64, |sum, n| async move { Ok(sum + n) })
+        .await
+}
+
+/// The index ranges of `len` members, one per look-up statement. Ranges rather than slices: a
+/// stream of closures over borrowed slices trips the compiler's `Send` check of the handler's
+/// future (a higher-ranked lifetime it cannot prove general).
+fn lookup_ranges(len: usize) -> Vec<std::ops::Range<usize>> {
+    let mut start = 0;
+    statement_sizes(len, LOOKUP_ROWS)
+        .into_iter()
+        .map(|size| {
+            start += size;
+            start - size..start
+        })
+        .collect()
+}
+
+async fn count_batch(pool: &MySqlPool, batch: &[String]) -> Result<u64, sqlx::Error> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM members WHERE member_id IN ({})",
+        vec!["?"; batch.len()].join(",")
+    );
+    let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+    for member in batch {
+        query = query.bind(member.as_str());
+    }
+    Ok(query.fetch_one(pool).await?.unsigned_abs())
 }
 
 async fn existing_batch(pool: &MySqlPool, batch: &[String]) -> Result<Vec<String>, sqlx::Error> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use accrual_testkit::eventually;
 use accrual_testkit::process::metric;
 
-use crate::helpers::{item, spawn_app_with};
+use crate::helpers::{TestApp, item, spawn_app_with};
 
 const POINTS: usize = 6_000;
 const BOUND: u64 = 1_000;
@@ -20,13 +20,7 @@ async fn dispatch_waits_at_the_queue_depth_bound_and_resumes_as_the_listener_dra
         s.dispatch_tasks = 2;
     })
     .await;
-    let items: Vec<String> = (0..POINTS)
-        .map(|i| item(&format!("emp-{:04}", i % 1_000), "WELFARE", 1))
-        .collect();
-    let response = app.post_accruals(format!("[{}]", items.join(","))).await;
-    assert_eq!(response.status().as_u16(), 202);
-    let body: serde_json::Value = response.json().await.unwrap();
-    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    let job_id = post_job(&app).await;
 
     // No listener yet: the queue fills up to the bound and stays there.
     let main = app.env.queues.main.clone();
@@ -75,14 +69,21 @@ async fn without_a_bound_dispatch_runs_ahead_of_the_listeners() {
         s.chunk_items = CHUNK;
     })
     .await;
-    let items: Vec<String> = (0..POINTS)
-        .map(|i| item(&format!("emp-{:04}", i % 1_000), "WELFARE", 1))
-        .collect();
-    let response = app.post_accruals(format!("[{}]", items.join(","))).await;
-    assert_eq!(response.status().as_u16(), 202);
+    post_job(&app).await;
     let main = app.env.queues.main.clone();
     eventually(Duration::from_secs(120), "every point queued", || async {
         app.env.depth(&main).await == POINTS as u64
     })
     .await;
+}
+
+/// Posts the tests' job, `POINTS` one-point items over 1,000 members; returns its id.
+async fn post_job(app: &TestApp) -> String {
+    let items: Vec<String> = (0..POINTS)
+        .map(|i| item(&format!("emp-{:04}", i % 1_000), "WELFARE", 1))
+        .collect();
+    let response = app.post_accruals(format!("[{}]", items.join(","))).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["job_id"].as_str().unwrap().to_owned()
 }

@@ -6,25 +6,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use accrual_core::accrual::Accrual;
-use accrual_core::db::statement_sizes;
 use axum::body::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
-use sqlx::MySqlPool;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Accepted, blocking, parse_and_validate};
 use crate::api::error::ApiError;
 use crate::external_ids::{self, OnDuplicate};
 use crate::state::AppState;
-
-/// Members looked up per statement. Each is a unique-index probe; 4,096 placeholders keep a
-/// statement far below MySQL's 65,535 and a 300,000-member request to about 75 statements.
-const LOOKUP_ROWS: usize = 4_096;
-/// Look-up statements in flight at once: enough to overlap round trips, few enough to leave the
-/// pool to real requests.
-const LOOKUPS_AT_ONCE: usize = 4;
 
 /// What a dry run answers: what the request would do.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -134,7 +124,7 @@ pub(super) async fn answer(
             summary = summarize(&kept);
         }
     }
-    let known = known_members(&state.pool, &summary.members)
+    let known = crate::members::count_existing(&state.pool, &summary.members)
         .await
         .map_err(ApiError::database)?;
     let members = summary.members.len() as u64;
@@ -150,37 +140,6 @@ pub(super) async fn answer(
         reserve_at,
         label,
     })
-}
-
-/// How many of `members` (distinct) are in `members` already: read-only look-ups of up to
-/// [`LOOKUP_ROWS`] ids each (statement sizes are powers of two, so few shapes are prepared).
-async fn known_members(pool: &MySqlPool, members: &[String]) -> Result<u64, sqlx::Error> {
-    // Ranges rather than slices: a stream of closures over borrowed slices trips the compiler's
-    // `Send` check of the handler's future (a higher-ranked lifetime it cannot prove general).
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    for size in statement_sizes(members.len(), LOOKUP_ROWS) {
-        ranges.push(start..start + size);
-        start += size;
-    }
-    stream::iter(ranges)
-        .map(|range| count_known(pool, &members[range]))
-        .buffer_unordered(LOOKUPS_AT_ONCE)
-        .try_fold(0_u64, |sum, n| async move { Ok(sum + n) })
-        .await
-}
-
-/// How many of `batch` (distinct) are in `members`.
-async fn count_known(pool: &MySqlPool, batch: &[String]) -> Result<u64, sqlx::Error> {
-    let sql = format!(
-        "SELECT COUNT(*) FROM members WHERE member_id IN ({})",
-        vec!["?"; batch.len()].join(",")
-    );
-    let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
-    for member in batch {
-        query = query.bind(member.as_str());
-    }
-    Ok(query.fetch_one(pool).await?.unsigned_abs())
 }
 
 #[cfg(test)]
