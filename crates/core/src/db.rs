@@ -43,6 +43,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "member_ledger",
         include_str!("../migrations/0007_member_ledger.sql"),
     ),
+    (
+        8,
+        "reconciler",
+        include_str!("../migrations/0008_reconciler.sql"),
+    ),
 ];
 
 /// MySQL error: the column exists already (an `ADD COLUMN` run a second time).
@@ -86,12 +91,14 @@ const ER_UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
 /// statement and lock-wait limits, so no caller waits on MySQL forever.
 pub async fn connect(settings: &DatabaseSettings) -> Result<MySqlPool, DbError> {
     let secs = settings.database_statement_timeout.as_secs().max(1);
+    let idle_secs = settings.database_idle_transaction_timeout.as_secs().max(1);
     MySqlPoolOptions::new()
         .max_connections(settings.database_max_connections)
         .acquire_timeout(settings.database_acquire_timeout)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 set_statement_timeout(conn, secs).await?;
+                set_idle_transaction_timeout(conn, idle_secs).await?;
                 Ok(())
             })
         })
@@ -115,6 +122,29 @@ async fn set_statement_timeout(
     match conn.execute(AssertSqlSafe(mariadb)).await {
         Err(e) if error_number(&e) == Some(ER_UNKNOWN_SYSTEM_VARIABLE) => {
             let mysql = format!("SET SESSION max_execution_time = {}", secs * 1_000);
+            conn.execute(AssertSqlSafe(mysql)).await?;
+        }
+        other => {
+            other?;
+        }
+    }
+    Ok(())
+}
+
+/// Ends this connection's session when a transaction sits idle for `secs`, rolling it back: a
+/// transaction left open by a client that died (its connection still open) would otherwise keep
+/// its row locks for `wait_timeout`, 8 hours by default, and a job row locked that long stops its
+/// settlement. MariaDB has `idle_transaction_timeout`; MySQL 8 has none, so there the session's
+/// `wait_timeout` (idle with or without a transaction) gets the limit, and the pool replaces a
+/// connection the server closed (it checks each one before handing it out).
+async fn set_idle_transaction_timeout(
+    conn: &mut sqlx::MySqlConnection,
+    secs: u64,
+) -> Result<(), sqlx::Error> {
+    let mariadb = format!("SET SESSION idle_transaction_timeout = {secs}");
+    match conn.execute(AssertSqlSafe(mariadb)).await {
+        Err(e) if error_number(&e) == Some(ER_UNKNOWN_SYSTEM_VARIABLE) => {
+            let mysql = format!("SET SESSION wait_timeout = {secs}");
             conn.execute(AssertSqlSafe(mysql)).await?;
         }
         other => {

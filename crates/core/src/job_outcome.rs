@@ -9,16 +9,17 @@
 //!   counts only from that instant.
 //!
 //! [`settle`] stores the outcome in `accrual_jobs` (status, `written`, `dead_lettered`, and
-//! `completed_at`: the time of the last write or dead letter, not the time anyone looked). The
-//! sender's completion task settles jobs whose points are all sent; the listener settles again a
-//! finished job one of whose dead letters it has just written.
+//! `completed_at`: the time of the last write or dead letter, not the time anyone looked), counted
+//! and stored in one transaction under the job row's lock. The sender's completion task settles
+//! jobs whose points are all sent, and now and then re-settles finished jobs with dead letters;
+//! the listener settles again a finished job one of whose dead letters it has just written.
 //!
 //! A settlement that changes a job's status records its webhook event (`job.completed`,
-//! `job.completed_with_errors`, and `job.reversed` for the job a reversal job reverses) in the
-//! same transaction: see [`crate::webhook`].
+//! `job.completed_with_errors`, and `job.reversed` for the job a reversal job reverses once the
+//! reversal is `completed` without errors) in the same transaction: see [`crate::webhook`].
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use sqlx::{AssertSqlSafe, MySqlPool};
+use sqlx::{AssertSqlSafe, MySqlConnection, MySqlPool};
 use uuid::Uuid;
 
 use crate::webhook;
@@ -39,6 +40,12 @@ pub struct Outcome {
 /// Counts a job's written and dead-lettered points (see the module rules). One index range of the
 /// ledger per job: meant for settling a job, not for every read of it.
 pub async fn count(pool: &MySqlPool, job_id: Uuid) -> Result<Outcome, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    count_on(&mut *conn, job_id).await
+}
+
+/// [`count`] on one connection: inside a transaction, as that transaction sees the tables.
+pub async fn count_on(conn: &mut MySqlConnection, job_id: Uuid) -> Result<Outcome, sqlx::Error> {
     let (written, dead_lettered, last_written, last_dead): (
         i64,
         i64,
@@ -60,7 +67,7 @@ pub async fn count(pool: &MySqlPool, job_id: Uuid) -> Result<Outcome, sqlx::Erro
     .bind(job_id)
     .bind(job_id)
     .bind(job_id)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     let last_at = last_written.max(last_dead).map(|t| t.and_utc());
     Ok(Outcome {
@@ -91,23 +98,28 @@ pub struct Settled {
     pub first_took: Option<std::time::Duration>,
 }
 
+/// How a settler waits for the job's row lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// Up to the session's lock wait timeout (`DATABASE_STATEMENT_TIMEOUT`).
+    Wait,
+    /// Not at all: a job whose row another transaction holds fails at once with a lock conflict
+    /// ([`crate::db::is_lock_conflict`]), so a task settling many jobs goes on with the next.
+    NoWait,
+}
+
 /// Counts a job exactly and, when every point is written or dead-lettered, stores its final
 /// status, counts and completion time. Returns what it stored, if anything changed.
+///
+/// The count and the store are one transaction under the job row's lock (`FOR UPDATE`), and the
+/// count starts after the lock is granted: of two settlers, the one that stores last counted last,
+/// so the stored counts are never older than a settlement before them. Every settlement also
+/// stamps `checked_at` (the completion task looks at the least recently checked jobs first).
 ///
 /// A job not yet released (`reserved`) or `cancelled` is left alone; a finished job is settled
 /// again (its counts change when a dead letter is redriven and written).
 pub async fn settle(pool: &MySqlPool, job_id: Uuid) -> Result<Option<Settled>, sqlx::Error> {
-    // A settler that loses the race to settle a job first counts again, after the winner's
-    // commit, and settles it again if its counts differ: the counts stored are never older than
-    // the last settler's look at the ledger.
-    match settle_once(pool, job_id).await? {
-        Attempt::LostFirst => match settle_once(pool, job_id).await? {
-            Attempt::Settled(settled) => Ok(Some(settled)),
-            Attempt::LostFirst | Attempt::Unchanged => Ok(None),
-        },
-        Attempt::Settled(settled) => Ok(Some(settled)),
-        Attempt::Unchanged => Ok(None),
-    }
+    settle_with(pool, job_id, LockWait::Wait).await
 }
 
 /// Settles a job again only if it is finished already (`completed` or `completed_with_errors`):
@@ -133,14 +145,12 @@ pub async fn settle_if_final(
     }
 }
 
-enum Attempt {
-    Settled(Settled),
-    Unchanged,
-    /// Another settler moved the job out of its running status first.
-    LostFirst,
-}
-
-async fn settle_once(pool: &MySqlPool, job_id: Uuid) -> Result<Attempt, sqlx::Error> {
+/// [`settle`], waiting for the job's row lock as `wait` says.
+pub async fn settle_with(
+    pool: &MySqlPool,
+    job_id: Uuid,
+    wait: LockWait,
+) -> Result<Option<Settled>, sqlx::Error> {
     type Row = (
         u32,
         String,
@@ -150,74 +160,75 @@ async fn settle_once(pool: &MySqlPool, job_id: Uuid) -> Result<Attempt, sqlx::Er
         Option<NaiveDateTime>,
         Option<Uuid>,
     );
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT total, status, written, dead_lettered, created_at, reserve_at, reverses FROM accrual_jobs WHERE job_id = ?",
-    )
+    let lock = match wait {
+        LockWait::Wait => "FOR UPDATE",
+        LockWait::NoWait => "FOR UPDATE NOWAIT",
+    };
+    let mut tx = pool.begin().await?;
+    let row: Option<Row> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT total, status, written, dead_lettered, created_at, reserve_at, reverses \
+         FROM accrual_jobs WHERE job_id = ? {lock}"
+    )))
     .bind(job_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     let Some((total, status, stored_written, stored_dead, created_at, reserve_at, reverses)) = row
     else {
-        return Ok(Attempt::Unchanged);
+        return Ok(None);
     };
     if matches!(status.as_str(), "reserved" | "cancelled") {
-        return Ok(Attempt::Unchanged);
+        return Ok(None);
     }
-    let outcome = count(pool, job_id).await?;
-    let Some(next) = final_status(u64::from(total), &outcome) else {
-        return Ok(Attempt::Unchanged);
-    };
-    let unchanged = status == next
-        && stored_written.map(u64::from) == Some(outcome.written)
-        && stored_dead.map(u64::from) == Some(outcome.dead_lettered);
-    if unchanged {
-        return Ok(Attempt::Unchanged);
-    }
-    let completed_at = outcome.last_at.unwrap_or_else(Utc::now).naive_utc();
-    let update = |statuses: &'static str| {
-        let sql = format!(
-            "UPDATE accrual_jobs SET status = ?, completed_at = ?, written = ?, dead_lettered = ? \
-             WHERE job_id = ? AND status IN ({statuses})"
-        );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(next)
-            .bind(completed_at)
-            .bind(outcome.written as u32)
-            .bind(outcome.dead_lettered as u32)
+    // The first consistent read of this transaction: its snapshot is taken now, under the lock.
+    let outcome = count_on(&mut *tx, job_id).await?;
+    let next = final_status(u64::from(total), &outcome);
+    let unchanged = next.is_none_or(|next| {
+        status == next
+            && stored_written.map(u64::from) == Some(outcome.written)
+            && stored_dead.map(u64::from) == Some(outcome.dead_lettered)
+    });
+    let Some(next) = next.filter(|_| !unchanged) else {
+        sqlx::query("UPDATE accrual_jobs SET checked_at = NOW(6) WHERE job_id = ?")
             .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Ok(None);
     };
-    // The first settlement moves the job out of a running status: only one settler's update can
-    // match, so only one counts it as the job's first.
+    let completed_at = outcome.last_at.unwrap_or_else(Utc::now).naive_utc();
+    sqlx::query(
+        "UPDATE accrual_jobs SET status = ?, completed_at = ?, written = ?, dead_lettered = ?, \
+         checked_at = NOW(6) WHERE job_id = ?",
+    )
+    .bind(next)
+    .bind(completed_at)
+    .bind(outcome.written as u32)
+    .bind(outcome.dead_lettered as u32)
+    .bind(job_id)
+    .execute(&mut *tx)
+    .await?;
+    // The first settlement moves the job out of a running status; under the row lock, only one
+    // settler ever sees it running, so only one counts it as the job's first.
     let first = matches!(status.as_str(), "dispatching" | "enqueued");
-    let statuses = if first {
-        "'dispatching', 'enqueued'"
-    } else {
-        "'completed', 'completed_with_errors'"
-    };
-    // The webhook events of the change are written in its transaction (see `webhook`).
-    let mut tx = pool.begin().await?;
-    if update(statuses).execute(&mut *tx).await?.rows_affected() == 0 {
-        tx.rollback().await?;
-        return Ok(if first {
-            Attempt::LostFirst
-        } else {
-            Attempt::Unchanged
-        });
-    }
-    // A status that changed (always, on the first settlement) is an event; counts alone are not.
-    if status != next
-        && let Some(event) = webhook::Event::settled(next)
-    {
-        webhook::record(&mut tx, job_id, event).await?;
-    }
-    // A reversal job settling for the first time: the job it reverses is reversed.
-    if first && let Some(reversed) = reverses {
-        webhook::record(&mut tx, reversed, webhook::Event::Reversed).await?;
+    // The webhook events of the change are written in its transaction (see `webhook`). A status
+    // that changed (always, on the first settlement) is an event; counts alone are not.
+    if status != next {
+        if let Some(event) = webhook::Event::settled(next) {
+            webhook::record(&mut tx, job_id, event).await?;
+        }
+        // A reversal job that completes without errors: the job it reverses is reversed. One
+        // that ends `completed_with_errors` has its own event only, and the original gets one
+        // when (if ever) the reversal becomes `completed`.
+        if next == "completed"
+            && let Some(reversed) = reverses
+        {
+            webhook::record(&mut tx, reversed, webhook::Event::Reversed).await?;
+        }
     }
     tx.commit().await?;
     tracing::info!(%job_id, status = next, written = outcome.written, dead_lettered = outcome.dead_lettered, "Job settled");
     let released = reserve_at.unwrap_or(created_at);
-    Ok(Attempt::Settled(Settled {
+    Ok(Some(Settled {
         status: next,
         first_took: first.then(|| (completed_at - released).to_std().unwrap_or_default()),
     }))

@@ -7,7 +7,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::MySqlConnection;
+use sqlx::mysql::MySqlRow;
+use sqlx::{AssertSqlSafe, MySqlConnection, Row};
 use uuid::Uuid;
 
 use crate::job_outcome::FINAL_STATUSES;
@@ -38,6 +39,25 @@ pub struct JobView {
     pub reverses: Option<Uuid>,
     /// The reversal job that reverses this job.
     pub reversed_by: Option<Uuid>,
+    /// What the reconciler did to the job: `null` until it found the job quiet (every chunk sent,
+    /// no progress for its quiet period) and compared it with the ledger.
+    pub reconciler: Option<Reconciliation>,
+}
+
+/// What the reconciler did to a job that went quiet before all of its points were accounted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Reconciliation {
+    /// Times it found points neither written nor dead-lettered and sent them again (same
+    /// `accrual_id`s, so a late original is a duplicate).
+    pub attempts: u32,
+    /// Points it sent again, over all attempts.
+    pub points_resent: u64,
+    /// Points it gave up on after its last attempt: dead-lettered with the reason `lost in transit
+    /// after N attempts` (each counts as written if it is written after all).
+    pub points_given_up: u64,
+    /// When it last compared the job with the ledger.
+    pub last_compared_at: DateTime<Utc>,
 }
 
 impl JobView {
@@ -59,6 +79,7 @@ pub struct JobFields {
     pub skipped: u32,
     pub reverses: Option<Uuid>,
     pub reversed_by: Option<Uuid>,
+    pub reconciler: Option<Reconciliation>,
 }
 
 /// The view of a job with these counters.
@@ -79,6 +100,7 @@ pub fn to_view(job: JobFields, c: Counters) -> JobView {
         skipped: u64::from(job.skipped),
         reverses: job.reverses,
         reversed_by: job.reversed_by,
+        reconciler: job.reconciler,
     }
 }
 
@@ -101,21 +123,23 @@ pub fn stored_counters(
     }
 }
 
-type StoredRow = (
-    String,
-    Uuid,
-    String,
-    u32,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<String>,
-    u32,
-    Option<Uuid>,
-    Option<Uuid>,
-    Option<u32>,
-    Option<u32>,
-);
+/// The reconciler's columns of `accrual_jobs`, in the order [`reconciliation`] reads them.
+pub const RECONCILER_COLUMNS: &str =
+    "reconcile_attempts, points_resent, points_given_up, reconciled_at";
+
+/// What the reconciler did, from its columns ([`RECONCILER_COLUMNS`]) at `first` in `row`.
+pub fn reconciliation(row: &MySqlRow, first: usize) -> Result<Option<Reconciliation>, sqlx::Error> {
+    let last: Option<DateTime<Utc>> = row.try_get(first + 3)?;
+    Ok(match last {
+        None => None,
+        Some(last_compared_at) => Some(Reconciliation {
+            attempts: row.try_get(first)?,
+            points_resent: u64::from(row.try_get::<u32, _>(first + 1)?),
+            points_given_up: u64::from(row.try_get::<u32, _>(first + 2)?),
+            last_compared_at,
+        }),
+    })
+}
 
 /// A job's owner and its view from MySQL alone (see [`stored_counters`]), as `conn` sees it: in a
 /// transaction, with that transaction's own changes.
@@ -123,32 +147,37 @@ pub async fn stored(
     conn: &mut MySqlConnection,
     job_id: Uuid,
 ) -> Result<Option<(String, JobView)>, sqlx::Error> {
-    let row: Option<StoredRow> = sqlx::query_as(
+    let sql = format!(
         "SELECT client_id, job_id, status, total, created_at, reserve_at, completed_at, label, \
            skipped, reverses, \
            (SELECT r.job_id FROM accrual_jobs r WHERE r.reverses = accrual_jobs.job_id), \
-           written, dead_lettered \
-         FROM accrual_jobs WHERE job_id = ?",
-    )
-    .bind(job_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|r| {
-        let counters = stored_counters(&r.2, r.3, r.11, r.12);
-        let fields = JobFields {
-            job_id: r.1,
-            status: r.2,
-            total: r.3,
-            created_at: r.4,
-            reserve_at: r.5,
-            completed_at: r.6,
-            label: r.7,
-            skipped: r.8,
-            reverses: r.9,
-            reversed_by: r.10,
-        };
-        (r.0, to_view(fields, counters))
-    }))
+           written, dead_lettered, {RECONCILER_COLUMNS} \
+         FROM accrual_jobs WHERE job_id = ?"
+    );
+    let Some(row) = sqlx::query(AssertSqlSafe(sql))
+        .bind(job_id)
+        .fetch_optional(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let status: String = row.try_get(2)?;
+    let total: u32 = row.try_get(3)?;
+    let counters = stored_counters(&status, total, row.try_get(11)?, row.try_get(12)?);
+    let fields = JobFields {
+        job_id: row.try_get(1)?,
+        status,
+        total,
+        created_at: row.try_get(4)?,
+        reserve_at: row.try_get(5)?,
+        completed_at: row.try_get(6)?,
+        label: row.try_get(7)?,
+        skipped: row.try_get(8)?,
+        reverses: row.try_get(9)?,
+        reversed_by: row.try_get(10)?,
+        reconciler: reconciliation(&row, 13)?,
+    };
+    Ok(Some((row.try_get(0)?, to_view(fields, counters))))
 }
 
 #[cfg(test)]

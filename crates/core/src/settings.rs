@@ -26,6 +26,13 @@ pub struct DatabaseSettings {
     /// metadata lock waits on both).
     #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub database_statement_timeout: Duration,
+
+    /// Longest a transaction may sit idle between statements (e.g. 60s) before the server ends its
+    /// session and rolls it back (`idle_transaction_timeout` on MariaDB; `wait_timeout` on MySQL,
+    /// which has no such limit): a transaction left open on a dead client's connection cannot
+    /// hold a job's row lock for hours. At least 1s.
+    #[arg(long, env = "DATABASE_IDLE_TRANSACTION_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub database_idle_transaction_timeout: Duration,
 }
 
 impl DatabaseSettings {
@@ -36,6 +43,7 @@ impl DatabaseSettings {
             database_max_connections: max_connections,
             database_acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             database_statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            database_idle_transaction_timeout: DEFAULT_IDLE_TRANSACTION_TIMEOUT,
         }
     }
 
@@ -50,12 +58,16 @@ impl DatabaseSettings {
         if self.database_statement_timeout < Duration::from_secs(1) {
             return Err("DATABASE_STATEMENT_TIMEOUT must be at least 1s".into());
         }
+        if self.database_idle_transaction_timeout < Duration::from_secs(1) {
+            return Err("DATABASE_IDLE_TRANSACTION_TIMEOUT must be at least 1s".into());
+        }
         Ok(())
     }
 }
 
 const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_SQS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SQS_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 

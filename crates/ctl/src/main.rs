@@ -54,7 +54,8 @@ enum Command {
         #[command(flatten)]
         database: DatabaseSettings,
     },
-    /// Show how many of a job's points are in the ledger, as JSON.
+    /// Show a job as JSON: its stored view (status, counts once settled, and what the reconciler
+    /// did to it) and its points as the ledger and the dead letters have them now.
     Job {
         job_id: uuid::Uuid,
         #[command(flatten)]
@@ -216,16 +217,7 @@ async fn main() -> anyhow::Result<()> {
             let pool = db::connect(&database)
                 .await
                 .context("Failed to connect to MySQL")?;
-            let written: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM point_accruals WHERE job_id = ?")
-                    .bind(job_id)
-                    .fetch_one(&pool)
-                    .await
-                    .context("Failed to count the job's points")?;
-            println!(
-                "{}",
-                serde_json::json!({ "job_id": job_id, "written": written })
-            );
+            println!("{}", job(&pool, job_id).await?);
         }
         Command::Purge {
             dry_run,
@@ -234,6 +226,31 @@ async fn main() -> anyhow::Result<()> {
         } => purge(dry_run, &settings, &database).await?,
     }
     Ok(())
+}
+
+/// `accrualctl job <job_id>`: the job's stored view (what `GET /v1/jobs/{job_id}` shows once it
+/// is settled, `reconciler` included) and, under `now`, its points counted in the ledger and the
+/// dead letters at this moment (by the settlement rules), so nobody needs SQL to see where a job
+/// stands.
+async fn job(pool: &sqlx::MySqlPool, job_id: uuid::Uuid) -> anyhow::Result<serde_json::Value> {
+    let mut conn = pool.acquire().await?;
+    let Some((client_id, view)) = accrual_core::job_view::stored(&mut *conn, job_id)
+        .await
+        .context("Failed to read the job")?
+    else {
+        anyhow::bail!("No job {job_id}");
+    };
+    let now = accrual_core::job_outcome::count_on(&mut *conn, job_id)
+        .await
+        .context("Failed to count the job's points")?;
+    let mut out = serde_json::to_value(&view)?;
+    out["client_id"] = client_id.into();
+    out["now"] = serde_json::json!({
+        "written": now.written,
+        "dead_lettered": now.dead_lettered,
+        "missing": view.total.saturating_sub(now.written + now.dead_lettered),
+    });
+    Ok(out)
 }
 
 /// `accrualctl purge [--dry-run]`. Running it beside the senders' retention task is harmless:

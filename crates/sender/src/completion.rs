@@ -1,18 +1,30 @@
 //! The completion task: settles jobs whose points are all sent, so a job reaches its final status
 //! (and `completed_at` the time of its last point) by itself, with nobody reading it.
 //!
-//! Every sender replica runs one; settling is idempotent, so replicas need no lease. A job is
-//! counted exactly ([`job_outcome::settle`]) when Redis's live counters say it may be done, and in
-//! any case every [`RECHECK`] ([`RECHECK_WITHOUT_REDIS`] when Redis has nothing): live counters can
-//! lag, and a dead letter recorded ahead of time starts counting later without anyone touching
-//! Redis. A 500,000-point job draining for ten minutes is thus counted about twenty times, not
-//! on every poll.
+//! Every sender replica runs one; settling is idempotent and happens under the job row's lock
+//! ([`job_outcome::settle_with`]), so replicas need no lease.
+//!
+//! - **Every running job is looked at.** A round takes a page of `enqueued` jobs, least recently
+//!   checked first (`accrual_jobs.checked_at`, which every settlement stamps): jobs that cannot
+//!   finish yet go to the back of the line instead of hiding newer ones, on every replica alike.
+//! - **One job's trouble stays its own.** A job whose row another transaction holds is not waited
+//!   for (`NOWAIT`), and any error on a job backs that job off (1 s, doubling to a minute, in this
+//!   replica's memory) while the round goes on with the next.
+//! - **A job is counted** when Redis's live counters say it may be done, and in any case once it
+//!   has gone [`RECHECK`] without a count ([`RECHECK_WITHOUT_REDIS`] when Redis has nothing): live
+//!   counters can lag, and a dead letter recorded ahead of time starts counting later without
+//!   anyone touching Redis. A 500,000-point job draining for ten minutes is thus counted about
+//!   twenty times, not on every poll.
+//! - **Finished jobs are looked at again**, slowly: every [`SWEEP`], the least recently checked
+//!   `completed_with_errors` jobs are settled again, so a job whose dead letter was redriven and
+//!   written becomes `completed` even if the listener's own re-settlement was lost (a failed
+//!   query, a listener killed after its commit).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use accrual_core::job_outcome::{self, Settled};
+use accrual_core::job_outcome::{self, LockWait, Settled};
 use accrual_core::progress::Progress;
 use sqlx::MySqlPool;
 use tokio::time::Instant;
@@ -24,13 +36,19 @@ use crate::metrics::{JobLabels, SenderMetrics};
 /// How often the task looks for jobs to settle.
 pub const POLL: Duration = Duration::from_secs(1);
 /// Longest time a sent job goes without an exact count while Redis's live counters are there to
-/// say when it may be done. The exact count still runs now and then: live counters can lag, and a
-/// dead letter recorded ahead starts counting without anyone touching Redis.
+/// say when it may be done.
 pub const RECHECK: Duration = Duration::from_secs(30);
 /// The same without live counters (Redis down or flushed): the exact count is the only signal.
 pub const RECHECK_WITHOUT_REDIS: Duration = Duration::from_secs(5);
-/// Jobs looked at per round, oldest first.
-const JOBS_PER_ROUND: u32 = 500;
+/// How often finished jobs with dead letters are settled again.
+pub const SWEEP: Duration = Duration::from_secs(60);
+/// Running jobs looked at per round, least recently checked first.
+const JOBS_PER_ROUND: usize = 500;
+/// Finished jobs settled again per sweep.
+const JOBS_PER_SWEEP: u32 = 100;
+/// Back-off of a job whose settlement failed: doubled per failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct Completion {
@@ -40,32 +58,75 @@ pub struct Completion {
     pub metrics: Arc<SenderMetrics>,
 }
 
+/// Jobs whose last settlement failed, with when to try again and how many times it failed.
+#[derive(Debug, Default)]
+pub struct BackedOff(HashMap<Uuid, (Instant, u32)>);
+
+impl BackedOff {
+    fn waiting(&self, job_id: &Uuid, now: Instant) -> bool {
+        self.0.get(job_id).is_some_and(|(until, _)| *until > now)
+    }
+
+    fn failed(&mut self, job_id: Uuid, now: Instant) -> Duration {
+        let failures = self.0.get(&job_id).map_or(0, |(_, n)| *n);
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << failures.min(6))
+            .min(MAX_BACKOFF);
+        self.0.insert(job_id, (now + backoff, failures + 1));
+        backoff
+    }
+
+    fn succeeded(&mut self, job_id: &Uuid) {
+        self.0.remove(job_id);
+    }
+}
+
 impl Completion {
     /// Settles jobs until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut counted: HashMap<Uuid, Instant> = HashMap::new();
+        let mut backed_off = BackedOff::default();
+        let mut last_sweep: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(POLL) => {}
             }
-            if let Err(e) = self.round(&mut counted).await {
-                tracing::warn!(error = %e, "Settling jobs failed; trying again");
+            if let Err(e) = self.round(&mut backed_off).await {
+                tracing::warn!(error = %e, "Looking for jobs to settle failed; trying again");
+            }
+            if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP) {
+                last_sweep = Some(Instant::now());
+                if let Err(e) = self.sweep_finished(&mut backed_off).await {
+                    tracing::warn!(error = %e, "Looking for finished jobs to settle again failed");
+                }
             }
         }
     }
 
-    /// One look at every job whose points are all sent.
-    async fn round(&self, counted: &mut HashMap<Uuid, Instant>) -> Result<(), sqlx::Error> {
-        let jobs: Vec<(Uuid, u32)> = sqlx::query_as(
-            "SELECT job_id, total FROM accrual_jobs WHERE status = 'enqueued' \
-             ORDER BY created_at LIMIT ?",
+    /// One look at a page of running jobs, least recently checked first. Public so tests can run
+    /// rounds themselves.
+    pub async fn round(&self, backed_off: &mut BackedOff) -> Result<(), sqlx::Error> {
+        let now = Instant::now();
+        // Jobs backed off in this replica are skipped: ask for as many more.
+        let waiting = backed_off
+            .0
+            .values()
+            .filter(|(until, _)| *until > now)
+            .count();
+        let page: Vec<(Uuid, u32, Option<i64>)> = sqlx::query_as(
+            "SELECT job_id, total, TIMESTAMPDIFF(MICROSECOND, checked_at, NOW(6)) \
+             FROM accrual_jobs WHERE status = 'enqueued' ORDER BY checked_at LIMIT ?",
         )
-        .bind(JOBS_PER_ROUND)
+        .bind((JOBS_PER_ROUND + waiting.min(JOBS_PER_ROUND)) as u64)
         .fetch_all(&self.pool)
         .await?;
-        counted.retain(|job, _| jobs.iter().any(|(j, _)| j == job));
-        for (job_id, total) in jobs {
+        backed_off
+            .0
+            .retain(|job, _| page.iter().any(|(j, _, _)| j == job));
+        for (job_id, total, since_checked) in page {
+            if backed_off.waiting(&job_id, now) {
+                continue;
+            }
             let live = self.progress.get(job_id).await;
             let may_be_done = live.is_some_and(|c| c.written + c.dead_lettered >= u64::from(total));
             // Counters that are all zero are no hint: Redis lost them, or nothing was counted.
@@ -73,12 +134,39 @@ impl Completion {
                 Some(c) if c.enqueued + c.written + c.dead_lettered > 0 => RECHECK,
                 _ => RECHECK_WITHOUT_REDIS,
             };
-            let stale = counted
-                .get(&job_id)
-                .is_none_or(|at| at.elapsed() >= recheck);
+            let stale = since_checked
+                .is_none_or(|micros| micros >= i64::try_from(recheck.as_micros()).unwrap_or(0));
             if may_be_done || stale {
-                counted.insert(job_id, Instant::now());
-                let settled = job_outcome::settle(&self.pool, job_id).await?;
+                self.settle(job_id, backed_off).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles again the least recently checked jobs that ended with dead letters: a dead letter
+    /// redriven and written since makes the job `completed`. Public so tests can run it.
+    pub async fn sweep_finished(&self, backed_off: &mut BackedOff) -> Result<(), sqlx::Error> {
+        let page: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT job_id FROM accrual_jobs WHERE status = 'completed_with_errors' \
+             ORDER BY checked_at LIMIT ?",
+        )
+        .bind(JOBS_PER_SWEEP)
+        .fetch_all(&self.pool)
+        .await?;
+        let now = Instant::now();
+        for job_id in page {
+            if !backed_off.waiting(&job_id, now) {
+                self.settle(job_id, backed_off).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles one job without waiting for its row lock; a failure backs the job off.
+    async fn settle(&self, job_id: Uuid, backed_off: &mut BackedOff) {
+        match job_outcome::settle_with(&self.pool, job_id, LockWait::NoWait).await {
+            Ok(settled) => {
+                backed_off.succeeded(&job_id);
                 if let Some(Settled {
                     status,
                     first_took: Some(took),
@@ -93,7 +181,31 @@ impl Completion {
                         .observe(took.as_secs_f64());
                 }
             }
+            Err(e) => {
+                let backoff = backed_off.failed(job_id, Instant::now());
+                tracing::warn!(%job_id, error = %e, backoff_ms = backoff.as_millis() as u64, "Settling a job failed; trying it again later, and the others now");
+            }
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_job_backs_off_doubling_up_to_a_minute_and_is_forgotten_once_it_settles() {
+        let mut backed_off = BackedOff::default();
+        let job = Uuid::now_v7();
+        let t0 = Instant::now();
+        let waits: Vec<Duration> = (0..9).map(|_| backed_off.failed(job, t0)).collect();
+        assert_eq!(waits[0], Duration::from_secs(1));
+        assert_eq!(waits[1], Duration::from_secs(2));
+        assert_eq!(waits[5], Duration::from_secs(32));
+        assert_eq!(waits[8], MAX_BACKOFF);
+        assert!(backed_off.waiting(&job, t0));
+        assert!(!backed_off.waiting(&job, t0 + MAX_BACKOFF));
+        backed_off.succeeded(&job);
+        assert!(!backed_off.waiting(&job, t0));
     }
 }

@@ -15,6 +15,8 @@
 //! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
 //! - [`backlog`] — the bound on how far dispatch may run ahead of the listeners.
 //! - [`completion`] — the task that settles finished jobs (final status, counts, `completed_at`).
+//! - [`reconciler`] — the safety net: compares quiet jobs with the ledger, re-sends what is
+//!   missing, gives up on it as lost in transit after its re-sends (one replica, by lease).
 //! - [`retention`] — the task that purges expired chunk bodies and idempotency keys (one replica, by lease).
 //! - [`webhooks`] — the task that delivers signed webhooks from the outbox (one replica, by lease).
 //! - [`fanout`] — `SendMessageBatch` with bounded concurrency and retries.
@@ -33,6 +35,7 @@ pub mod member_ledger;
 pub mod members;
 pub mod metrics;
 pub mod rate_limit;
+pub mod reconciler;
 pub mod retention;
 pub mod server;
 pub mod settings;

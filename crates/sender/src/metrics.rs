@@ -93,6 +93,17 @@ pub struct SenderMetrics {
     /// How long the oldest due webhook event has been due (0 when none, and on the replicas not
     /// holding the lease).
     pub webhook_oldest_due_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Quiet jobs the reconciler compared with the ledger (a healthy job is never compared).
+    pub reconciler_jobs_compared: Counter,
+    /// Points the reconciler found neither written nor dead-lettered and sent again.
+    pub reconciler_points_resent: Counter,
+    /// Points the reconciler gave up on after its re-sends (dead-lettered as lost in transit).
+    pub reconciler_points_given_up: Counter,
+    /// The quiet period the reconciler last used (0 on replicas not holding its lease).
+    pub reconciler_quiet_period_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Age of the oldest released job that is not final, from its release (`reserve_at`, else
+    /// `created_at`); reported by the replica holding the reconciler's lease, 0 elsewhere.
+    pub oldest_unfinished_job_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     registry: Registry,
 }
 
@@ -132,6 +143,11 @@ impl SenderMetrics {
             webhook_gave_up: Counter::default(),
             webhook_due: Gauge::default(),
             webhook_oldest_due_seconds: Gauge::default(),
+            reconciler_jobs_compared: Counter::default(),
+            reconciler_points_resent: Counter::default(),
+            reconciler_points_given_up: Counter::default(),
+            reconciler_quiet_period_seconds: Gauge::default(),
+            oldest_unfinished_job_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -263,6 +279,33 @@ impl SenderMetrics {
             "How long the oldest due webhook event has been due (0 when none)",
             Unit::Seconds,
             m.webhook_oldest_due_seconds.clone(),
+        );
+        registry.register(
+            "reconciler_jobs_compared",
+            "Quiet jobs the reconciler compared with the ledger and the dead letters",
+            m.reconciler_jobs_compared.clone(),
+        );
+        registry.register(
+            "reconciler_points_resent",
+            "Points the reconciler found neither written nor dead-lettered and sent again",
+            m.reconciler_points_resent.clone(),
+        );
+        registry.register(
+            "reconciler_points_given_up",
+            "Points the reconciler dead-lettered as lost in transit after its re-sends",
+            m.reconciler_points_given_up.clone(),
+        );
+        registry.register_with_unit(
+            "reconciler_quiet_period",
+            "How long a job must go without progress before the reconciler compares it (0 on replicas not holding its lease)",
+            Unit::Seconds,
+            m.reconciler_quiet_period_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "oldest_unfinished_job",
+            "Age of the oldest released job not yet final, from its release (reported by the reconciler's lease holder, 0 elsewhere)",
+            Unit::Seconds,
+            m.oldest_unfinished_job_seconds.clone(),
         );
         Self { registry, ..m }
     }

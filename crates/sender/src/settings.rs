@@ -138,6 +138,9 @@ pub struct SenderSettings {
     pub webhooks: crate::webhooks::WebhookSettings,
 
     #[command(flatten)]
+    pub reconciler: crate::reconciler::ReconcilerSettings,
+
+    #[command(flatten)]
     pub database: DatabaseSettings,
 
     #[command(flatten)]
@@ -239,6 +242,7 @@ impl SenderSettings {
         );
         problems.check(self.retention.validate());
         problems.check(self.webhooks.validate());
+        problems.check(self.reconciler.validate());
         problems.check(self.database.validate());
         problems.check(self.sqs.validate());
         problems.check(self.redis.validate());
@@ -310,6 +314,8 @@ mod tests {
                 "SENDER_BODY_BUDGET_BYTES",
             ),
             (&["--retention-interval", "0s"], "RETENTION_INTERVAL"),
+            (&["--reconcile-interval", "0s"], "RECONCILE_INTERVAL"),
+            (&["--reconcile-quiet-floor", "0s"], "RECONCILE_QUIET_FLOOR"),
             (&["--retention-interval", "1441m"], "RETENTION_INTERVAL"),
             (&["--results-retention-days", "0"], "RESULTS_RETENTION_DAYS"),
             (

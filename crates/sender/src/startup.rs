@@ -34,6 +34,8 @@ pub struct Application {
     retention: crate::retention::Retention,
     /// The webhook delivery task, started with the dispatchers.
     webhooks: crate::webhooks::Webhooks,
+    /// The reconciler, started with the dispatchers (one replica at a time works, by lease).
+    reconciler: crate::reconciler::Reconciler,
     /// Connection limits and the shutdown grace, for the HTTP server.
     http: HttpLimits,
 }
@@ -100,16 +102,27 @@ impl Application {
             settings.send_concurrency,
             metrics.send_calls.clone(),
         );
+        let dead_letter_queue = DeadLetterQueue {
+            client: bg_client.clone(),
+            url: dlq_url,
+            source_queue: settings.sqs.accrual_queue.clone(),
+        };
         let replica = replica_id();
         let backlog_client = bg_client.clone();
+        let reconciler = crate::reconciler::Reconciler {
+            pool: bg_pool.clone(),
+            fanout: fanout.clone(),
+            dead_letters: dead_letter_queue.clone(),
+            queue_url: queue_url.clone(),
+            points_per_message: settings.points_per_message,
+            settings: settings.reconciler.clone(),
+            metrics: metrics.clone(),
+            owner: replica.clone(),
+        };
         let dispatcher = Dispatcher::new(
             bg_pool.clone(),
             fanout,
-            DeadLetterQueue {
-                client: bg_client,
-                url: dlq_url,
-                source_queue: settings.sqs.accrual_queue.clone(),
-            },
+            dead_letter_queue,
             settings.points_per_message,
             bg_progress.clone(),
             metrics.clone(),
@@ -178,6 +191,7 @@ impl Application {
             completion,
             retention,
             webhooks,
+            reconciler,
             http: HttpLimits {
                 header_read_timeout: settings.sender_header_read_timeout,
                 idle_timeout: settings.sender_idle_timeout,
@@ -212,6 +226,7 @@ impl Application {
         tracker.spawn_on(self.completion.run(shutdown.clone()), on);
         tracker.spawn_on(self.retention.run(shutdown.clone()), on);
         tracker.spawn_on(self.webhooks.run(shutdown.clone()), on);
+        tracker.spawn_on(self.reconciler.run(shutdown.clone()), on);
         tracker.close();
         let router = api::router(self.state);
         let grace = self.http.shutdown_grace;
@@ -237,10 +252,10 @@ impl Application {
 }
 
 /// The background's own MySQL pool: two connections per dispatcher task (a claim or mark, and a
-/// lease renewal or dead letter beside it) and one each for completion, retention and webhooks,
-/// never more than `DATABASE_MAX_CONNECTIONS`.
+/// lease renewal or dead letter beside it) and one each for completion, retention, webhooks and
+/// the reconciler, never more than `DATABASE_MAX_CONNECTIONS`.
 fn background_connections(settings: &SenderSettings) -> u32 {
-    let wanted = 2 * settings.dispatch_tasks as u32 + 3;
+    let wanted = 2 * settings.dispatch_tasks as u32 + 4;
     wanted
         .min(settings.database.database_max_connections)
         .max(1)

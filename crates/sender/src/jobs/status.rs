@@ -114,6 +114,7 @@ fn to_view(row: JobRow, c: Counters) -> JobView {
             skipped: row.skipped,
             reverses: row.reverses,
             reversed_by: row.reversed_by,
+            reconciler: row.reconciler,
         },
         c,
     )

@@ -67,51 +67,43 @@ pub struct JobRow {
     pub reverses: Option<Uuid>,
     /// The reversal job that reverses this one.
     pub reversed_by: Option<Uuid>,
+    /// What the reconciler did to the job, if it ever compared it.
+    pub reconciler: Option<accrual_core::job_view::Reconciliation>,
 }
 
-const JOB_COLUMNS: &str = "job_id, client_id, body_sha256, total, members, status, reserve_at, \
-     created_at, completed_at, written, dead_lettered, label, results_purged_at, skipped, reverses, \
-     (SELECT r.job_id FROM accrual_jobs r WHERE r.reverses = accrual_jobs.job_id) AS reversed_by";
+/// The columns a [`JobRow`] is read from, in the order [`JobRow::from_row`] reads them.
+static JOB_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "job_id, client_id, body_sha256, total, members, status, reserve_at, created_at, \
+         completed_at, written, dead_lettered, label, results_purged_at, skipped, reverses, \
+         (SELECT r.job_id FROM accrual_jobs r WHERE r.reverses = accrual_jobs.job_id) AS reversed_by, \
+         {}",
+        accrual_core::job_view::RECONCILER_COLUMNS
+    )
+});
 
-type JobTuple = (
-    Uuid,
-    String,
-    Vec<u8>,
-    u32,
-    u32,
-    String,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    Option<u32>,
-    Option<u32>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    u32,
-    Option<Uuid>,
-    Option<Uuid>,
-);
-
-impl From<JobTuple> for JobRow {
-    fn from(t: JobTuple) -> Self {
-        Self {
-            job_id: t.0,
-            client_id: t.1,
-            body_sha256: t.2,
-            total: t.3,
-            members: t.4,
-            status: t.5,
-            reserve_at: t.6,
-            created_at: t.7,
-            completed_at: t.8,
-            written: t.9,
-            dead_lettered: t.10,
-            label: t.11,
-            results_purged_at: t.12,
-            skipped: t.13,
-            reverses: t.14,
-            reversed_by: t.15,
-        }
+impl<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow> for JobRow {
+    fn from_row(row: &'r sqlx::mysql::MySqlRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Self {
+            job_id: row.try_get(0)?,
+            client_id: row.try_get(1)?,
+            body_sha256: row.try_get(2)?,
+            total: row.try_get(3)?,
+            members: row.try_get(4)?,
+            status: row.try_get(5)?,
+            reserve_at: row.try_get(6)?,
+            created_at: row.try_get(7)?,
+            completed_at: row.try_get(8)?,
+            written: row.try_get(9)?,
+            dead_lettered: row.try_get(10)?,
+            label: row.try_get(11)?,
+            results_purged_at: row.try_get(12)?,
+            skipped: row.try_get(13)?,
+            reverses: row.try_get(14)?,
+            reversed_by: row.try_get(15)?,
+            reconciler: accrual_core::job_view::reconciliation(row, 16)?,
+        })
     }
 }
 
@@ -322,24 +314,23 @@ pub async fn find_by_key(
     key: &str,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM accrual_jobs WHERE client_id = ? AND idempotency_key = ?"
+        "SELECT {} FROM accrual_jobs WHERE client_id = ? AND idempotency_key = ?",
+        *JOB_COLUMNS
     );
-    let row: Option<JobTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(client_id)
         .bind(key)
         .fetch_optional(pool)
-        .await?;
-    Ok(row.map(JobRow::from))
+        .await
 }
 
 /// A job by id.
 pub async fn get(pool: &MySqlPool, job_id: Uuid) -> Result<Option<JobRow>, sqlx::Error> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM accrual_jobs WHERE job_id = ?");
-    let row: Option<JobTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let sql = format!("SELECT {} FROM accrual_jobs WHERE job_id = ?", *JOB_COLUMNS);
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(job_id)
         .fetch_optional(pool)
-        .await?;
-    Ok(row.map(JobRow::from))
+        .await
 }
 
 /// Why a job could not be cancelled.
@@ -482,8 +473,10 @@ fn list_sql(filter: &JobFilter, after: Option<&ListPosition>) -> String {
     } else {
         "ix_accrual_jobs_client_created"
     };
-    let mut sql =
-        format!("SELECT {JOB_COLUMNS} FROM accrual_jobs FORCE INDEX ({index}) WHERE client_id = ?");
+    let mut sql = format!(
+        "SELECT {} FROM accrual_jobs FORCE INDEX ({index}) WHERE client_id = ?",
+        *JOB_COLUMNS
+    );
     if filter.status.is_some() {
         sql.push_str(" AND status = ?");
     }
@@ -542,11 +535,10 @@ pub async fn list(
     limit: u32,
 ) -> Result<Vec<JobRow>, sqlx::Error> {
     let sql = list_sql(filter, after);
-    let query = sqlx::query_as::<_, JobTuple>(sqlx::AssertSqlSafe(sql));
-    let rows = bind_list(query, client_id, filter, after, limit)
+    let query = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql));
+    bind_list(query, client_id, filter, after, limit)
         .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(JobRow::from).collect())
+        .await
 }
 
 /// How MySQL would read that page (`EXPLAIN`): the index it uses, how, and its `Extra` notes, for

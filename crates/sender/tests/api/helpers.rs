@@ -45,7 +45,17 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut SenderSettings)) -> TestApp
 /// `adjust`.
 pub async fn spawn_app_parsing(args: &[&str], adjust: impl FnOnce(&mut SenderSettings)) -> TestApp {
     accrual_core::telemetry::init();
-    let env = TestEnv::new().await;
+    spawn_app_in(TestEnv::new().await, args, adjust).await
+}
+
+/// [`spawn_app_parsing`] on a test environment made by the caller (queue options of its own, or
+/// rows stored before the sender starts).
+pub async fn spawn_app_in(
+    env: TestEnv,
+    args: &[&str],
+    adjust: impl FnOnce(&mut SenderSettings),
+) -> TestApp {
+    accrual_core::telemetry::init();
     // Every setting at its documented default or as `args` give it, then the test's own.
     let command_line = std::iter::once("accrual-sender").chain(args.iter().copied());
     let mut settings = <SenderSettings as clap::Parser>::try_parse_from(command_line).unwrap();
