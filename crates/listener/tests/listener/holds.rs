@@ -93,19 +93,21 @@ async fn a_last_receive_waits_for_its_record_ahead_which_is_retried_under_the_ga
         || async { app.metrics.received.get() == 1 && app.metrics.database_up.get() == 0 },
     )
     .await;
-    // Held (extended) past its own timeout, and still neither written nor handed back.
+    // Held (extended) past its own timeout, and all along neither written nor handed back.
     eventually(
         Duration::from_secs(30),
         "the message held for three extensions",
-        || async { app.metrics.visibility_extensions.get() >= 3 },
+        || async {
+            assert_eq!(
+                app.env.ledger_rows().await,
+                0,
+                "handed on to the batcher before its record-ahead committed"
+            );
+            assert_eq!(hidden(&app.env).await, 1, "handed back to SQS");
+            app.metrics.visibility_extensions.get() >= 3
+        },
     )
     .await;
-    assert_eq!(
-        app.env.ledger_rows().await,
-        0,
-        "not handed on to the batcher"
-    );
-    assert_eq!(hidden(&app.env).await, 1, "not handed back to SQS");
     assert_eq!(app.metrics.received.get(), 1);
 
     sqlx::query("RENAME TABLE accrual_dead_letters_away TO accrual_dead_letters")
