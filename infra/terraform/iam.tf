@@ -74,8 +74,9 @@ data "aws_iam_policy_document" "listener" {
 }
 
 # accrualctl init (crates/ctl, `Command::Init`, through core::sqs::ensure_queues): with Terraform
-# the queues exist, so init only finds them (GetQueueUrl), reads the DLQ's ARN
-# (GetQueueAttributes QueueArn) and writes the main queue's RedrivePolicy and VisibilityTimeout
+# the queues exist, so init only finds them (GetQueueUrl), reads the main queue's RedrivePolicy (to
+# refuse lowering maxReceiveCount without --allow-lower-max-receive-count) and the DLQ's ARN
+# (GetQueueAttributes) and writes the main queue's RedrivePolicy and VisibilityTimeout
 # (SetQueueAttributes; same values as here when MAX_RECEIVE_COUNT and VISIBILITY_TIMEOUT_SECS keep
 # their defaults). It is deliberately NOT granted sqs:CreateQueue: ensure_queue calls CreateQueue
 # only when GetQueueUrl finds no queue, which after `terraform apply` means a wrong ACCRUAL_QUEUE or
@@ -85,7 +86,7 @@ data "aws_iam_policy_document" "listener" {
 data "aws_iam_policy_document" "init" {
   statement {
     sid       = "MainQueue"
-    actions   = ["sqs:GetQueueUrl", "sqs:SetQueueAttributes"]
+    actions   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:SetQueueAttributes"]
     resources = [aws_sqs_queue.main.arn]
   }
 

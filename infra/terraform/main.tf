@@ -42,8 +42,8 @@ resource "aws_sqs_queue" "dlq" {
 
 resource "aws_sqs_queue" "main" {
   name = var.queue_name
-  # The listener reads this at start-up (GetQueueAttributes VisibilityTimeout) and extends the
-  # visibility of held messages every half of it.
+  # The listener reads this at start-up and every minute (GetQueueAttributes VisibilityTimeout) and
+  # extends the visibility of held messages every half of it.
   visibility_timeout_seconds = var.visibility_timeout_secs
   message_retention_seconds  = var.message_retention_secs
   max_message_size           = local.max_message_size_bytes

@@ -26,6 +26,11 @@ pub const HOLD_CAP_VISIBILITY_TIMEOUTS: u32 = 10;
 pub const ATTR_REASON: &str = "dead_letter_reason";
 /// Message attribute on a dead letter: the queue it came from.
 pub const ATTR_SOURCE_QUEUE: &str = "source_queue";
+/// The longest a listener holds one message (keeps it hidden by extending its visibility), in
+/// visibility timeouts: after this it stops extending it and drops the MySQL connection of the
+/// write that holds it, so SQS delivers it again. The sender's reconciler never counts a job as
+/// quiet sooner than this, so it never re-sends a point a listener still holds.
+pub const HOLD_CAP_VISIBILITY_TIMEOUTS: u32 = 10;
 
 /// Groups bodies, in order, into SendMessageBatch requests of at most 10 entries and 256 KiB.
 pub fn send_batches(bodies: Vec<String>) -> Vec<Vec<String>> {
@@ -137,14 +142,66 @@ impl Default for QueueOptions {
     }
 }
 
+/// Whether [`ensure_queues_with`] may lower the `maxReceiveCount` of an existing main queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LowerReceiveCount {
+    /// Refuse ([`EnsureQueuesError::LowerMaxReceiveCount`]): the safe default.
+    Refuse,
+    /// Lower it: the operator said so.
+    Allow,
+}
+
+/// Setting up the queues failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureQueuesError {
+    #[error(transparent)]
+    Sqs(#[from] SqsError),
+    /// Lowering the count on a live queue sends every message already received that many times to
+    /// the dead-letter queue at its next receive, before a listener that still knows the old count
+    /// (they re-read it every minute) records it ahead: those points leave uncounted.
+    #[error(
+        "queue `{queue}` has maxReceiveCount {current}; refusing to lower it to {requested}: \
+         messages already received {requested} times or more would go to the dead-letter queue \
+         at their next receive, before the listeners re-read the count"
+    )]
+    LowerMaxReceiveCount {
+        queue: String,
+        current: u32,
+        requested: u32,
+    },
+}
+
 /// Creates (or updates) the dead-letter queue and the main queue with its redrive policy.
-/// Idempotent: an existing queue gets its attributes set to these values.
+/// Idempotent: an existing queue gets its attributes set to these values, except that a lower
+/// `maxReceiveCount` than the queue has is refused (see [`ensure_queues_with`]).
 pub async fn ensure_queues(
     client: &Client,
     main: &str,
     dlq: &str,
     options: QueueOptions,
-) -> Result<QueueUrls, SqsError> {
+) -> Result<QueueUrls, EnsureQueuesError> {
+    ensure_queues_with(client, main, dlq, options, LowerReceiveCount::Refuse).await
+}
+
+/// [`ensure_queues`], saying whether an existing main queue's `maxReceiveCount` may be lowered.
+pub async fn ensure_queues_with(
+    client: &Client,
+    main: &str,
+    dlq: &str,
+    options: QueueOptions,
+    lower: LowerReceiveCount,
+) -> Result<QueueUrls, EnsureQueuesError> {
+    if lower == LowerReceiveCount::Refuse
+        && let Ok(url) = queue_url(client, main).await
+        && let Some(current) = max_receive_count(client, &url).await?
+        && options.max_receive_count < current
+    {
+        return Err(EnsureQueuesError::LowerMaxReceiveCount {
+            queue: main.to_owned(),
+            current,
+            requested: options.max_receive_count,
+        });
+    }
     let dlq_url = ensure_queue(client, dlq, HashMap::new()).await?;
     let dlq_arn = client
         .get_queue_attributes()

@@ -34,6 +34,11 @@ enum Command {
         /// Seconds a received message stays hidden from other receivers.
         #[arg(long, env = "VISIBILITY_TIMEOUT_SECS", default_value_t = 60)]
         visibility_timeout_secs: u32,
+        /// Lower the main queue's maxReceiveCount if it is higher than --max-receive-count. Without
+        /// this, init refuses: messages already received that often would leave for the
+        /// dead-letter queue uncounted before the listeners re-read the count (every minute).
+        #[arg(long, env = "ALLOW_LOWER_MAX_RECEIVE_COUNT")]
+        allow_lower_max_receive_count: bool,
     },
     /// Inspect or empty the dead-letter queue.
     Dlq {
@@ -126,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
             sqs: sqs_settings,
             max_receive_count,
             visibility_timeout_secs,
+            allow_lower_max_receive_count,
         } => {
             db::create_database_if_absent(&database.database_url)
                 .await
@@ -141,14 +147,28 @@ async fn main() -> anyhow::Result<()> {
                 max_receive_count,
                 visibility_timeout_secs,
             };
-            let urls = sqs::ensure_queues(
+            let lower = if allow_lower_max_receive_count {
+                sqs::LowerReceiveCount::Allow
+            } else {
+                sqs::LowerReceiveCount::Refuse
+            };
+            let urls = sqs::ensure_queues_with(
                 &client,
                 &sqs_settings.accrual_queue,
                 &sqs_settings.accrual_dlq,
                 options,
+                lower,
             )
             .await
-            .context("Failed to create the queues")?;
+            .map_err(|e| match e {
+                refused @ sqs::EnsureQueuesError::LowerMaxReceiveCount { .. } => {
+                    anyhow::Error::new(refused).context(
+                        "Refusing to lower maxReceiveCount on a live queue; drain the queue first, \
+                         or pass --allow-lower-max-receive-count",
+                    )
+                }
+                other => anyhow::Error::new(other).context("Failed to create the queues"),
+            })?;
             println!(
                 "{}",
                 serde_json::json!({

@@ -9,7 +9,9 @@
 //! alone; the good rows commit and each bad one goes to the dead-letter queue with the database's
 //! error. A batch that fails for any other reason (connection lost, server down, lock conflicts)
 //! is kept and written again with back-off while the [`DatabaseGate`] stops the receivers; the
-//! visibility keeper (`held`) keeps its messages hidden meanwhile.
+//! visibility keeper (`held`) keeps its messages hidden meanwhile, up to the hold cap of the
+//! batch's earliest message: then the attempt is abandoned (its MySQL connection closed) and the
+//! batch's messages are handed back to SQS.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -35,7 +37,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest pause between two attempts: how late the listener may notice that MySQL is back.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Lock conflicts (deadlock, lock wait timeout) retried before the database counts as down.
-const LOCK_RETRIES: u32 = 5;
+pub(crate) const LOCK_RETRIES: u32 = 5;
 /// Batches written and deleted at once. The receivers have room for one more, collected meanwhile.
 pub const BATCHES_IN_PROCESS: usize = 3;
 
@@ -64,6 +66,15 @@ pub struct Batcher {
 struct Written {
     outcome: WriteOutcome,
     rejected: Vec<(usize, String)>,
+}
+
+/// Why a batch was not written.
+#[derive(Debug, Clone, Copy)]
+enum GaveUp {
+    /// The shutdown deadline passed while MySQL was unavailable.
+    Shutdown,
+    /// The hold cap of one of its messages passed.
+    HoldCap,
 }
 
 impl Batcher {
@@ -111,6 +122,7 @@ impl Batcher {
         let mut handles = Vec::with_capacity(batch.len());
         // The batch's room in the batcher's input, given back (dropped) once it is done.
         let mut _room = Vec::with_capacity(batch.len());
+        let give_up_at = batch.iter().map(|i| i.give_up_at).min();
         for (message, inbound) in batch.into_iter().enumerate() {
             owners.extend(std::iter::repeat_n(message, inbound.records.len()));
             records.extend(inbound.records);
@@ -118,20 +130,34 @@ impl Batcher {
             _room.extend(inbound.room);
         }
 
+        let Some(give_up_at) = give_up_at else {
+            return;
+        };
         let written = if abandon.is_cancelled() {
-            None
+            Err(GaveUp::Shutdown)
         } else {
-            self.write_isolating(&records, abandon).await
+            self.write_isolating(&records, abandon, give_up_at).await
         };
         match written {
-            Some(written) => self.finish(&records, &owners, &handles, written).await,
-            None => {
+            Ok(written) => self.finish(&records, &owners, &handles, written).await,
+            Err(why) => {
                 let failed = self.queue.change_visibility(&handles, 0).await;
-                tracing::warn!(
-                    points = count,
-                    not_handed_back = failed,
-                    "Shutdown deadline passed before MySQL took the batch; its messages are visible again"
-                );
+                match why {
+                    GaveUp::Shutdown => tracing::warn!(
+                        points = count,
+                        not_handed_back = failed,
+                        "Shutdown deadline passed before MySQL took the batch; its messages are visible again"
+                    ),
+                    GaveUp::HoldCap => {
+                        self.metrics.hold_cap_reached.inc_by(handles.len() as u64);
+                        tracing::warn!(
+                            points = count,
+                            messages = handles.len(),
+                            not_handed_back = failed,
+                            "Hold cap reached before MySQL took the batch; gave up the write, its messages are visible again"
+                        );
+                    }
+                }
             }
         }
         self.held.release(&handles);
@@ -211,13 +237,15 @@ impl Batcher {
         );
     }
 
-    /// Writes `records`, splitting on data errors until each bad row stands alone. Returns `None`
-    /// only if `abandon` is cancelled while the database is unavailable.
+    /// Writes `records`, splitting on data errors until each bad row stands alone. Gives up if
+    /// `abandon` is cancelled while the database is unavailable, or at `give_up_at` (the hold cap)
+    /// whatever the write is doing: an attempt in progress is abandoned and its connection closed.
     async fn write_isolating(
         &self,
         records: &[PointRecord],
         abandon: &CancellationToken,
-    ) -> Option<Written> {
+        give_up_at: Instant,
+    ) -> Result<Written, GaveUp> {
         let started = Instant::now();
         let mut written = Written::default();
         let mut pending: Vec<Range<usize>> = Vec::with_capacity(16);
@@ -225,8 +253,9 @@ impl Batcher {
         while let Some(range) = pending.pop() {
             let mut failures = 0u32;
             loop {
-                match self.ledger.write(&records[range.clone()]).await {
-                    Ok(outcome) => {
+                match self.ledger.write(&records[range.clone()], give_up_at).await {
+                    Ok(None) => return Err(GaveUp::HoldCap),
+                    Ok(Some(outcome)) => {
                         written.outcome.absorb(outcome);
                         if self.gate.mark_up() {
                             tracing::info!("MySQL takes writes again; receiving resumes");
@@ -261,7 +290,8 @@ impl Batcher {
                             "Batch write failed; trying again"
                         );
                         tokio::select! {
-                            () = abandon.cancelled() => return None,
+                            () = abandon.cancelled() => return Err(GaveUp::Shutdown),
+                            () = tokio::time::sleep_until(give_up_at) => return Err(GaveUp::HoldCap),
                             () = tokio::time::sleep(backoff) => {}
                         }
                     }
@@ -271,12 +301,12 @@ impl Batcher {
         self.metrics
             .insert_seconds
             .observe(started.elapsed().as_secs_f64());
-        Some(written)
+        Ok(written)
     }
 }
 
 /// Pause after the `failures`-th failed attempt: 200 ms, 400 ms, ... at most [`MAX_BACKOFF`].
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     FIRST_BACKOFF
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(MAX_BACKOFF)

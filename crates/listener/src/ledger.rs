@@ -1,5 +1,10 @@
 //! Writes points to `point_accruals`: one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per statement
 //! size, all of a batch in one transaction.
+//!
+//! A write (and a record-ahead) runs on one connection of its own until a deadline, the hold cap
+//! of its messages. If the deadline passes first, the attempt is dropped, the connection taken out
+//! of the pool and closed, and the server asked to `KILL` that session (best effort: the server
+//! may be the reason it is stuck), so no statement or lock of it outlives the messages' hold.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -7,8 +12,13 @@ use std::sync::Arc;
 use accrual_core::db::{placeholders, statement_sizes};
 use accrual_core::domain::{ExternalId, Reason};
 use accrual_core::message::PointRecord;
-use sqlx::{AssertSqlSafe, MySqlPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
+use tokio::time::Instant;
 use uuid::Uuid;
+
+/// Longest wait for the server to take a `KILL` of a session given up at the hold cap.
+const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const INSERT_COLUMNS: usize = 10;
 
@@ -128,24 +138,93 @@ impl Ledger {
         &self.pool
     }
 
-    /// Stores the points not yet in the ledger; counts the others as duplicates.
+    /// Stores the points not yet in the ledger; counts the others as duplicates. `Ok(None)` when
+    /// `give_up_at` passed first: the attempt is abandoned and its connection closed.
     ///
     /// The look-up of existing ids only serves the duplicate count: the unique key on
     /// `accrual_id` is what keeps a point from being stored twice, even when two listeners
     /// write the same point at the same moment.
-    pub async fn write(&self, records: &[PointRecord]) -> Result<WriteOutcome, sqlx::Error> {
+    pub async fn write(
+        &self,
+        records: &[PointRecord],
+        give_up_at: Instant,
+    ) -> Result<Option<WriteOutcome>, sqlx::Error> {
+        let Some((mut conn, session)) = self.connection_before(give_up_at).await? else {
+            return Ok(None);
+        };
+        match tokio::time::timeout_at(give_up_at, self.write_on(&mut conn, records)).await {
+            Ok(written) => written.map(Some),
+            Err(_) => {
+                self.give_up(conn, session).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A pooled connection and its session id, unless `give_up_at` passes first.
+    async fn connection_before(
+        &self,
+        give_up_at: Instant,
+    ) -> Result<Option<(PoolConnection<MySql>, u64)>, sqlx::Error> {
+        if Instant::now() >= give_up_at {
+            return Ok(None);
+        }
+        let Ok(conn) = tokio::time::timeout_at(give_up_at, self.pool.acquire()).await else {
+            return Ok(None);
+        };
+        let mut conn = conn?;
+        let id = tokio::time::timeout_at(
+            give_up_at,
+            sqlx::query_scalar::<_, u64>("SELECT CAST(CONNECTION_ID() AS UNSIGNED)")
+                .fetch_one(&mut *conn),
+        )
+        .await;
+        match id {
+            Ok(id) => Ok(Some((conn, id?))),
+            Err(_) => {
+                drop(conn.detach());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Closes a connection whose attempt was abandoned mid-statement (it is never returned to
+    /// the pool) and asks the server to end its session, with the statement and the locks it
+    /// holds: closing the socket alone is noticed by the server only when it next writes to it.
+    async fn give_up(&self, conn: PoolConnection<MySql>, session: u64) {
+        drop(conn.detach());
+        let kill = sqlx::query(AssertSqlSafe(format!("KILL {session}"))).execute(&self.pool);
+        match tokio::time::timeout(KILL_TIMEOUT, kill).await {
+            Ok(Ok(_)) => tracing::warn!(session, "Gave up a MySQL session at the hold cap"),
+            Ok(Err(e)) => {
+                tracing::warn!(session, error = %e, "Killing a MySQL session given up at the hold cap failed; its socket is closed")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    session,
+                    "Killing a MySQL session given up at the hold cap timed out; its socket is closed"
+                )
+            }
+        }
+    }
+
+    async fn write_on(
+        &self,
+        conn: &mut MySqlConnection,
+        records: &[PointRecord],
+    ) -> Result<WriteOutcome, sqlx::Error> {
         let mut seen = HashSet::with_capacity(records.len());
         let unique: Vec<&PointRecord> = records
             .iter()
             .filter(|r| seen.insert(r.accrual_id))
             .collect();
-        let existing = self.existing(&unique).await?;
+        let existing = self.look_up(conn, &self.select_sql, &unique).await?;
         let fresh: Vec<&PointRecord> = unique
             .into_iter()
             .filter(|r| !existing.contains(&r.accrual_id))
             .collect();
         if !fresh.is_empty() {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let mut rest = &fresh[..];
             for size in statement_sizes(fresh.len(), self.max_rows) {
                 let (chunk, tail) = rest.split_at(size);
@@ -164,7 +243,9 @@ impl Ledger {
             counts.0 += 1;
             counts.1 -= 1;
         }
-        let resettle = self.jobs_with_dead_letters(&fresh).await?;
+        // The jobs of the fresh points that have a dead letter: their outcome must be counted
+        // again.
+        let resettle = self.look_up(conn, &self.dead_letter_sql, &fresh).await?;
         Ok(WriteOutcome {
             written: fresh.len(),
             duplicates: records.len() - fresh.len(),
@@ -182,18 +263,11 @@ impl Ledger {
         accrual_core::dead_letter::record(&self.pool, ids, reason).await
     }
 
-    /// The jobs of `records` that have a dead letter recorded for one of them.
-    async fn jobs_with_dead_letters(
-        &self,
-        records: &[&PointRecord],
-    ) -> Result<HashSet<Uuid>, sqlx::Error> {
-        self.look_up(&self.dead_letter_sql, records).await
-    }
-
     /// Runs a look-up by accrual id (`shapes[k]` takes `2^k` ids) over `records`, in statements
     /// of power-of-two sizes; collects the ids it returns.
     async fn look_up(
         &self,
+        conn: &mut MySqlConnection,
         shapes: &[Arc<str>],
         records: &[&PointRecord],
     ) -> Result<HashSet<Uuid>, sqlx::Error> {
@@ -207,42 +281,80 @@ impl Ledger {
             for r in chunk {
                 query = query.bind(r.accrual_id);
             }
-            found.extend(query.fetch_all(&self.pool).await?);
+            found.extend(query.fetch_all(&mut *conn).await?);
         }
         Ok(found)
     }
 
     /// Records dead letters ahead of time for points on their last receive: each counts only from
     /// `counts_from`, and never once its point is in the ledger. An existing dead letter stays.
+    /// `Ok(None)` when `give_up_at` passed first (the attempt abandoned, as for [`Self::write`]).
     pub async fn record_dead_letters_ahead(
         &self,
         records: &[PointRecord],
         reason: &str,
         counts_from: chrono::DateTime<chrono::Utc>,
+        give_up_at: Instant,
+    ) -> Result<Option<()>, sqlx::Error> {
+        let Some((mut conn, session)) = self.connection_before(give_up_at).await? else {
+            return Ok(None);
+        };
+        let insert = async {
+            let mut rest = records;
+            for size in statement_sizes(records.len(), self.max_rows) {
+                let (chunk, tail) = rest.split_at(size);
+                rest = tail;
+                let sql = format!(
+                    "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason, counts_from) VALUES {} \
+                     ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
+                    accrual_core::db::placeholders(size, 4)
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for r in chunk {
+                    query = query
+                        .bind(r.accrual_id)
+                        .bind(r.job_id)
+                        .bind(reason)
+                        .bind(counts_from.naive_utc());
+                }
+                query.execute(&mut *conn).await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        match tokio::time::timeout_at(give_up_at, insert).await {
+            Ok(recorded) => recorded.map(Some),
+            Err(_) => {
+                self.give_up(conn, session).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Moves the `counts_from` of dead letters recorded ahead for these points to `counts_from`
+    /// if it is later: their message is kept hidden that long. Dead letters that count at once
+    /// (no `counts_from`) are left alone.
+    pub async fn defer_dead_letters_ahead(
+        &self,
+        accrual_ids: &[Uuid],
+        counts_from: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), sqlx::Error> {
-        let mut rest = records;
-        for size in statement_sizes(records.len(), self.max_rows) {
+        let mut rest = accrual_ids;
+        for size in statement_sizes(accrual_ids.len(), self.max_rows) {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
             let sql = format!(
-                "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason, counts_from) VALUES {} \
-                 ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
-                accrual_core::db::placeholders(size, 4)
+                "UPDATE accrual_dead_letters SET counts_from = ? \
+                 WHERE counts_from < ? AND accrual_id IN ({})",
+                vec!["?"; size].join(",")
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                query = query
-                    .bind(r.accrual_id)
-                    .bind(r.job_id)
-                    .bind(reason)
-                    .bind(counts_from.naive_utc());
+            let mut query = sqlx::query(AssertSqlSafe(sql))
+                .bind(counts_from.naive_utc())
+                .bind(counts_from.naive_utc());
+            for id in chunk {
+                query = query.bind(id);
             }
             query.execute(&self.pool).await?;
         }
         Ok(())
-    }
-
-    async fn existing(&self, records: &[&PointRecord]) -> Result<HashSet<Uuid>, sqlx::Error> {
-        self.look_up(&self.select_sql, records).await
     }
 }

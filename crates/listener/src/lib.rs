@@ -7,12 +7,14 @@
 //! - [`receiver`] — long-poll receive tasks; decode; poison to the DLQ.
 //! - [`batcher`] — batches by size or linger; write, then delete.
 //! - [`ledger`] — the multi-row insert with fixed statement shapes and the duplicate count.
+//! - [`attributes`] — the queue's `maxReceiveCount` and visibility timeout, read every minute.
 //! - [`gate`] — MySQL up or down; receivers pause while it is down.
-//! - [`held`] — messages held, and the task that extends their visibility.
+//! - [`held`] — messages held, the task that extends their visibility, and the hold cap.
 //! - [`queue`] — DeleteMessageBatch, visibility changes and dead-lettering.
 //! - [`metrics`] — Prometheus metrics, also read by tests.
 //! - [`http`] — `/healthz` and `/metrics`.
 
+pub mod attributes;
 pub mod batcher;
 pub mod gate;
 pub mod held;

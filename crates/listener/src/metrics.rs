@@ -44,6 +44,12 @@ pub struct ListenerMetrics {
     pub receive_errors: Counter,
     /// Held messages whose visibility timeout was extended because their batch took long.
     pub visibility_extensions: Counter,
+    /// Messages let go at the hold cap: no longer extended, their write abandoned.
+    pub hold_cap_reached: Counter,
+    /// The main queue's `maxReceiveCount` the listener acts on (0: no redrive policy).
+    pub max_receive_count: Gauge,
+    /// The main queue's visibility timeout the listener acts on, in seconds.
+    pub visibility_timeout_seconds: Gauge,
     registry: Registry,
 }
 
@@ -76,6 +82,9 @@ impl ListenerMetrics {
         let write_retries = Counter::default();
         let receive_errors = Counter::default();
         let visibility_extensions = Counter::default();
+        let hold_cap_reached = Counter::default();
+        let max_receive_count = Gauge::default();
+        let visibility_timeout_seconds = Gauge::default();
 
         registry.register(
             "messages_received",
@@ -160,6 +169,21 @@ impl ListenerMetrics {
             "Messages whose visibility timeout was extended while their batch was written",
             visibility_extensions.clone(),
         );
+        registry.register(
+            "hold_cap_reached",
+            "Messages held for the hold cap (10 visibility timeouts), then let go for SQS to deliver again",
+            hold_cap_reached.clone(),
+        );
+        registry.register(
+            "queue_max_receive_count",
+            "The main queue's maxReceiveCount the listener acts on (0: no redrive policy)",
+            max_receive_count.clone(),
+        );
+        registry.register(
+            "queue_visibility_timeout_seconds",
+            "The main queue's visibility timeout the listener acts on",
+            visibility_timeout_seconds.clone(),
+        );
         Self {
             received,
             points_received,
@@ -178,6 +202,9 @@ impl ListenerMetrics {
             write_retries,
             receive_errors,
             visibility_extensions,
+            hold_cap_reached,
+            max_receive_count,
+            visibility_timeout_seconds,
             registry,
         }
     }

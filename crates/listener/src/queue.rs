@@ -1,5 +1,7 @@
 //! The listener's side of SQS: deleting handled messages and dead-lettering poison.
 
+use std::collections::HashSet;
+
 use accrual_core::sqs::{MAX_BATCH_ENTRIES, SqsError};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
@@ -86,6 +88,17 @@ impl Queue {
     /// their batch is still being written, or (0) to hand them back at once. Best effort: returns
     /// how many could not be changed (they keep their current timeout, which is harmless).
     pub async fn change_visibility(&self, receipt_handles: &[String], secs: i32) -> usize {
+        self.change_visibility_failing(receipt_handles, secs)
+            .await
+            .len()
+    }
+
+    /// [`Self::change_visibility`], returning the receipt handles that could not be changed.
+    pub async fn change_visibility_failing(
+        &self,
+        receipt_handles: &[String],
+        secs: i32,
+    ) -> HashSet<String> {
         let chunks: Vec<Vec<String>> = receipt_handles
             .chunks(MAX_BATCH_ENTRIES)
             .map(<[String]>::to_vec)
@@ -93,11 +106,15 @@ impl Queue {
         stream::iter(chunks)
             .map(|chunk| self.change_visibility_chunk(chunk, secs))
             .buffer_unordered(DELETE_CONCURRENCY)
-            .fold(0, |failed, n| async move { failed + n })
+            .fold(HashSet::new(), |mut failed, chunk| async move {
+                failed.extend(chunk);
+                failed
+            })
             .await
     }
 
-    async fn change_visibility_chunk(&self, handles: Vec<String>, secs: i32) -> usize {
+    /// Changes one batch of at most ten; returns the handles whose change failed.
+    async fn change_visibility_chunk(&self, handles: Vec<String>, secs: i32) -> Vec<String> {
         let entries = handles.iter().enumerate().filter_map(|(i, h)| {
             ChangeMessageVisibilityBatchRequestEntry::builder()
                 .id(i.to_string())
@@ -114,10 +131,15 @@ impl Queue {
             .send()
             .await
         {
-            Ok(out) => out.failed().len(),
+            Ok(out) => out
+                .failed()
+                .iter()
+                .filter_map(|f| f.id().parse::<usize>().ok())
+                .filter_map(|i| handles.get(i).cloned())
+                .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "ChangeMessageVisibilityBatch failed");
-                handles.len()
+                handles
             }
         }
     }

@@ -2,10 +2,20 @@
 //! batcher and sends poison straight to the dead-letter queue: a body that cannot be read goes as
 //! it is; a bad point inside a packed message goes alone, as a v1 body, and the message's other
 //! points go on to the batcher (the message is deleted once they are written).
+//!
+//! A message on its last receive (its receive count has reached the queue's `maxReceiveCount`) has
+//! its points recorded ahead as dead letters before anything else: if the listener died before
+//! writing them, SQS would move the message to the dead-letter queue where nobody counts it. That
+//! record is retried like a write, under the [`DatabaseGate`] (receiving stops while MySQL fails),
+//! and the message goes on to the batcher only once it is committed; it is never handed back
+//! meanwhile (SQS would move it uncounted). If the record cannot be made before the message's hold
+//! cap or the shutdown deadline, the message is let go as it is: SQS moves it, and the sender's
+//! reconciler finds its points missing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use accrual_core::db;
 use accrual_core::message::{self, PointRecord, RefusedPoint};
 use accrual_core::sqs::MAX_RECEIVE_MESSAGES;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
@@ -13,6 +23,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::attributes::{CurrentAttributes, QueueAttributes};
+use crate::batcher::{LOCK_RETRIES, backoff};
 use crate::gate::DatabaseGate;
 use crate::held::HeldMessages;
 use crate::ledger::Ledger;
@@ -30,17 +42,8 @@ pub struct Inbound {
     /// This message's share of the points the batcher's input may hold; given back when its
     /// batch is done.
     pub room: Option<OwnedSemaphorePermit>,
-}
-
-/// What SQS does to a message after its last receive, so the listener can record it first.
-#[derive(Clone, Copy, Debug)]
-pub struct LastReceive {
-    /// The main queue's `maxReceiveCount`: a message received this many times is moved to the
-    /// dead-letter queue by SQS, not delivered again, if it is not deleted.
-    pub max_receive_count: u32,
-    /// The queue's visibility timeout: if the message is neither written nor deleted by then, SQS
-    /// moves it at its next receive, and its dead letter counts.
-    pub visibility_timeout: Duration,
+    /// The message's hold cap: its batch gives up writing it then, and hands it back.
+    pub give_up_at: Instant,
 }
 
 /// One long-poll receive loop; a listener runs several.
@@ -58,10 +61,12 @@ pub struct Receiver {
     pub room: Arc<Semaphore>,
     /// Room for this many points in all (a message larger than this waits for all of it).
     pub room_points: u32,
-    /// `None` when the queue has no redrive policy.
-    pub last_receive: Option<LastReceive>,
+    /// The queue's `maxReceiveCount` and visibility timeout, as last read.
+    pub attributes: CurrentAttributes,
     /// Receiving pauses while this says MySQL is down.
     pub gate: DatabaseGate,
+    /// Cancelled at the shutdown deadline: a record-ahead still failing then is given up.
+    pub abandon: CancellationToken,
     pub held: HeldMessages,
     pub metrics: Arc<ListenerMetrics>,
 }
@@ -95,6 +100,7 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
             .send()
             .await;
         let received_at = Instant::now();
+        let attributes = r.attributes.get();
         let out = match result {
             Ok(out) => {
                 backoff = FIRST_BACKOFF;
@@ -115,11 +121,13 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
         r.metrics.received.inc_by(messages.len() as u64);
         // Every message of this receive is held (kept invisible) from now on, also those that
         // wait here while the batcher has no room.
+        let give_up_at = received_at + attributes.hold_cap();
+        let visible_until = received_at + r.attributes.surely_hidden_for();
         for handle in messages.iter().filter_map(|m| m.receipt_handle()) {
-            r.held.hold(handle, received_at);
+            r.held.hold(handle, visible_until, give_up_at);
         }
         for received in messages {
-            if !r.handle(received).await {
+            if !r.handle(received, attributes, give_up_at).await {
                 tracing::error!(
                     "Batcher stopped before the receivers; the rest of this receive will be delivered again"
                 );
@@ -132,7 +140,12 @@ pub async fn run(receiver: Receiver, shutdown: CancellationToken) {
 impl Receiver {
     /// Decodes one held message and passes it on: its good points to the batcher, poison to the
     /// dead-letter queue. False when the batcher is gone.
-    async fn handle(&self, received: Message) -> bool {
+    async fn handle(
+        &self,
+        received: Message,
+        attributes: QueueAttributes,
+        give_up_at: Instant,
+    ) -> bool {
         let receive_count = received
             .attributes()
             .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
@@ -178,10 +191,21 @@ impl Receiver {
             self.held.release(&[handle]);
             return true;
         }
-        if let (Some(last), Some(count)) = (self.last_receive, receive_count)
-            && count >= last.max_receive_count
+        if let Some(count) = receive_count
+            && attributes.is_last_receive(count)
         {
-            self.record_ahead(&decoded.points, last, count).await;
+            if !self
+                .record_ahead(&decoded.points, attributes, count, give_up_at)
+                .await
+            {
+                // Neither handed on nor back: left to SQS, which moves it at its next receive.
+                self.held.release(&[handle]);
+                return true;
+            }
+            self.held.recorded_ahead(
+                &handle,
+                decoded.points.iter().map(|p| p.accrual_id).collect(),
+            );
         }
         let wanted = u32::try_from(decoded.points.len())
             .unwrap_or(u32::MAX)
@@ -195,6 +219,7 @@ impl Receiver {
             records: decoded.points,
             receipt_handle: handle,
             room: Some(room),
+            give_up_at,
         };
         if let Err(unsent) = self.to_batcher.send(inbound).await {
             self.held.release(&[unsent.0.receipt_handle]);
@@ -206,26 +231,73 @@ impl Receiver {
     /// A message on its last receive: if this listener dies before its points are written, SQS
     /// moves it to the dead-letter queue, where nobody would count it. Its points are recorded as
     /// dead letters now, counting from when SQS would move them, and not at all once written.
-    async fn record_ahead(&self, points: &[PointRecord], last: LastReceive, count: u32) {
+    /// Retried like a write, closing the gate while MySQL fails; true once committed, false if
+    /// given up at the hold cap or the shutdown deadline.
+    async fn record_ahead(
+        &self,
+        points: &[PointRecord],
+        attributes: QueueAttributes,
+        count: u32,
+        give_up_at: Instant,
+    ) -> bool {
         let reason = format!(
             "moved by SQS to the dead-letter queue after {} receives",
-            last.max_receive_count
+            attributes.max_receive_count.unwrap_or(count)
         );
-        let counts_from = chrono::Utc::now()
-            + chrono::Duration::from_std(last.visibility_timeout).unwrap_or_default();
-        let recorded = self
-            .dead_letters
-            .ledger
-            .record_dead_letters_ahead(points, &reason, counts_from)
-            .await;
-        match recorded {
-            Ok(()) => tracing::warn!(
+        let mut failures = 0u32;
+        loop {
+            let counts_from = chrono::Utc::now()
+                + chrono::Duration::from_std(attributes.visibility_timeout).unwrap_or_default();
+            let recorded = self
+                .dead_letters
+                .ledger
+                .record_dead_letters_ahead(points, &reason, counts_from, give_up_at)
+                .await;
+            let e = match recorded {
+                Ok(Some(())) => {
+                    if self.gate.mark_up() {
+                        tracing::info!("MySQL takes writes again; receiving resumes");
+                    }
+                    tracing::warn!(
+                        points = points.len(),
+                        receive_count = count,
+                        "Message on its last receive before SQS dead-letters it; recorded its points ahead"
+                    );
+                    return true;
+                }
+                Ok(None) => {
+                    self.metrics.hold_cap_reached.inc();
+                    tracing::error!(
+                        points = points.len(),
+                        receive_count = count,
+                        "Hold cap reached before a last-receive message's points were recorded ahead; SQS moves it uncounted, the reconciler re-sends its points"
+                    );
+                    return false;
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            self.metrics.write_retries.inc();
+            if (!db::is_lock_conflict(&e) || failures > LOCK_RETRIES) && self.gate.mark_down() {
+                tracing::error!(error = %e, "MySQL is unavailable; receiving stops until a write succeeds");
+            }
+            let pause = backoff(failures);
+            tracing::warn!(
                 points = points.len(),
-                receive_count = count,
-                "Message on its last receive before SQS dead-letters it; recorded its points ahead"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "Recording a last-receive message's points ahead failed")
+                failures,
+                backoff_ms = pause.as_millis() as u64,
+                error = %e,
+                "Recording a last-receive message's points ahead failed; trying again"
+            );
+            tokio::select! {
+                () = self.abandon.cancelled() => {
+                    tracing::error!(
+                        points = points.len(),
+                        "Shutdown deadline passed before a last-receive message's points were recorded ahead; SQS moves it uncounted, the reconciler re-sends its points"
+                    );
+                    return false;
+                }
+                () = tokio::time::sleep_until((Instant::now() + pause).min(give_up_at)) => {}
             }
         }
     }

@@ -39,6 +39,12 @@ pub struct ListenerSettings {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// How often the main queue's `maxReceiveCount` and visibility timeout are read again (e.g.
+    /// 60s; more than 0): `accrualctl init` may change them on the live queue. Advanced: tests
+    /// shorten it.
+    #[arg(long, env = "QUEUE_ATTRIBUTES_REFRESH", default_value = "60s", value_parser = parse_duration, hide = true)]
+    pub queue_attributes_refresh: Duration,
+
     #[command(flatten)]
     pub database: DatabaseSettings,
 
@@ -71,6 +77,10 @@ impl ListenerSettings {
             !self.batch_linger.is_zero(),
             "BATCH_LINGER must be at least 1ms",
         );
+        problems.require(
+            !self.queue_attributes_refresh.is_zero(),
+            "QUEUE_ATTRIBUTES_REFRESH must be more than 0 (the queue would be read in a loop)",
+        );
         problems.check(self.database.validate());
         problems.check(self.sqs.validate());
         problems.check(self.redis.validate());
@@ -99,6 +109,10 @@ mod tests {
         for (args, named) in [
             (&["--receive-tasks", "0"][..], "RECEIVE_TASKS"),
             (&["--batch-linger", "0ms"], "BATCH_LINGER"),
+            (
+                &["--queue-attributes-refresh", "0s"],
+                "QUEUE_ATTRIBUTES_REFRESH",
+            ),
             (
                 &["--database-max-connections", "0"],
                 "DATABASE_MAX_CONNECTIONS",

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::attributes::{self, CurrentAttributes, QueueAttributes};
 use crate::batcher::Batcher;
 use crate::gate::DatabaseGate;
 use crate::held::HeldMessages;
@@ -27,9 +28,10 @@ pub struct Listener {
     progress: Progress,
     metrics: Arc<ListenerMetrics>,
     gate: DatabaseGate,
-    visibility_timeout: Duration,
-    /// The main queue's `maxReceiveCount` (`None` without a redrive policy).
-    max_receive_count: Option<u32>,
+    /// The main queue's attributes as read at start-up.
+    attributes: QueueAttributes,
+    /// The attributes in use, read again every `QUEUE_ATTRIBUTES_REFRESH`.
+    current: CurrentAttributes,
     http: TcpListener,
 }
 
@@ -46,16 +48,18 @@ impl Listener {
         let client = sqs::client(&settings.sqs).await;
         let main_url = sqs::find_queue(&client, &settings.sqs.accrual_queue).await?;
         let dlq_url = sqs::find_queue(&client, &settings.sqs.accrual_dlq).await?;
-        let visibility_timeout = sqs::visibility_timeout(&client, &main_url)
+        let attributes = QueueAttributes::read(&client, &main_url)
             .await
-            .context("Failed to read the queue's visibility timeout")?;
-        let max_receive_count = sqs::max_receive_count(&client, &main_url)
-            .await
-            .context("Failed to read the queue's redrive policy")?;
-        if max_receive_count.is_none() {
+            .context("Failed to read the queue's visibility timeout and redrive policy")?;
+        if attributes.max_receive_count.is_none() {
             tracing::warn!(queue = %settings.sqs.accrual_queue, "The queue has no redrive policy; run `accrualctl init`");
         }
         let metrics = Arc::new(ListenerMetrics::new());
+        let current = CurrentAttributes::new(
+            attributes,
+            metrics.max_receive_count.clone(),
+            metrics.visibility_timeout_seconds.clone(),
+        );
         let queue = Queue {
             client,
             main_url,
@@ -74,8 +78,8 @@ impl Listener {
             queue,
             metrics,
             gate,
-            visibility_timeout,
-            max_receive_count,
+            attributes,
+            current,
             http,
             settings,
         })
@@ -106,6 +110,9 @@ impl Listener {
             progress: self.progress.clone(),
         };
         let held = HeldMessages::new(self.metrics.in_flight.clone());
+        let current = self.current;
+        // Cancelled at the shutdown deadline: what still waits for MySQL then is given up.
+        let abandon = CancellationToken::new();
         let tracker = TaskTracker::new();
         let receiver = receiver::Receiver {
             queue: self.queue.clone(),
@@ -115,13 +122,9 @@ impl Listener {
             to_batcher,
             room: Arc::new(tokio::sync::Semaphore::new(room_points as usize)),
             room_points,
-            last_receive: self
-                .max_receive_count
-                .map(|max_receive_count| receiver::LastReceive {
-                    max_receive_count,
-                    visibility_timeout: self.visibility_timeout,
-                }),
+            attributes: current.clone(),
             gate: self.gate.clone(),
+            abandon: abandon.clone(),
             held: held.clone(),
             metrics: self.metrics.clone(),
         };
@@ -130,7 +133,6 @@ impl Listener {
         }
         drop(receiver);
 
-        let abandon = CancellationToken::new();
         let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
         let deadline = tokio::spawn({
             let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
@@ -157,8 +159,17 @@ impl Listener {
         let keeper = tokio::spawn(crate::held::keep_visible(
             held.clone(),
             self.queue.clone(),
-            self.visibility_timeout,
+            self.ledger.clone(),
+            current.clone(),
             self.metrics.clone(),
+            keeper_stop.clone(),
+        ));
+        let refresher = tokio::spawn(attributes::keep_current(
+            current,
+            self.queue.client.clone(),
+            self.queue.main_url.clone(),
+            self.attributes,
+            self.settings.queue_attributes_refresh,
             keeper_stop.clone(),
         ));
 
@@ -176,7 +187,8 @@ impl Listener {
         tracing::info!(
             receive_tasks = self.settings.receive_tasks,
             max_rows,
-            visibility_timeout_secs = self.visibility_timeout.as_secs(),
+            visibility_timeout_secs = self.attributes.visibility_timeout.as_secs(),
+            max_receive_count = ?self.attributes.max_receive_count,
             addr = %self.settings.listener_addr,
             "Listener running"
         );
@@ -186,6 +198,7 @@ impl Listener {
         deadline.abort();
         keeper_stop.cancel();
         let _ = keeper.await;
+        let _ = refresher.await;
         http_stop.cancel();
         match server.await {
             Ok(Ok(())) => {}

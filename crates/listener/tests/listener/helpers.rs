@@ -30,6 +30,7 @@ pub fn listener_settings(env: &TestEnv) -> ListenerSettings {
     ListenerSettings {
         listener_addr: "127.0.0.1:0".parse().unwrap(),
         shutdown_grace_secs: 5,
+        queue_attributes_refresh: std::time::Duration::from_secs(60),
         receive_tasks: 2,
         receive_wait_secs: 1,
         batch_max_rows: 64,

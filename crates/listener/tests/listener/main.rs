@@ -3,6 +3,7 @@
 
 mod emulator;
 mod helpers;
+mod holds;
 mod idempotency;
 mod outage;
 mod outcome;

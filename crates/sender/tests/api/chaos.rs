@@ -74,6 +74,7 @@ async fn a_200000_point_job_survives_a_killed_listener_a_mysql_outage_a_black_ho
     let in_process = Listener::build(ListenerSettings {
         listener_addr: "127.0.0.1:0".parse().unwrap(),
         shutdown_grace_secs: 5,
+        queue_attributes_refresh: std::time::Duration::from_secs(60),
         receive_tasks: 4,
         receive_wait_secs: 1,
         batch_max_rows: 512,

@@ -106,6 +106,7 @@ impl TestApp {
         let settings = ListenerSettings {
             listener_addr: "127.0.0.1:0".parse().unwrap(),
             shutdown_grace_secs: 5,
+            queue_attributes_refresh: std::time::Duration::from_secs(60),
             receive_tasks: 4,
             receive_wait_secs: 1,
             batch_max_rows: 512,
