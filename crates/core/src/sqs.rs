@@ -18,10 +18,6 @@ pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 pub const MAX_RECEIVE_MESSAGES: i32 = 10;
 /// Long polling waits at most 20 seconds.
 pub const MAX_WAIT_TIME_SECS: i32 = 20;
-/// A listener holds a message (extending its visibility) for at most this many visibility
-/// timeouts; then it lets SQS deliver it again. The reconciler waits at least this long before it
-/// calls a job quiet, so it never re-sends a point a listener still holds.
-pub const HOLD_CAP_VISIBILITY_TIMEOUTS: u32 = 10;
 /// Message attribute on a dead letter: why it could not be written.
 pub const ATTR_REASON: &str = "dead_letter_reason";
 /// Message attribute on a dead letter: the queue it came from.
