@@ -27,19 +27,19 @@ const SECRET: &str = "whsec_test_secret_for_the_receiver";
 
 /// What the receiver got in one request.
 #[derive(Debug, Clone)]
-struct Delivery {
+pub(crate) struct Delivery {
     raw: Bytes,
     body: Value,
     /// This event's request number at the receiver (1 for its first).
     attempt: u32,
-    signature_ok: bool,
+    pub(crate) signature_ok: bool,
     json_content_type: bool,
     /// What the receiver answered.
     answered: u16,
 }
 
 #[derive(Default)]
-struct Behaviour {
+pub(crate) struct Behaviour {
     /// Each event's first this-many requests get a 500.
     fail_first: u32,
     /// Each event's first request is answered 200 only after this long.
@@ -53,7 +53,7 @@ struct ReceiverState {
 }
 
 /// A webhook receiver: an axum server on 127.0.0.1, stopped when dropped.
-struct Receiver {
+pub(crate) struct Receiver {
     state: Arc<ReceiverState>,
     _stop: DropGuard,
 }
@@ -132,7 +132,7 @@ async fn receive(
 }
 
 impl Receiver {
-    async fn start(port: u16, behaviour: Behaviour) -> Self {
+    pub(crate) async fn start(port: u16, behaviour: Behaviour) -> Self {
         let state = Arc::new(ReceiverState {
             behaviour,
             seen: Mutex::default(),
@@ -158,12 +158,12 @@ impl Receiver {
         }
     }
 
-    fn deliveries(&self) -> Vec<Delivery> {
+    pub(crate) fn deliveries(&self) -> Vec<Delivery> {
         self.state.deliveries.lock().unwrap().clone()
     }
 
     /// Deliveries answered 200 with a valid signature, by (event, job_id).
-    fn verified(&self) -> HashMap<(String, String), Delivery> {
+    pub(crate) fn verified(&self) -> HashMap<(String, String), Delivery> {
         self.deliveries()
             .into_iter()
             .filter(|d| d.answered == 200 && d.signature_ok)
@@ -178,7 +178,7 @@ impl Receiver {
     }
 }
 
-async fn set_endpoint(pool: &MySqlPool, client: &str, port: u16) {
+pub(crate) async fn set_endpoint(pool: &MySqlPool, client: &str, port: u16) {
     sqlx::query("INSERT INTO webhook_endpoints (client_id, url, secret) VALUES (?, ?, ?)")
         .bind(client)
         .bind(format!("http://127.0.0.1:{port}/hook"))
@@ -197,7 +197,7 @@ fn quick(s: &mut accrual_sender::SenderSettings, timeout: Duration) {
 }
 
 /// Posts a reserved job (one point, due in `secs`) at `address` as client_a.
-async fn post_reserved(http: &reqwest::Client, address: &str, secs: i64) -> String {
+pub(crate) async fn post_reserved(http: &reqwest::Client, address: &str, secs: i64) -> String {
     let reserve_at = Utc::now() + chrono::Duration::seconds(secs);
     let response = http
         .post(format!(
@@ -215,7 +215,7 @@ async fn post_reserved(http: &reqwest::Client, address: &str, secs: i64) -> Stri
     accepted["job_id"].as_str().unwrap().to_owned()
 }
 
-async fn cancel(http: &reqwest::Client, address: &str, job_id: &str) {
+pub(crate) async fn cancel(http: &reqwest::Client, address: &str, job_id: &str) {
     let response = http
         .delete(format!("{address}/v1/jobs/{job_id}"))
         .bearer_auth(KEY_A)
