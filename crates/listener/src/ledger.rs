@@ -213,21 +213,24 @@ impl Ledger {
     }
 
     /// Records dead letters ahead of time for points on their last receive: each counts only from
-    /// `counts_from`, and never once its point is in the ledger. An existing dead letter stays.
+    /// `counts_in` after MySQL's `NOW(6)`, and never once its point is in the ledger. An existing
+    /// dead letter stays. The instant is MySQL's, like the `NOW(6)` that settlement compares it
+    /// with, so a listener whose clock is off neither counts its points early nor late.
     pub async fn record_dead_letters_ahead(
         &self,
         records: &[PointRecord],
         reason: &str,
-        counts_from: chrono::DateTime<chrono::Utc>,
+        counts_in: std::time::Duration,
     ) -> Result<(), sqlx::Error> {
+        let micros = u64::try_from(counts_in.as_micros()).unwrap_or(u64::MAX);
         let mut rest = records;
         for size in statement_sizes(records.len(), self.max_rows) {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
+            let rows = vec!["(?, ?, ?, NOW(6) + INTERVAL ? MICROSECOND)"; size].join(",");
             let sql = format!(
-                "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason, counts_from) VALUES {} \
-                 ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
-                accrual_core::db::placeholders(size, 4)
+                "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason, counts_from) VALUES {rows} \
+                 ON DUPLICATE KEY UPDATE accrual_id = accrual_id"
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for r in chunk {
@@ -235,7 +238,7 @@ impl Ledger {
                     .bind(r.accrual_id)
                     .bind(r.job_id)
                     .bind(reason)
-                    .bind(counts_from.naive_utc());
+                    .bind(micros);
             }
             query.execute(&self.pool).await?;
         }

@@ -211,12 +211,10 @@ impl Receiver {
             "moved by SQS to the dead-letter queue after {} receives",
             last.max_receive_count
         );
-        let counts_from = chrono::Utc::now()
-            + chrono::Duration::from_std(last.visibility_timeout).unwrap_or_default();
         let recorded = self
             .dead_letters
             .ledger
-            .record_dead_letters_ahead(points, &reason, counts_from)
+            .record_dead_letters_ahead(points, &reason, last.visibility_timeout)
             .await;
         match recorded {
             Ok(()) => tracing::warn!(
