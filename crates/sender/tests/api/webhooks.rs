@@ -396,10 +396,15 @@ async fn every_event_kind_arrives_signed_after_three_failed_attempts() {
     assert_eq!(body("job.reversed", &completed)["status"], "completed");
     assert_eq!(body("job.completed", &reversal)["reverses"], completed);
 
-    // One event per state change, each attempt recorded; nothing for client_b.
+    // One event per state change, each attempt recorded (the sender records an attempt after
+    // the receiver's answer: the receiver has the delivery first); nothing for client_b.
     let events = outbox(pool, "client_a").await;
     assert_eq!(events.len(), expected.len(), "{events:?}");
     for (event_id, event, _) in &events {
+        eventually(Duration::from_secs(10), "the delivery recorded", || async {
+            attempts(pool, *event_id).await.len() >= 4
+        })
+        .await;
         let tried = attempts(pool, *event_id).await;
         let statuses: Vec<_> = tried.iter().map(|a| a.1).collect();
         assert_eq!(
@@ -428,14 +433,17 @@ async fn every_event_kind_arrives_signed_after_three_failed_attempts() {
     )
     .await;
     assert!(outbox(pool, "client_b").await.is_empty());
+    let delivered = r#"accrual_sender_webhook_attempts_total{result="delivered"}"#;
+    eventually(
+        Duration::from_secs(10),
+        "every delivery counted",
+        || async {
+            metric(&app.metrics_at(&app.address).await, delivered) >= Some(expected.len() as f64)
+        },
+    )
+    .await;
     let metrics = app.metrics_at(&app.address).await;
-    assert_eq!(
-        metric(
-            &metrics,
-            r#"accrual_sender_webhook_attempts_total{result="delivered"}"#
-        ),
-        Some(expected.len() as f64)
-    );
+    assert_eq!(metric(&metrics, delivered), Some(expected.len() as f64));
 }
 
 /// The state change commits while the receiver is down; the sender that would deliver it is
@@ -582,6 +590,11 @@ async fn an_event_is_delivered_while_its_endpoint_row_is_share_locked() {
     holder.rollback().await.unwrap();
     let events = outbox(pool, "client_a").await;
     assert_eq!(events.len(), 1);
+    // The sender records the attempt after the receiver's answer: the receiver has it first.
+    eventually(Duration::from_secs(10), "the delivery recorded", || async {
+        !attempts(pool, events[0].0).await.is_empty()
+    })
+    .await;
     let tried = attempts(pool, events[0].0).await;
     assert_eq!(tried.len(), 1, "{tried:?}");
     assert_eq!(tried[0].1, Some(200), "{tried:?}");
@@ -626,11 +639,14 @@ async fn an_event_is_given_up_after_the_retry_period() {
     assert!(tried.len() >= 2, "{tried:?}");
     assert!(tried.iter().all(|a| a.1 == Some(500)));
     assert_eq!(receiver.deliveries().len(), tried.len());
+    // Counted after the give-up commits.
+    let gave_up = "accrual_sender_webhook_gave_up_total";
+    eventually(Duration::from_secs(10), "the give-up counted", || async {
+        metric(&app.metrics_at(&app.address).await, gave_up).is_some()
+    })
+    .await;
     let metrics = app.metrics_at(&app.address).await;
-    assert_eq!(
-        metric(&metrics, "accrual_sender_webhook_gave_up_total"),
-        Some(1.0)
-    );
+    assert_eq!(metric(&metrics, gave_up), Some(1.0));
 }
 
 /// A `completed_with_errors` job whose dead letter is redriven and written is settled again by the
