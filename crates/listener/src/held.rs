@@ -218,11 +218,9 @@ async fn extend_due(
     let ahead: Vec<Uuid> = due.iter().flat_map(|d| d.ahead.iter().copied()).collect();
     let deferred = ahead.is_empty()
         || {
-            let counts_from = chrono::Utc::now()
-                + chrono::Duration::from_std(visibility + COUNTS_FROM_MARGIN).unwrap_or_default();
             match tokio::time::timeout(
                 DEFER_TIMEOUT,
-                ledger.defer_dead_letters_ahead(&ahead, counts_from),
+                ledger.defer_dead_letters_ahead(&ahead, visibility + COUNTS_FROM_MARGIN),
             )
             .await
             {

@@ -287,15 +287,18 @@ impl Ledger {
     }
 
     /// Records dead letters ahead of time for points on their last receive: each counts only from
-    /// `counts_from`, and never once its point is in the ledger. An existing dead letter stays.
+    /// `counts_in` after MySQL's `NOW(6)`, and never once its point is in the ledger. An existing
+    /// dead letter stays. The instant is MySQL's, like the `NOW(6)` that settlement compares it
+    /// with, so a listener whose clock is off neither counts its points early nor late.
     /// `Ok(None)` when `give_up_at` passed first (the attempt abandoned, as for [`Self::write`]).
     pub async fn record_dead_letters_ahead(
         &self,
         records: &[PointRecord],
         reason: &str,
-        counts_from: chrono::DateTime<chrono::Utc>,
+        counts_in: std::time::Duration,
         give_up_at: Instant,
     ) -> Result<Option<()>, sqlx::Error> {
+        let micros = u64::try_from(counts_in.as_micros()).unwrap_or(u64::MAX);
         let Some((mut conn, session)) = self.connection_before(give_up_at).await? else {
             return Ok(None);
         };
@@ -304,10 +307,10 @@ impl Ledger {
             for size in statement_sizes(records.len(), self.max_rows) {
                 let (chunk, tail) = rest.split_at(size);
                 rest = tail;
+                let rows = vec!["(?, ?, ?, NOW(6) + INTERVAL ? MICROSECOND)"; size].join(",");
                 let sql = format!(
-                    "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason, counts_from) VALUES {} \
-                     ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
-                    accrual_core::db::placeholders(size, 4)
+                    "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason, counts_from) VALUES {rows} \
+                     ON DUPLICATE KEY UPDATE accrual_id = accrual_id"
                 );
                 let mut query = sqlx::query(AssertSqlSafe(sql));
                 for r in chunk {
@@ -315,7 +318,7 @@ impl Ledger {
                         .bind(r.accrual_id)
                         .bind(r.job_id)
                         .bind(reason)
-                        .bind(counts_from.naive_utc());
+                        .bind(micros);
                 }
                 query.execute(&mut *conn).await?;
             }
@@ -330,26 +333,27 @@ impl Ledger {
         }
     }
 
-    /// Moves the `counts_from` of dead letters recorded ahead for these points to `counts_from`
-    /// if it is later: their message is kept hidden that long. Dead letters that count at once
-    /// (no `counts_from`) are left alone.
+    /// Moves the `counts_from` of dead letters recorded ahead for these points to `counts_in`
+    /// after MySQL's `NOW(6)` if that is later: their message is kept hidden that long. Dead
+    /// letters that count at once (no `counts_from`) are left alone.
     pub async fn defer_dead_letters_ahead(
         &self,
         accrual_ids: &[Uuid],
-        counts_from: chrono::DateTime<chrono::Utc>,
+        counts_in: std::time::Duration,
     ) -> Result<(), sqlx::Error> {
+        let micros = u64::try_from(counts_in.as_micros()).unwrap_or(u64::MAX);
         let mut rest = accrual_ids;
         for size in statement_sizes(accrual_ids.len(), self.max_rows) {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
             let sql = format!(
-                "UPDATE accrual_dead_letters SET counts_from = ? \
-                 WHERE counts_from < ? AND accrual_id IN ({})",
+                "UPDATE accrual_dead_letters SET counts_from = NOW(6) + INTERVAL ? MICROSECOND \
+                 WHERE counts_from < NOW(6) + INTERVAL ? MICROSECOND AND accrual_id IN ({})",
                 vec!["?"; size].join(",")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql))
-                .bind(counts_from.naive_utc())
-                .bind(counts_from.naive_utc());
+                .bind(micros)
+                .bind(micros);
             for id in chunk {
                 query = query.bind(id);
             }

@@ -246,12 +246,15 @@ impl Receiver {
         );
         let mut failures = 0u32;
         loop {
-            let counts_from = chrono::Utc::now()
-                + chrono::Duration::from_std(attributes.visibility_timeout).unwrap_or_default();
             let recorded = self
                 .dead_letters
                 .ledger
-                .record_dead_letters_ahead(points, &reason, counts_from, give_up_at)
+                .record_dead_letters_ahead(
+                    points,
+                    &reason,
+                    attributes.visibility_timeout,
+                    give_up_at,
+                )
                 .await;
             let e = match recorded {
                 Ok(Some(())) => {

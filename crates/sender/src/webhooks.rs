@@ -3,7 +3,8 @@
 //!
 //! Each round (every `WEBHOOK_POLL`) the holder claims up to [`BATCH`] due events (their
 //! `next_attempt_at` is pushed a whole lease ahead, so an event whose deliverer dies is tried
-//! again once that has passed), POSTs them at once, each signed and bounded by `WEBHOOK_TIMEOUT`,
+//! again once that has passed), POSTs them at once, each signed (its `t` on MySQL's clock, as the
+//! claim read it, never the replica's) and bounded by `WEBHOOK_TIMEOUT`,
 //! redirects not followed, and records every attempt. A 2xx answer finishes the event; anything
 //! else schedules the next attempt with exponential back-off from `WEBHOOK_BACKOFF_FIRST` plus
 //! jitter, until the next attempt would come more than `WEBHOOK_RETRY_FOR` after the event: then
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use accrual_core::lease;
 use accrual_core::settings::parse_duration;
 use accrual_core::webhook::{self, SIGNATURE_HEADER};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::MySqlPool;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -150,6 +151,9 @@ struct Claimed {
     /// Time since the event happened, when claimed.
     age: Duration,
     claimed: Instant,
+    /// MySQL's `NOW(6)` when claimed: the signature's time is this plus the time since, so every
+    /// replica signs on MySQL's clock whatever its own says (receivers refuse a skewed `t`).
+    claimed_db: DateTime<Utc>,
     /// `None` once the client's endpoint is removed.
     endpoint: Option<(String, String)>,
 }
@@ -240,13 +244,14 @@ impl Webhooks {
 
     /// Takes up to [`BATCH`] due events, oldest due first, and moves them a lease ahead.
     async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
-        type Row = (Uuid, String, String, i64, String);
+        type Row = (Uuid, String, String, i64, String, DateTime<Utc>);
         let mut tx = self.pool.begin().await?;
         // Only the events are locked. Joined in this statement, the endpoint would be skipped too
         // while a state change's transaction holds its row share-locked (recording an event reads
         // it with INSERT … SELECT), and its event would look like one whose endpoint was removed.
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT event_id, event, body, TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)), client_id \
+            "SELECT event_id, event, body, TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)), client_id, \
+             NOW(6) \
              FROM webhook_events WHERE next_attempt_at <= NOW(6) \
              ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED",
         )
@@ -294,6 +299,7 @@ impl Webhooks {
                 body: r.2,
                 age: Duration::from_micros(r.3.max(0) as u64),
                 claimed,
+                claimed_db: r.5,
                 endpoint: endpoints.get(&r.4).cloned(),
             })
             .collect())
@@ -308,7 +314,11 @@ impl Webhooks {
                 result: "error",
                 took: Duration::ZERO,
             },
-            Some((url, secret)) => self.post(url, secret, &event.body).await,
+            Some((url, secret)) => {
+                let signed_at = event.claimed_db
+                    + chrono::Duration::from_std(event.claimed.elapsed()).unwrap_or_default();
+                self.post(url, secret, signed_at, &event.body).await
+            }
         };
         self.metrics
             .webhook_attempts
@@ -319,7 +329,7 @@ impl Webhooks {
         self.record(&event, &attempt).await
     }
 
-    async fn post(&self, url: &str, secret: &str, body: &str) -> Attempt {
+    async fn post(&self, url: &str, secret: &str, signed_at: DateTime<Utc>, body: &str) -> Attempt {
         let started = Instant::now();
         // Only an http or https URL with a host, whatever the row holds.
         let url = match webhook::endpoint_url(url) {
@@ -333,7 +343,7 @@ impl Webhooks {
                 };
             }
         };
-        let signature = webhook::signature(secret, Utc::now().timestamp(), body.as_bytes());
+        let signature = webhook::signature(secret, signed_at.timestamp(), body.as_bytes());
         let request = hyper::Request::post(url.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::USER_AGENT, USER_AGENT)

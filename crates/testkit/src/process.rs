@@ -32,6 +32,27 @@ impl TestEnv {
     }
 }
 
+/// The environment that runs a process with its wall clock `offset` away from the machine's, e.g.
+/// `"+10m"`, through libfaketime (Debian's `faketime` package, which `scripts/services-up`
+/// installs): `LD_PRELOAD` catches the `clock_gettime` behind Rust's `SystemTime`, so `Utc::now()`
+/// in the process is shifted while MySQL's `NOW(6)` is not. The monotonic clock (`Instant`, tokio's
+/// timers) is left alone; `FAKETIME` is a fixed offset, so libfaketime's cache of it does no harm.
+pub fn clock_shifted(offset: &str) -> Vec<(&'static str, String)> {
+    let arch = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
+    let library = [arch.as_str(), "/usr/lib", "/usr/local/lib"]
+        .iter()
+        .map(|dir| format!("{dir}/faketime/libfaketime.so.1"))
+        .find(|path| std::path::Path::new(path).exists())
+        .expect(
+            "libfaketime not found: install Debian's faketime package (scripts/services-up does)",
+        );
+    vec![
+        ("LD_PRELOAD", library),
+        ("FAKETIME", offset.to_owned()),
+        ("DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ]
+}
+
 /// A running service process that serves `/healthz` on `port`; killed when dropped.
 pub struct ServiceProcess {
     child: Child,

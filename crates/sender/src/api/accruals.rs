@@ -187,8 +187,8 @@ pub async fn post(
         if attempt == 1 {
             super::limit_points(&state, &client_id, admission.kept.len() as u64).await?;
         }
-        // The chunks are encoded, the members upserted and the ids claimed (in the job's own
-        // transaction) at once; the job commits only after all three, so no point can be
+        // The chunks are encoded beside the members' upsert and, after it, the ids' claim (in the
+        // job's own transaction); the job commits only after all three, so no point can be
         // dispatched before its member exists.
         let job_id = Uuid::now_v7();
         let chunk_items = state.chunk_items;
@@ -217,16 +217,26 @@ pub async fn post(
             Vec::new()
         };
         let encode = encode::encode_in_parallel(job_id, now, accrual_ids, kept, chunk_items);
-        let upsert = members::ensure(&state.pool, &state.known_members, member_ids);
-        let claim = store::claim(&state.pool, &client_id, job_id, &external_ids);
-        let ((chunks, encode_took), (ensured, members_took), (claimed, claim_took)) =
-            tokio::join!(timed(encode), timed(upsert), timed(claim));
-        (took.encode, took.members, took.claim) = (encode_took, members_took, claim_took);
+        // The job's transaction is opened only once the members are sorted out: it keeps its
+        // connection until the job commits, so opened beside the look-ups and upserts it could
+        // leave them waiting for the last connections of the same pool (with one connection, for
+        // ever: a 503 after DATABASE_ACQUIRE_TIMEOUT).
+        let members_then_claim = async {
+            let upsert = members::ensure(&state.pool, &state.known_members, member_ids);
+            let (ensured, members_took) = timed(upsert).await;
+            let ensured = ensured.map_err(|e| match e {
+                members::MembersError::Db(e) => ApiError::database(e),
+                members::MembersError::Task(e) => ApiError::Internal(e.into()),
+            })?;
+            let claim = store::claim(&state.pool, &client_id, job_id, &external_ids);
+            let (claimed, claim_took) = timed(claim).await;
+            Ok::<_, ApiError>((ensured, claimed, members_took, claim_took))
+        };
+        let ((chunks, encode_took), admitted) = tokio::join!(timed(encode), members_then_claim);
+        took.encode = encode_took;
         let chunks = chunks?;
-        let ensured = ensured.map_err(|e| match e {
-            members::MembersError::Db(e) => ApiError::database(e),
-            members::MembersError::Task(e) => ApiError::Internal(e.into()),
-        })?;
+        let (ensured, claimed, members_took, claim_took) = admitted?;
+        (took.members, took.claim) = (members_took, claim_took);
         took.new_members = ensured.inserted;
         let members = ensured.total;
         took.parallel = parallel_started.elapsed();
@@ -329,7 +339,7 @@ struct Took {
     distinct: Duration,
     /// Looking the external ids up (only after a claim found one taken, or with repeats).
     lookup: Duration,
-    /// Encoding the chunks, making sure of the members and claiming the ids, side by side.
+    /// Encoding the chunks, beside making sure of the members and then claiming the ids.
     parallel: Duration,
     /// Each of the three.
     encode: Duration,

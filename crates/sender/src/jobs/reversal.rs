@@ -158,7 +158,7 @@ pub enum ReversalStoreError {
     Db(#[from] sqlx::Error),
 }
 
-/// Stores the reversal job (`dispatching`, due now) and all its chunks in one transaction, or
+/// Stores the reversal job (`dispatching`, due at MySQL's `NOW(6)`) and all its chunks in one transaction, or
 /// nothing. The unique key on `accrual_jobs.reverses` lets one reversal of a job commit; any
 /// other gets [`ReversalStoreError::Duplicate`].
 pub async fn insert(pool: &MySqlPool, job: &NewReversal) -> Result<(), ReversalStoreError> {
@@ -187,13 +187,12 @@ pub async fn insert(pool: &MySqlPool, job: &NewReversal) -> Result<(), ReversalS
     }
     for (seq, (items, count)) in job.chunks.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO accrual_chunks (job_id, seq, items, item_count, due_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO accrual_chunks (job_id, seq, items, item_count, due_at) VALUES (?, ?, ?, ?, NOW(6))",
         )
         .bind(job.job_id)
         .bind(seq as u32)
         .bind(items)
         .bind(*count as u32)
-        .bind(job.created_at.naive_utc())
         .execute(&mut *tx)
         .await?;
     }

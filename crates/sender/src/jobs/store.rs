@@ -156,7 +156,6 @@ pub async fn insert_claimed(
     } else {
         (None, None)
     };
-    let due_at = job.reserve_at.unwrap_or(job.created_at);
     let inserted = sqlx::query(
         "INSERT INTO accrual_jobs (job_id, client_id, idempotency_key, body_sha256, total, members, status, reserve_at, created_at, label, skipped, written, dead_lettered, completed_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -186,7 +185,13 @@ pub async fn insert_claimed(
             other?;
         }
     }
-    insert_chunks(&mut tx, job.job_id, &job.chunks, due_at.naive_utc()).await?;
+    insert_chunks(
+        &mut tx,
+        job.job_id,
+        &job.chunks,
+        job.reserve_at.map(|t| t.naive_utc()),
+    )
+    .await?;
     insert_skips(&mut tx, job).await?;
     crate::member_ledger::insert_reserved(&mut tx, job.job_id, &job.reserved_amounts).await?;
     tx.commit().await?;
@@ -212,12 +217,14 @@ const CHUNK_STATEMENT_BYTES: usize = 2 * 1024 * 1024;
 
 /// Stores a job's chunks, numbered from 0 in order, in multi-row statements of at most
 /// [`CHUNK_STATEMENT_BYTES`] (a chunk larger than that goes alone). Row counts are powers of two,
-/// so few statement shapes are prepared.
+/// so few statement shapes are prepared. The chunks are due at `reserve_at`, or else at MySQL's
+/// `NOW(6)`: the dispatcher claims them by comparing with `NOW(6)`, so a sender whose clock is
+/// ahead would otherwise hold its own jobs back by as much.
 async fn insert_chunks(
     tx: &mut sqlx::MySqlConnection,
     job_id: Uuid,
     chunks: &[(Vec<u8>, usize)],
-    due_at: chrono::NaiveDateTime,
+    reserve_at: Option<chrono::NaiveDateTime>,
 ) -> Result<(), sqlx::Error> {
     let largest = chunks
         .iter()
@@ -228,9 +235,9 @@ async fn insert_chunks(
     let rows = (CHUNK_STATEMENT_BYTES / largest).max(1);
     let mut seq = 0u32;
     for size in statement_sizes(chunks.len(), rows) {
+        let rows = vec!["(?, ?, ?, ?, COALESCE(?, NOW(6)))"; size].join(",");
         let sql = format!(
-            "INSERT INTO accrual_chunks (job_id, seq, items, item_count, due_at) VALUES {}",
-            placeholders(size, 5)
+            "INSERT INTO accrual_chunks (job_id, seq, items, item_count, due_at) VALUES {rows}"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for (items, count) in &chunks[seq as usize..seq as usize + size] {
@@ -239,7 +246,7 @@ async fn insert_chunks(
                 .bind(seq)
                 .bind(&items[..])
                 .bind(*count as u32)
-                .bind(due_at);
+                .bind(reserve_at);
             seq += 1;
         }
         query.execute(&mut *tx).await?;

@@ -63,6 +63,11 @@ async fn a_sender_whose_sqs_is_black_holed_gives_its_chunk_up_and_another_finish
             .await
             .unwrap();
     assert_eq!((rows, distinct), (3_000, 3_000));
+    // The listener counts its rows just after they commit; the job may be settled before that.
+    eventually(Duration::from_secs(10), "every row counted", || async {
+        listener.written.get() >= 3_000
+    })
+    .await;
     assert_eq!(listener.written.get(), 3_000);
     // A gave the chunk up by itself (its task is free again), without any error from SQS.
     let abandoned = || async {

@@ -114,6 +114,11 @@ async fn a_sender_killed_mid_dispatch_leaves_exactly_every_point_in_the_ledger()
     let _second = SenderProcess::spawn(&app.env).await;
 
     assert_ledger_holds_exactly(&app, job_id, 200_000, Duration::from_secs(900)).await;
+    // A chunk is marked dispatched after SQS took it: the listener may have written it first.
+    eventually(Duration::from_secs(30), "every chunk marked", || async {
+        dispatched_chunks(&app.env, job_id).await >= 100
+    })
+    .await;
     assert_eq!(dispatched_chunks(&app.env, job_id).await, 100);
     let by_second: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM accrual_chunks WHERE job_id = ? AND dispatched_by <> (SELECT dispatched_by FROM accrual_chunks WHERE job_id = ? AND seq = 0)",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use accrual_testkit::eventually;
 
-use crate::helpers::{KEY_A, TestApp, item, spawn_app};
+use crate::helpers::{KEY_A, TestApp, item, spawn_app, spawn_app_with};
 
 fn body(members: impl Iterator<Item = String>) -> String {
     let items: Vec<String> = members.map(|m| item(&m, "WELFARE", 2)).collect();
@@ -67,4 +67,24 @@ async fn known_and_new_members_are_all_in_members_before_the_202() {
         .await;
     }
     assert_eq!(points_without_member(&app).await, 0);
+}
+
+/// The job's transaction keeps its connection until the job commits. Opened beside the member
+/// look-ups and upserts (issue 24, point 6), it left them waiting for the same pool; with a pool of
+/// one, for ever: the request got a 503 once DATABASE_ACQUIRE_TIMEOUT had passed.
+#[tokio::test]
+async fn a_sender_with_one_database_connection_accepts_a_job_of_new_members() {
+    let app = spawn_app_with(|s| {
+        s.database.database_max_connections = 1;
+        s.database.database_acquire_timeout = Duration::from_secs(2);
+    })
+    .await;
+
+    let response = app
+        .post_accruals(body((0..50).map(|i| format!("one-{i:03}"))))
+        .await;
+
+    let status = response.status().as_u16();
+    assert_eq!(status, 202, "{}", response.text().await.unwrap());
+    assert_eq!(app.env.member_rows().await, 50);
 }

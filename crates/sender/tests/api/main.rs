@@ -5,6 +5,7 @@ mod accruals;
 mod background;
 mod backlog;
 mod chaos;
+mod clock;
 mod contract;
 mod dry_run;
 mod events;

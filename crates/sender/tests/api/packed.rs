@@ -87,19 +87,16 @@ async fn fifty_thousand_points_with(per_message: u32) {
 
     // Each 2,000-point chunk is packed on its own: ceil(2,000 / per_message) messages per chunk.
     let messages = (POINTS / 2_000) * 2_000usize.div_ceil(per_message as usize);
-    let metrics = app.get_text("/metrics").await;
-    assert!(
-        metrics.contains(&format!(
-            "accrual_sender_points_dispatched_total {POINTS}\n"
-        )),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(&format!(
-            "accrual_sender_messages_dispatched_total {messages}\n"
-        )),
-        "{metrics}"
-    );
+    let counted = [
+        format!("accrual_sender_points_dispatched_total {POINTS}\n"),
+        format!("accrual_sender_messages_dispatched_total {messages}\n"),
+    ];
+    // The dispatcher counts a chunk just after marking it dispatched; the job may settle first.
+    eventually(Duration::from_secs(10), "the dispatch counted", || async {
+        let metrics = app.get_text("/metrics").await;
+        counted.iter().all(|line| metrics.contains(line))
+    })
+    .await;
     assert!(listener.received.get() >= messages as u64);
 }
 

@@ -27,19 +27,19 @@ const SECRET: &str = "whsec_test_secret_for_the_receiver";
 
 /// What the receiver got in one request.
 #[derive(Debug, Clone)]
-struct Delivery {
+pub(crate) struct Delivery {
     raw: Bytes,
     body: Value,
     /// This event's request number at the receiver (1 for its first).
     attempt: u32,
-    signature_ok: bool,
+    pub(crate) signature_ok: bool,
     json_content_type: bool,
     /// What the receiver answered.
     answered: u16,
 }
 
 #[derive(Default)]
-struct Behaviour {
+pub(crate) struct Behaviour {
     /// Each event's first this-many requests get a 500.
     fail_first: u32,
     /// Each event's first request is answered 200 only after this long.
@@ -53,7 +53,7 @@ struct ReceiverState {
 }
 
 /// A webhook receiver: an axum server on 127.0.0.1, stopped when dropped.
-struct Receiver {
+pub(crate) struct Receiver {
     state: Arc<ReceiverState>,
     _stop: DropGuard,
 }
@@ -132,7 +132,7 @@ async fn receive(
 }
 
 impl Receiver {
-    async fn start(port: u16, behaviour: Behaviour) -> Self {
+    pub(crate) async fn start(port: u16, behaviour: Behaviour) -> Self {
         let state = Arc::new(ReceiverState {
             behaviour,
             seen: Mutex::default(),
@@ -158,12 +158,12 @@ impl Receiver {
         }
     }
 
-    fn deliveries(&self) -> Vec<Delivery> {
+    pub(crate) fn deliveries(&self) -> Vec<Delivery> {
         self.state.deliveries.lock().unwrap().clone()
     }
 
     /// Deliveries answered 200 with a valid signature, by (event, job_id).
-    fn verified(&self) -> HashMap<(String, String), Delivery> {
+    pub(crate) fn verified(&self) -> HashMap<(String, String), Delivery> {
         self.deliveries()
             .into_iter()
             .filter(|d| d.answered == 200 && d.signature_ok)
@@ -178,7 +178,7 @@ impl Receiver {
     }
 }
 
-async fn set_endpoint(pool: &MySqlPool, client: &str, port: u16) {
+pub(crate) async fn set_endpoint(pool: &MySqlPool, client: &str, port: u16) {
     sqlx::query("INSERT INTO webhook_endpoints (client_id, url, secret) VALUES (?, ?, ?)")
         .bind(client)
         .bind(format!("http://127.0.0.1:{port}/hook"))
@@ -197,7 +197,7 @@ fn quick(s: &mut accrual_sender::SenderSettings, timeout: Duration) {
 }
 
 /// Posts a reserved job (one point, due in `secs`) at `address` as client_a.
-async fn post_reserved(http: &reqwest::Client, address: &str, secs: i64) -> String {
+pub(crate) async fn post_reserved(http: &reqwest::Client, address: &str, secs: i64) -> String {
     let reserve_at = Utc::now() + chrono::Duration::seconds(secs);
     let response = http
         .post(format!(
@@ -215,7 +215,7 @@ async fn post_reserved(http: &reqwest::Client, address: &str, secs: i64) -> Stri
     accepted["job_id"].as_str().unwrap().to_owned()
 }
 
-async fn cancel(http: &reqwest::Client, address: &str, job_id: &str) {
+pub(crate) async fn cancel(http: &reqwest::Client, address: &str, job_id: &str) {
     let response = http
         .delete(format!("{address}/v1/jobs/{job_id}"))
         .bearer_auth(KEY_A)
@@ -396,10 +396,15 @@ async fn every_event_kind_arrives_signed_after_three_failed_attempts() {
     assert_eq!(body("job.reversed", &completed)["status"], "completed");
     assert_eq!(body("job.completed", &reversal)["reverses"], completed);
 
-    // One event per state change, each attempt recorded; nothing for client_b.
+    // One event per state change, each attempt recorded (the sender records an attempt after
+    // the receiver's answer: the receiver has the delivery first); nothing for client_b.
     let events = outbox(pool, "client_a").await;
     assert_eq!(events.len(), expected.len(), "{events:?}");
     for (event_id, event, _) in &events {
+        eventually(Duration::from_secs(10), "the delivery recorded", || async {
+            attempts(pool, *event_id).await.len() >= 4
+        })
+        .await;
         let tried = attempts(pool, *event_id).await;
         let statuses: Vec<_> = tried.iter().map(|a| a.1).collect();
         assert_eq!(
@@ -428,14 +433,17 @@ async fn every_event_kind_arrives_signed_after_three_failed_attempts() {
     )
     .await;
     assert!(outbox(pool, "client_b").await.is_empty());
+    let delivered = r#"accrual_sender_webhook_attempts_total{result="delivered"}"#;
+    eventually(
+        Duration::from_secs(10),
+        "every delivery counted",
+        || async {
+            metric(&app.metrics_at(&app.address).await, delivered) >= Some(expected.len() as f64)
+        },
+    )
+    .await;
     let metrics = app.metrics_at(&app.address).await;
-    assert_eq!(
-        metric(
-            &metrics,
-            r#"accrual_sender_webhook_attempts_total{result="delivered"}"#
-        ),
-        Some(expected.len() as f64)
-    );
+    assert_eq!(metric(&metrics, delivered), Some(expected.len() as f64));
 }
 
 /// The state change commits while the receiver is down; the sender that would deliver it is
@@ -582,6 +590,11 @@ async fn an_event_is_delivered_while_its_endpoint_row_is_share_locked() {
     holder.rollback().await.unwrap();
     let events = outbox(pool, "client_a").await;
     assert_eq!(events.len(), 1);
+    // The sender records the attempt after the receiver's answer: the receiver has it first.
+    eventually(Duration::from_secs(10), "the delivery recorded", || async {
+        !attempts(pool, events[0].0).await.is_empty()
+    })
+    .await;
     let tried = attempts(pool, events[0].0).await;
     assert_eq!(tried.len(), 1, "{tried:?}");
     assert_eq!(tried[0].1, Some(200), "{tried:?}");
@@ -626,11 +639,14 @@ async fn an_event_is_given_up_after_the_retry_period() {
     assert!(tried.len() >= 2, "{tried:?}");
     assert!(tried.iter().all(|a| a.1 == Some(500)));
     assert_eq!(receiver.deliveries().len(), tried.len());
+    // Counted after the give-up commits.
+    let gave_up = "accrual_sender_webhook_gave_up_total";
+    eventually(Duration::from_secs(10), "the give-up counted", || async {
+        metric(&app.metrics_at(&app.address).await, gave_up).is_some()
+    })
+    .await;
     let metrics = app.metrics_at(&app.address).await;
-    assert_eq!(
-        metric(&metrics, "accrual_sender_webhook_gave_up_total"),
-        Some(1.0)
-    );
+    assert_eq!(metric(&metrics, gave_up), Some(1.0));
 }
 
 /// A `completed_with_errors` job whose dead letter is redriven and written is settled again by the
