@@ -197,6 +197,12 @@ pub async fn insert_claimed(
     insert_chunks(&mut tx, job.job_id, &job.chunks, due_at.naive_utc()).await?;
     insert_skips(&mut tx, job).await?;
     crate::member_ledger::insert_reserved(&mut tx, job.job_id, &job.reserved_amounts).await?;
+    if status == "completed" {
+        // No settlement will ever see this job change (it is final as stored), so its event is
+        // recorded here, with the job, as a settlement records its own.
+        accrual_core::webhook::record(&mut tx, job.job_id, accrual_core::webhook::Event::Completed)
+            .await?;
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -315,6 +315,48 @@ async fn every_item_skipped_makes_a_completed_job_and_bad_ids_or_modes_are_refus
     assert!(mode["detail"].as_str().unwrap().contains("on_duplicate"));
 }
 
+/// A job whose every item is skipped is final as it is stored, so no settlement ever records its
+/// event: the store records `job.completed` with the job (issue 24, point 6).
+#[tokio::test]
+async fn a_job_whose_every_item_is_skipped_records_its_job_completed_event() {
+    let app = spawn_app().await;
+    let pool = &app.env.pool;
+    sqlx::query("INSERT INTO webhook_endpoints (client_id, url, secret) VALUES (?, ?, ?)")
+        .bind("client_a")
+        .bind("http://127.0.0.1:9/hook")
+        .bind("whsec_test")
+        .execute(pool)
+        .await
+        .unwrap();
+    let items = body(&[item_with_id("m", 1, "x1"), item_with_id("m", 1, "x2")]);
+    app.post_job_as(KEY_A, "", items.clone()).await;
+    let response = app.post_raw(KEY_A, "?on_duplicate=skip", items).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["status"], "completed");
+    let job_id: uuid::Uuid = accepted["job_id"].as_str().unwrap().parse().unwrap();
+
+    let event = || async {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT event, body FROM webhook_events WHERE job_id = ?",
+        )
+        .bind(job_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    };
+    eventually(Duration::from_secs(10), "the job's event", || async {
+        !event().await.is_empty()
+    })
+    .await;
+    let events = event().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "job.completed");
+    let body: Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(body["job"]["status"], "completed", "{body}");
+    assert_eq!(body["job"]["skipped"], 2, "{body}");
+}
+
 /// An id whose point was dead-lettered may be claimed again (issue 24, point 6), and the old dead
 /// letter is then superseded: the redrive `accrualctl` makes drops it, and the listener refuses it
 /// should it come back anyway, so the id is credited exactly once.
