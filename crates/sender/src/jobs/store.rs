@@ -293,9 +293,9 @@ async fn claim_external_ids(
             // Only the statement is undone: the transaction goes on, and the ids held by
             // dead-lettered points are taken over, or the duplicate stands.
             Err(e) if error_number(&e) == Some(ER_DUP_ENTRY) => {
-                take_over(tx, client_id, job_id, batch)
-                    .await?
-                    .map_or(Err(e), Ok)?;
+                if !take_over(tx, client_id, job_id, batch).await? {
+                    return Err(e);
+                }
             }
             other => {
                 other?;
@@ -308,14 +308,14 @@ async fn claim_external_ids(
 /// Claims `batch` when some of its ids are held already: each holder is locked, and taken over if
 /// its point was dead-lettered and is not in the ledger (read under locks, so a listener writing
 /// that point at the same time either commits first, and the id stays taken, or sees the new
-/// holder and refuses the point); then the free ids are inserted. `None` when an id is held by a
+/// holder and refuses the point); then the free ids are inserted. False when an id is held by a
 /// point written or still pending: the duplicate stands.
 async fn take_over(
     tx: &mut sqlx::MySqlConnection,
     client_id: &str,
     job_id: Uuid,
     batch: &[&(String, Uuid)],
-) -> Result<Option<()>, sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let marks = |n: usize| vec!["?"; n].join(",");
     let sql = format!(
         "SELECT external_id, accrual_id FROM accrual_external_ids \
@@ -354,7 +354,7 @@ async fn take_over(
         let [written, dead] = found;
         let dead: std::collections::HashSet<Uuid> = dead.difference(&written).copied().collect();
         if holders.iter().any(|h| !dead.contains(h)) {
-            return Ok(None);
+            return Ok(false);
         }
     }
     for (external_id, accrual_id) in batch {
@@ -376,7 +376,7 @@ async fn take_over(
             tracing::info!(%client_id, %external_id, old_accrual_id = %old, new_accrual_id = %accrual_id, %job_id, "An external_id whose point was dead-lettered is claimed again; its dead letter is superseded");
         }
     }
-    Ok(Some(()))
+    Ok(true)
 }
 
 async fn insert_skips(tx: &mut sqlx::MySqlConnection, job: &NewJob) -> Result<(), sqlx::Error> {
