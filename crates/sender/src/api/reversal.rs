@@ -73,6 +73,12 @@ pub async fn post(
     let locked = locked
         .filter(|job| job.client_id == client_id)
         .ok_or(ApiError::NotFound)?;
+    if locked.reversed_by.is_some() {
+        // A concurrent call reversed it while this one waited for the lock: its job under this
+        // key (a replay), or a 409 naming it.
+        drop(tx);
+        return lost_race(&state, &client_id, idempotency_key.as_deref(), original_id).await;
+    }
     check_reversible(
         original_id,
         &locked.status,
