@@ -114,11 +114,14 @@ enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Move dead letters back to the main queue, each deleted from the DLQ only once re-sent.
+    /// Move dead letters back to the main queue, each deleted from the DLQ only once re-sent. A
+    /// dead letter whose external_id a later job has claimed since is dropped instead (logged).
     Redrive {
         /// Most dead letters to move (all by default).
         #[arg(long)]
         limit: Option<usize>,
+        #[command(flatten)]
+        database: DatabaseSettings,
     },
 }
 
@@ -197,15 +200,27 @@ async fn main() -> anyhow::Result<()> {
                     let points: usize = letters.iter().map(|l| l.points).sum();
                     eprintln!("{points} points in {} dead letters", letters.len());
                 }
-                DlqCommand::Redrive { limit } => {
+                DlqCommand::Redrive { limit, database } => {
                     let main_url = sqs::find_queue(&client, &settings.accrual_queue).await?;
-                    let moved =
-                        dlq::redrive(&client, &dlq_url, &main_url, limit.unwrap_or(usize::MAX))
-                            .await
-                            .context("Failed to redrive the DLQ")?;
+                    let pool = db::connect(&database)
+                        .await
+                        .context("Failed to connect to MySQL")?;
+                    let moved = dlq::redrive_except_superseded(
+                        &client,
+                        &dlq_url,
+                        &main_url,
+                        limit.unwrap_or(usize::MAX),
+                        &pool,
+                    )
+                    .await
+                    .context("Failed to redrive the DLQ")?;
                     println!(
                         "{}",
-                        serde_json::json!({ "redriven": moved.points, "messages": moved.messages })
+                        serde_json::json!({
+                            "redriven": moved.points,
+                            "messages": moved.messages,
+                            "dropped_superseded": moved.dropped,
+                        })
                     );
                 }
             }

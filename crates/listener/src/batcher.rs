@@ -12,8 +12,13 @@
 //! visibility keeper (`held`) keeps its messages hidden meanwhile, up to the hold cap of the
 //! batch's earliest message: then the attempt is abandoned (its MySQL connection closed) and the
 //! batch's messages are handed back to SQS.
+//!
+//! Points the ledger refuses by rule (their job was reversed, or their `external_id` superseded;
+//! see `ledger`) are recorded as dead letters in the write's transaction and then sent to the
+//! dead-letter queue; a message one of whose refused points could not be sent is kept, so the
+//! point comes back and is refused again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +29,7 @@ use accrual_core::{db, job_outcome};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::gate::DatabaseGate;
 use crate::held::HeldMessages;
@@ -201,6 +207,33 @@ impl Batcher {
         // Messages that keep a point neither written nor dead-lettered: they are not deleted, so
         // the point comes back (and the others are then duplicates).
         let mut keep = HashSet::new();
+        // Points refused and recorded as dead letters in the write's transaction: each is sent to
+        // the dead-letter queue once (a message that fails to go keeps its point coming back, and
+        // it is refused again).
+        if !outcome.refused.is_empty() {
+            let mut by_id: HashMap<Uuid, Vec<usize>> = HashMap::new();
+            for (index, r) in records.iter().enumerate() {
+                by_id.entry(r.accrual_id).or_default().push(index);
+            }
+            for (id, reason) in &outcome.refused {
+                let Some(indices) = by_id.remove(id) else {
+                    continue;
+                };
+                let record = &records[indices[0]];
+                match self.queue.send_dead_letter(&record.encode(), reason).await {
+                    Ok(()) => {
+                        self.metrics.dead_lettered.inc();
+                        self.progress
+                            .add(record.job_id, &[("dead_lettered", 1)])
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(accrual_id = %id, error = ?anyhow::Error::new(e), "Dead-lettering a refused point failed; the message will be delivered again");
+                        keep.extend(indices.iter().map(|&i| owners[i]));
+                    }
+                }
+            }
+        }
         for (index, error) in &rejected {
             let reason = format!("MySQL refused the point: {error}");
             let body = records[*index].encode();

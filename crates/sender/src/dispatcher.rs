@@ -317,9 +317,12 @@ impl Dispatcher {
     ) -> Result<Sent, FanoutError> {
         let mut sent = self.fanout.send_all(bodies, progress).await?;
         if self.points_per_message > 1 && !sent.refused.is_empty() {
+            // Every packed body, even one holding a single point (the last message of a chunk
+            // whose size is not a multiple of the packing): only a v1 body names the point a dead
+            // letter is recorded for, and a packed one left here would fail the chunk for good.
             let (packed, single): (Vec<Refused>, Vec<Refused>) = std::mem::take(&mut sent.refused)
                 .into_iter()
-                .partition(|r| message::unpack(&r.body).is_some_and(|p| p.len() > 1));
+                .partition(|r| message::unpack(&r.body).is_some_and(|p| !p.is_empty()));
             sent.refused = single;
             let points: Vec<String> = packed
                 .iter()

@@ -2,6 +2,9 @@
 //!
 //! Before a job is stored, the request's ids are looked up (read-only, many at a time) and every
 //! repeat is found: an id the client used in an earlier job, or one given twice in the request.
+//! An id counts as used while its point is written or still pending: one whose point was
+//! dead-lettered (and never written) may be claimed again, and its old dead letter is then
+//! superseded (the listener refuses it, `accrualctl dlq redrive` drops it).
 //! `on_duplicate=reject` refuses the request listing them; `skip` leaves those items out. The job's
 //! transaction then claims the ids in `accrual_external_ids`, whose primary key is what keeps two
 //! concurrent requests from both taking one id: the loser's transaction fails, and the request
@@ -150,9 +153,14 @@ async fn lookup_batch(
     client_id: &str,
     ids: &[&str],
 ) -> Result<Vec<(String, Holder)>, sqlx::Error> {
+    // A holder whose point was dead-lettered (and never written) holds the id no more: a later
+    // job may take it over (see `jobs::store::claim`), so it is no repeat.
     let sql = format!(
-        "SELECT external_id, accrual_id, job_id FROM accrual_external_ids \
-         WHERE client_id = ? AND external_id IN ({})",
+        "SELECT e.external_id, e.accrual_id, e.job_id FROM accrual_external_ids e \
+         WHERE e.client_id = ? AND e.external_id IN ({}) \
+           AND (EXISTS (SELECT 1 FROM point_accruals p WHERE p.accrual_id = e.accrual_id) \
+                OR NOT EXISTS (SELECT 1 FROM accrual_dead_letters d WHERE d.accrual_id = e.accrual_id \
+                               AND (d.counts_from IS NULL OR d.counts_from <= NOW(6))))",
         vec!["?"; ids.len()].join(",")
     );
     let mut query = sqlx::query_as::<_, (String, Uuid, Uuid)>(AssertSqlSafe(sql)).bind(client_id);

@@ -11,5 +11,6 @@ mod outcome;
 mod packed;
 mod poison;
 mod process;
+mod reversed;
 mod scale;
 mod timeouts;

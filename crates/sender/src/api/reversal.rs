@@ -65,7 +65,27 @@ pub async fn post(
     )?;
 
     let started = std::time::Instant::now();
-    let points = reversal::written_points(&state.pool, original_id)
+    // Everything from here to the commit holds the original's row, so no listener writes a late
+    // point of it meanwhile (see `jobs::reversal`); the checks are made again under the lock.
+    let (mut tx, locked) = reversal::lock_original(&state.pool, original_id)
+        .await
+        .map_err(ApiError::database)?;
+    let locked = locked
+        .filter(|job| job.client_id == client_id)
+        .ok_or(ApiError::NotFound)?;
+    if locked.reversed_by.is_some() {
+        // A concurrent call reversed it while this one waited for the lock: its job under this
+        // key (a replay), or a 409 naming it.
+        drop(tx);
+        return lost_race(&state, &client_id, idempotency_key.as_deref(), original_id).await;
+    }
+    check_reversible(
+        original_id,
+        &locked.status,
+        locked.reverses,
+        locked.reversed_by,
+    )?;
+    let points = reversal::written_points(&mut tx, original_id)
         .await
         .map_err(ApiError::database)?;
     if points.is_empty() {
@@ -99,7 +119,7 @@ pub async fn post(
         created_at: now,
         chunks,
     };
-    match reversal::insert(&state.pool, &job).await {
+    match reversal::insert(tx, &job).await {
         Ok(()) => {}
         Err(ReversalStoreError::Duplicate) => {
             return lost_race(&state, &client_id, idempotency_key.as_deref(), original_id).await;

@@ -5,6 +5,12 @@
 //! Two unique keys make a double reversal impossible: `accrual_jobs.reverses` (one reversal job per
 //! job, decided by whichever concurrent insert commits first) and `point_accruals.reverses` (one
 //! compensating row per point).
+//!
+//! A reversal is made in one transaction that first locks the original's job row exclusively
+//! ([`lock_original`]), then reads its ledger rows and stores the reversal job. A listener's write
+//! takes a shared lock on the job rows of its points and refuses the points of a job that has a
+//! reversal: a late point of the original is either in the ledger before the reversal reads it
+//! (and reversed) or refused as a dead letter, never written and left unreversed.
 
 use std::collections::HashSet;
 
@@ -15,7 +21,7 @@ use accrual_core::domain::{Amount, MemberId, PointType, Reason};
 use accrual_core::message::PointRecord;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::MySqlPool;
+use sqlx::{MySqlConnection, MySqlPool, Transaction};
 use uuid::Uuid;
 
 /// A stored chunk (see `accrual_core::chunk`) and its number of points.
@@ -31,10 +37,55 @@ pub struct WrittenPoint {
     pub expires_at: Option<NaiveDateTime>,
 }
 
-/// The points `job_id` wrote to the ledger, in the order they were written. Only written points:
-/// a dead-lettered point was never credited, so there is nothing to take back.
-pub async fn written_points(
+/// The original job as its locked row shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedJob {
+    pub client_id: String,
+    pub status: String,
+    /// The job it reverses, if it is itself a reversal job.
+    pub reverses: Option<Uuid>,
+    /// Its reversal job, if it has one already.
+    pub reversed_by: Option<Uuid>,
+}
+
+/// Opens the reversal's transaction and locks the original job's row exclusively, so no listener
+/// writes a point of it until the transaction ends; `None` in second place when there is no such
+/// job. Under `REPEATABLE READ` the transaction's snapshot is taken at its first plain read, which
+/// comes after the lock: what it reads next (the reversal job, the ledger rows) includes every
+/// write committed before the lock was granted.
+pub async fn lock_original(
     pool: &MySqlPool,
+    original: Uuid,
+) -> Result<(Transaction<'static, sqlx::MySql>, Option<LockedJob>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, String, Option<Uuid>)> = sqlx::query_as(
+        "SELECT client_id, status, reverses FROM accrual_jobs WHERE job_id = ? FOR UPDATE",
+    )
+    .bind(original)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((client_id, status, reverses)) = row else {
+        return Ok((tx, None));
+    };
+    let reversed_by: Option<Uuid> =
+        sqlx::query_scalar("SELECT job_id FROM accrual_jobs WHERE reverses = ?")
+            .bind(original)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let job = LockedJob {
+        client_id,
+        status,
+        reverses,
+        reversed_by,
+    };
+    Ok((tx, Some(job)))
+}
+
+/// The points `job_id` wrote to the ledger, in the order they were written, read in the
+/// transaction [`lock_original`] opened. Only written points: a dead-lettered point was never
+/// credited, so there is nothing to take back.
+pub async fn written_points(
+    conn: &mut MySqlConnection,
     job_id: Uuid,
 ) -> Result<Vec<WrittenPoint>, sqlx::Error> {
     let rows: Vec<(Uuid, String, String, i64, Option<NaiveDateTime>)> = sqlx::query_as(
@@ -42,7 +93,7 @@ pub async fn written_points(
          FROM point_accruals WHERE job_id = ? ORDER BY id",
     )
     .bind(job_id)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
@@ -158,11 +209,14 @@ pub enum ReversalStoreError {
     Db(#[from] sqlx::Error),
 }
 
-/// Stores the reversal job (`dispatching`, due at MySQL's `NOW(6)`) and all its chunks in one transaction, or
-/// nothing. The unique key on `accrual_jobs.reverses` lets one reversal of a job commit; any
-/// other gets [`ReversalStoreError::Duplicate`].
-pub async fn insert(pool: &MySqlPool, job: &NewReversal) -> Result<(), ReversalStoreError> {
-    let mut tx = pool.begin().await?;
+/// Stores the reversal job (`dispatching`, due at MySQL's `NOW(6)`) and all its chunks in the transaction
+/// [`lock_original`] opened, and commits (which releases the original's row). The unique key on
+/// `accrual_jobs.reverses` lets one reversal of a job commit; any other gets
+/// [`ReversalStoreError::Duplicate`].
+pub async fn insert(
+    mut tx: Transaction<'static, sqlx::MySql>,
+    job: &NewReversal,
+) -> Result<(), ReversalStoreError> {
     let inserted = sqlx::query(
         "INSERT INTO accrual_jobs (job_id, client_id, idempotency_key, body_sha256, total, members, status, created_at, reverses) \
          VALUES (?, ?, ?, ?, ?, ?, 'dispatching', ?, ?)",

@@ -194,6 +194,12 @@ pub async fn insert_claimed(
     .await?;
     insert_skips(&mut tx, job).await?;
     crate::member_ledger::insert_reserved(&mut tx, job.job_id, &job.reserved_amounts).await?;
+    if status == "completed" {
+        // No settlement will ever see this job change (it is final as stored), so its event is
+        // recorded here, with the job, as a settlement records its own.
+        accrual_core::webhook::record(&mut tx, job.job_id, accrual_core::webhook::Event::Completed)
+            .await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -282,9 +288,94 @@ async fn claim_external_ids(
                 .bind(*accrual_id)
                 .bind(job_id);
         }
-        query.execute(&mut *tx).await?;
+        match query.execute(&mut *tx).await {
+            // Only the statement is undone: the transaction goes on, and the ids held by
+            // dead-lettered points are taken over, or the duplicate stands.
+            Err(e) if error_number(&e) == Some(ER_DUP_ENTRY) => {
+                if !take_over(tx, client_id, job_id, batch).await? {
+                    return Err(e);
+                }
+            }
+            other => {
+                other?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Claims `batch` when some of its ids are held already: each holder is locked, and taken over if
+/// its point was dead-lettered and is not in the ledger (read under locks, so a listener writing
+/// that point at the same time either commits first, and the id stays taken, or sees the new
+/// holder and refuses the point); then the free ids are inserted. False when an id is held by a
+/// point written or still pending: the duplicate stands.
+async fn take_over(
+    tx: &mut sqlx::MySqlConnection,
+    client_id: &str,
+    job_id: Uuid,
+    batch: &[&(String, Uuid)],
+) -> Result<bool, sqlx::Error> {
+    let marks = |n: usize| vec!["?"; n].join(",");
+    let sql = format!(
+        "SELECT external_id, accrual_id FROM accrual_external_ids \
+         WHERE client_id = ? AND external_id IN ({}) ORDER BY external_id FOR UPDATE",
+        marks(batch.len())
+    );
+    let mut query = sqlx::query_as::<_, (String, Uuid)>(AssertSqlSafe(sql)).bind(client_id);
+    for (external_id, _) in batch {
+        query = query.bind(external_id);
+    }
+    let held: std::collections::HashMap<String, Uuid> =
+        query.fetch_all(&mut *tx).await?.into_iter().collect();
+    if !held.is_empty() {
+        let holders: Vec<Uuid> = held.values().copied().collect();
+        // Locking reads: the newest committed rows, whatever snapshot this transaction has.
+        let written = format!(
+            "SELECT accrual_id FROM point_accruals WHERE accrual_id IN ({}) LOCK IN SHARE MODE",
+            marks(holders.len())
+        );
+        let dead = format!(
+            "SELECT accrual_id FROM accrual_dead_letters WHERE accrual_id IN ({}) \
+               AND (counts_from IS NULL OR counts_from <= NOW(6)) LOCK IN SHARE MODE",
+            marks(holders.len())
+        );
+        let mut found = [
+            std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
+        ];
+        for (sql, into) in [written, dead].into_iter().zip(&mut found) {
+            let mut query = sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(sql));
+            for holder in &holders {
+                query = query.bind(*holder);
+            }
+            into.extend(query.fetch_all(&mut *tx).await?);
+        }
+        let [written, dead] = found;
+        let dead: std::collections::HashSet<Uuid> = dead.difference(&written).copied().collect();
+        if holders.iter().any(|h| !dead.contains(h)) {
+            return Ok(false);
+        }
+    }
+    for (external_id, accrual_id) in batch {
+        let statement = if held.contains_key(external_id) {
+            "UPDATE accrual_external_ids SET accrual_id = ?, job_id = ? \
+             WHERE client_id = ? AND external_id = ?"
+        } else {
+            "INSERT INTO accrual_external_ids (accrual_id, job_id, client_id, external_id) \
+             VALUES (?, ?, ?, ?)"
+        };
+        sqlx::query(statement)
+            .bind(*accrual_id)
+            .bind(job_id)
+            .bind(client_id)
+            .bind(external_id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(old) = held.get(external_id) {
+            tracing::info!(%client_id, %external_id, old_accrual_id = %old, new_accrual_id = %accrual_id, %job_id, "An external_id whose point was dead-lettered is claimed again; its dead letter is superseded");
+        }
+    }
+    Ok(true)
 }
 
 async fn insert_skips(tx: &mut sqlx::MySqlConnection, job: &NewJob) -> Result<(), sqlx::Error> {

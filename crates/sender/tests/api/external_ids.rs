@@ -315,6 +315,137 @@ async fn every_item_skipped_makes_a_completed_job_and_bad_ids_or_modes_are_refus
     assert!(mode["detail"].as_str().unwrap().contains("on_duplicate"));
 }
 
+/// A job whose every item is skipped is final as it is stored, so no settlement ever records its
+/// event: the store records `job.completed` with the job (issue 24, point 6).
+#[tokio::test]
+async fn a_job_whose_every_item_is_skipped_records_its_job_completed_event() {
+    let app = spawn_app().await;
+    let pool = &app.env.pool;
+    sqlx::query("INSERT INTO webhook_endpoints (client_id, url, secret) VALUES (?, ?, ?)")
+        .bind("client_a")
+        .bind("http://127.0.0.1:9/hook")
+        .bind("whsec_test")
+        .execute(pool)
+        .await
+        .unwrap();
+    let items = body(&[item_with_id("m", 1, "x1"), item_with_id("m", 1, "x2")]);
+    app.post_job_as(KEY_A, "", items.clone()).await;
+    let response = app.post_raw(KEY_A, "?on_duplicate=skip", items).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["status"], "completed");
+    let job_id: uuid::Uuid = accepted["job_id"].as_str().unwrap().parse().unwrap();
+
+    let event = || async {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT event, body FROM webhook_events WHERE job_id = ?",
+        )
+        .bind(job_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    };
+    eventually(Duration::from_secs(10), "the job's event", || async {
+        !event().await.is_empty()
+    })
+    .await;
+    let events = event().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "job.completed");
+    let body: Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(body["job"]["status"], "completed", "{body}");
+    assert_eq!(body["job"]["skipped"], 2, "{body}");
+}
+
+/// An id whose point was dead-lettered may be claimed again (issue 24, point 6), and the old dead
+/// letter is then superseded: the redrive `accrualctl` makes drops it, and the listener refuses it
+/// should it come back anyway, so the id is credited exactly once.
+#[tokio::test]
+async fn an_id_whose_point_was_dead_lettered_is_claimed_again_and_credited_once() {
+    let app = spawn_app().await;
+    let pool = &app.env.pool;
+    sqlx::query(
+        "ALTER TABLE point_accruals ADD CONSTRAINT no_poison CHECK (member_id NOT LIKE 'poison-%')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let _listener = app.spawn_listener().await;
+    let first = app
+        .post_job_as(
+            KEY_A,
+            "",
+            body(&[
+                item_with_id("poison-1", 5, "tx-1"),
+                item_with_id("m1", 1, "tx-2"),
+            ]),
+        )
+        .await;
+    let view = app.wait_final(&first).await;
+    assert_eq!(view["status"], "completed_with_errors", "{view}");
+    sqlx::query("ALTER TABLE point_accruals DROP CONSTRAINT no_poison")
+        .execute(pool)
+        .await
+        .unwrap();
+    let letters = accrual_core::dlq::list(&app.env.client, &app.env.queues.dlq, 10)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    let old_body = letters[0].body.clone();
+
+    // The item sent again with the same id: accepted (the dead-lettered point holds it no more),
+    // and `tx-2`, whose point is written, is still refused.
+    let again = app
+        .post_raw(KEY_A, "", body(&[item_with_id("poison-1", 5, "tx-1")]))
+        .await;
+    assert_eq!(again.status().as_u16(), 202);
+    let again: Value = again.json().await.unwrap();
+    let second = again["job_id"].as_str().unwrap().to_owned();
+    problem(
+        app.post_raw(KEY_A, "", body(&[item_with_id("m1", 1, "tx-2")]))
+            .await,
+        422,
+    )
+    .await;
+    let view = app.wait_final(&second).await;
+    assert_eq!(view["status"], "completed", "{view}");
+
+    // The redrive drops the superseded dead letter instead of moving it back.
+    let moved = accrual_core::dlq::redrive_except_superseded(
+        &app.env.client,
+        &app.env.queues.dlq,
+        &app.env.queues.main,
+        100,
+        pool,
+    )
+    .await
+    .unwrap();
+    assert_eq!((moved.messages, moved.dropped), (0, 1));
+
+    // Put back by hand anyway, the listener refuses it as superseded.
+    app.env.send_raw(&old_body).await;
+    let old_id = accrual_core::dead_letter::PointIds::of(&old_body)
+        .unwrap()
+        .accrual_id;
+    eventually(Duration::from_secs(30), "the old point refused", || async {
+        let reason: String =
+            sqlx::query_scalar("SELECT reason FROM accrual_dead_letters WHERE accrual_id = ?")
+                .bind(old_id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        reason.starts_with("superseded")
+    })
+    .await;
+    assert_eq!(app.external_id_counts().await.get("tx-1"), Some(&1));
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM point_accruals WHERE accrual_id = ?")
+        .bind(old_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }

@@ -5,6 +5,7 @@ mod accruals;
 mod background;
 mod backlog;
 mod chaos;
+mod chaos_edges;
 mod clock;
 mod contract;
 mod dry_run;

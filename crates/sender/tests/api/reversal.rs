@@ -607,3 +607,177 @@ async fn measure_the_reversal_post() {
         );
     }
 }
+
+/// A reversed job stays reversed (issue 24, point 4): a `completed_with_errors` job is reversed,
+/// then its dead letters are redriven (the documented remedy for what made them fail). Its
+/// redriven points are refused as dead letters with the reason `job reversed before this point
+/// was written`, back on the dead-letter queue, and every member of both jobs still nets to zero.
+#[tokio::test]
+async fn dead_letters_of_a_reversed_job_redriven_are_refused_and_every_member_still_nets_to_zero() {
+    let app = spawn_app().await;
+    let pool = &app.env.pool;
+    sqlx::query(
+        "ALTER TABLE point_accruals ADD CONSTRAINT no_poison CHECK (member_id NOT LIKE 'poison-%')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let _listener = app.spawn_listener().await;
+    let mut items: Vec<String> = (0..50)
+        .map(|i| item(&format!("m{}", i % 10), "WELFARE", 7))
+        .collect();
+    for i in 0..5 {
+        items.push(item(&format!("poison-{i}"), "WELFARE", 7));
+    }
+    let original = app
+        .post_job_as(KEY_A, "", format!("[{}]", items.join(",")))
+        .await;
+    wait_for_status(
+        &app,
+        &original,
+        "completed_with_errors",
+        Duration::from_secs(120),
+    )
+    .await;
+    let reversal = accepted_reversal(reverse(&app, &original, None).await, 50, 10).await;
+    wait_for_status(&app, &reversal, "completed", Duration::from_secs(60)).await;
+
+    // What failed is fixed, and the dead letters are redriven.
+    sqlx::query("ALTER TABLE point_accruals DROP CONSTRAINT no_poison")
+        .execute(pool)
+        .await
+        .unwrap();
+    let moved = accrual_core::dlq::redrive(
+        &app.env.client,
+        &app.env.queues.dlq,
+        &app.env.queues.main,
+        100,
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.points, 5);
+
+    // Each redriven point ends written or refused; wait for all five, then look at which.
+    let reason = "job reversed before this point was written";
+    let settled = || async {
+        let (written, refused): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM point_accruals WHERE member_id LIKE 'poison-%'), \
+                    (SELECT COUNT(*) FROM accrual_dead_letters WHERE job_id = ? AND reason = ?)",
+        )
+        .bind(uuid(&original))
+        .bind(reason)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (written, refused)
+    };
+    eventually(
+        Duration::from_secs(60),
+        "every redriven point written or refused",
+        || async {
+            let (written, refused) = settled().await;
+            written + refused == 5
+        },
+    )
+    .await;
+    assert_eq!(
+        settled().await,
+        (0, 5),
+        "(ledger rows, dead letters refused for the reversal) of the redriven points"
+    );
+    let members_not_zero: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT member_id FROM point_accruals WHERE job_id IN (?, ?) \
+         GROUP BY member_id HAVING SUM(amount) <> 0) t",
+    )
+    .bind(uuid(&original))
+    .bind(uuid(&reversal))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(members_not_zero, 0);
+    assert_eq!(
+        reversed(pool, &original, &reversal).await,
+        Reversed {
+            rows: 50,
+            distinct_reversed: 50,
+            matching: 50,
+            members_not_zero: 0,
+        }
+    );
+
+    // Back on the dead-letter queue with that reason; the original keeps its five dead letters.
+    eventually(
+        Duration::from_secs(30),
+        "five dead letters back on the DLQ",
+        || async {
+            let letters = accrual_core::dlq::list(&app.env.client, &app.env.queues.dlq, 10)
+                .await
+                .unwrap();
+            letters.len() == 5 && letters.iter().all(|l| l.reason.as_deref() == Some(reason))
+        },
+    )
+    .await;
+    let view = app.job_view(&original).await;
+    assert_eq!(view["status"], "completed_with_errors", "{view}");
+    assert_eq!(view["dead_lettered"].as_u64(), Some(5), "{view}");
+    assert_eq!(view["written"].as_u64(), Some(50), "{view}");
+}
+
+/// A reversal made while a listener writes a late point of the original (its transaction holds
+/// the job row share-locked and the row inserted, not yet committed) waits for that write and
+/// reverses the late point too: the two serialize on the original's job row.
+#[tokio::test]
+async fn a_reversal_made_while_a_late_point_is_being_written_waits_and_reverses_it() {
+    let app = spawn_app().await;
+    let pool = &app.env.pool;
+    let _listener = app.spawn_listener().await;
+    let original = app.post_job_as(KEY_A, "", body(10, 2, "m")).await;
+    wait_for_status(&app, &original, "completed", Duration::from_secs(60)).await;
+
+    // What a listener's write transaction holds while it writes a late point of the job.
+    let mut write = pool.begin().await.unwrap();
+    sqlx::query("SELECT job_id FROM accrual_jobs WHERE job_id = ? LOCK IN SHARE MODE")
+        .bind(uuid(&original))
+        .execute(&mut *write)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO point_accruals (accrual_id, job_id, member_id, point_type, amount, accepted_at) \
+         VALUES (?, ?, 'm0', 'WELFARE', 5, NOW(6))",
+    )
+    .bind(Uuid::now_v7())
+    .bind(uuid(&original))
+    .execute(&mut *write)
+    .await
+    .unwrap();
+    let waits = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX t \
+             JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
+             WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let (response, ()) = tokio::join!(reverse(&app, &original, None), async {
+        eventually(
+            Duration::from_secs(10),
+            "the reversal waits for the write",
+            || async { waits().await >= 1 },
+        )
+        .await;
+        write.commit().await.unwrap();
+    });
+    let reversal = accepted_reversal(response, 11, 2).await;
+    wait_for_status(&app, &reversal, "completed", Duration::from_secs(60)).await;
+    assert_eq!(
+        reversed(pool, &original, &reversal).await,
+        Reversed {
+            rows: 11,
+            distinct_reversed: 11,
+            matching: 11,
+            members_not_zero: 0,
+        }
+    );
+}
