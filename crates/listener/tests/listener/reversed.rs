@@ -56,7 +56,7 @@ async fn a_point_written_while_its_job_is_being_reversed_waits_for_the_reversal_
         .unwrap();
     let write = tokio::spawn({
         let (ledger, record) = (ledger.clone(), record.clone());
-        async move { ledger.write(&[record]).await }
+        async move { ledger.write(&[record], far()).await }
     });
     eventually(
         Duration::from_secs(10),
@@ -67,7 +67,7 @@ async fn a_point_written_while_its_job_is_being_reversed_waits_for_the_reversal_
     store_job(&mut *reversal, Uuid::now_v7(), Some(original)).await;
     reversal.commit().await.unwrap();
 
-    let outcome = write.await.unwrap().unwrap();
+    let outcome = write.await.unwrap().unwrap().expect("written before the deadline");
     assert_eq!((outcome.written, outcome.duplicates), (0, 0));
     assert_eq!(outcome.refused, vec![(record.accrual_id, REVERSED_REASON)]);
     assert!(outcome.resettle.contains(&original));
@@ -85,7 +85,16 @@ async fn a_point_written_while_its_job_is_being_reversed_waits_for_the_reversal_
     record.accrual_id = Uuid::now_v7();
     let other = point("member-other", 3);
     store_job(pool, other.job_id, None).await;
-    let outcome = ledger.write(&[record.clone(), other]).await.unwrap();
+    let outcome = ledger
+        .write(&[record.clone(), other], far())
+        .await
+        .unwrap()
+        .expect("written before the deadline");
     assert_eq!(outcome.written, 1);
     assert_eq!(outcome.refused, vec![(record.accrual_id, REVERSED_REASON)]);
+}
+
+/// A write deadline no test reaches.
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(3_600)
 }
