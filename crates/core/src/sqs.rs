@@ -188,8 +188,8 @@ pub async fn ensure_queues_with(
     lower: LowerReceiveCount,
 ) -> Result<QueueUrls, EnsureQueuesError> {
     if lower == LowerReceiveCount::Refuse
-        && let Ok(url) = queue_url(client, main).await
-        && let Some(current) = max_receive_count(client, &url).await?
+        && let Ok(main_url) = queue_url(client, main).await
+        && let Some(current) = max_receive_count(client, &main_url).await?
         && options.max_receive_count < current
     {
         return Err(EnsureQueuesError::LowerMaxReceiveCount {

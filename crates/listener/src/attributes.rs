@@ -28,15 +28,16 @@ pub struct QueueAttributes {
     pub visibility_timeout: Duration,
 }
 
-impl QueueAttributes {
-    /// Reads both attributes of the queue at `url`.
-    pub async fn read(client: &Client, url: &str) -> Result<Self, SqsError> {
-        Ok(Self {
-            max_receive_count: sqs::max_receive_count(client, url).await?,
-            visibility_timeout: sqs::visibility_timeout(client, url).await?,
-        })
-    }
+/// Reads both attributes of the main queue at `main_url`. (A free function, not an associated
+/// one: `scripts/infra/check-terraform` follows calls by module path to grant the IAM actions.)
+pub async fn read(client: &Client, main_url: &str) -> Result<QueueAttributes, SqsError> {
+    Ok(QueueAttributes {
+        max_receive_count: sqs::max_receive_count(client, main_url).await?,
+        visibility_timeout: sqs::visibility_timeout(client, main_url).await?,
+    })
+}
 
+impl QueueAttributes {
     /// The longest this listener holds one message (see `held`).
     pub fn hold_cap(&self) -> Duration {
         self.visibility_timeout * HOLD_CAP_VISIBILITY_TIMEOUTS
@@ -143,7 +144,7 @@ pub async fn keep_current(
             () = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let read = match QueueAttributes::read(&client, &url).await {
+        let read = match read(&client, &url).await {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(error = ?anyhow::Error::new(e), "Reading the queue's attributes failed; keeping the values in use");

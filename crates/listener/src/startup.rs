@@ -48,7 +48,7 @@ impl Listener {
         let client = sqs::client(&settings.sqs).await;
         let main_url = sqs::find_queue(&client, &settings.sqs.accrual_queue).await?;
         let dlq_url = sqs::find_queue(&client, &settings.sqs.accrual_dlq).await?;
-        let attributes = QueueAttributes::read(&client, &main_url)
+        let attributes = attributes::read(&client, &main_url)
             .await
             .context("Failed to read the queue's visibility timeout and redrive policy")?;
         if attributes.max_receive_count.is_none() {

@@ -67,7 +67,11 @@ async fn a_point_written_while_its_job_is_being_reversed_waits_for_the_reversal_
     store_job(&mut *reversal, Uuid::now_v7(), Some(original)).await;
     reversal.commit().await.unwrap();
 
-    let outcome = write.await.unwrap().unwrap().expect("written before the deadline");
+    let outcome = write
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("written before the deadline");
     assert_eq!((outcome.written, outcome.duplicates), (0, 0));
     assert_eq!(outcome.refused, vec![(record.accrual_id, REVERSED_REASON)]);
     assert!(outcome.resettle.contains(&original));
