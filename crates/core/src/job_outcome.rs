@@ -41,7 +41,7 @@ pub struct Outcome {
 /// ledger per job: meant for settling a job, not for every read of it.
 pub async fn count(pool: &MySqlPool, job_id: Uuid) -> Result<Outcome, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    count_on(&mut *conn, job_id).await
+    count_on(&mut conn, job_id).await
 }
 
 /// [`count`] on one connection: inside a transaction, as that transaction sees the tables.
@@ -180,7 +180,7 @@ pub async fn settle_with(
         return Ok(None);
     }
     // The first consistent read of this transaction: its snapshot is taken now, under the lock.
-    let outcome = count_on(&mut *tx, job_id).await?;
+    let outcome = count_on(&mut tx, job_id).await?;
     let next = final_status(u64::from(total), &outcome);
     let unchanged = next.is_none_or(|next| {
         status == next

@@ -269,13 +269,13 @@ async fn main() -> anyhow::Result<()> {
 /// stands.
 async fn job(pool: &sqlx::MySqlPool, job_id: uuid::Uuid) -> anyhow::Result<serde_json::Value> {
     let mut conn = pool.acquire().await?;
-    let Some((client_id, view)) = accrual_core::job_view::stored(&mut *conn, job_id)
+    let Some((client_id, view)) = accrual_core::job_view::stored(&mut conn, job_id)
         .await
         .context("Failed to read the job")?
     else {
         anyhow::bail!("No job {job_id}");
     };
-    let now = accrual_core::job_outcome::count_on(&mut *conn, job_id)
+    let now = accrual_core::job_outcome::count_on(&mut conn, job_id)
         .await
         .context("Failed to count the job's points")?;
     let mut out = serde_json::to_value(&view)?;
