@@ -294,3 +294,73 @@ async fn settle_if_final_leaves_a_running_job_to_the_completion_task() {
         ("completed".into(), Some(3), Some(0))
     );
 }
+
+/// A reversal job that ends `completed_with_errors` has its own status event, and the job it
+/// reverses gets no `job.reversed`: not every point was taken back. Once the reversal becomes
+/// `completed` (its dead letter redriven and written), the original gets its `job.reversed`.
+#[tokio::test]
+async fn job_reversed_is_sent_only_once_the_reversal_completes_without_errors() {
+    let env = TestEnv::new().await;
+    let pool = &env.pool;
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (client_id, url, secret) \
+         VALUES ('client_a', 'http://127.0.0.1:9/', 'whsec_test')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let original = store_job(pool, 2).await;
+    let reversal = store_job(pool, 2).await;
+    sqlx::query("UPDATE accrual_jobs SET reverses = ? WHERE job_id = ?")
+        .bind(original)
+        .bind(reversal)
+        .execute(pool)
+        .await
+        .unwrap();
+    let events = |job_id: Uuid| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT event FROM webhook_events WHERE job_id = ? ORDER BY created_at, event",
+        )
+        .bind(job_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    };
+    // One compensating point written, one dead-lettered.
+    write_rows(pool, reversal, 1).await;
+    let dead = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason) VALUES (?, ?, 'test')",
+    )
+    .bind(dead)
+    .bind(reversal)
+    .execute(pool)
+    .await
+    .unwrap();
+    job_outcome::settle(pool, reversal).await.unwrap();
+    assert_eq!(stored(pool, reversal).await.0, "completed_with_errors");
+    assert_eq!(events(reversal).await, ["job.completed_with_errors"]);
+    assert!(
+        events(original).await.is_empty(),
+        "{:?}",
+        events(original).await
+    );
+
+    // Redriven and written: the reversal is complete, and the original is reversed.
+    sqlx::query(
+        "INSERT INTO point_accruals (accrual_id, job_id, member_id, point_type, amount, accepted_at) \
+         VALUES (?, ?, 'm9', 'WELFARE', -1, NOW(6))",
+    )
+    .bind(dead)
+    .bind(reversal)
+    .execute(pool)
+    .await
+    .unwrap();
+    job_outcome::settle(pool, reversal).await.unwrap();
+    assert_eq!(stored(pool, reversal).await.0, "completed");
+    assert_eq!(
+        events(reversal).await,
+        ["job.completed_with_errors", "job.completed"]
+    );
+    assert_eq!(events(original).await, ["job.reversed"]);
+}
