@@ -151,6 +151,16 @@ pub async fn settle_with(
     job_id: Uuid,
     wait: LockWait,
 ) -> Result<Option<Settled>, sqlx::Error> {
+    Ok(settle_counting(pool, job_id, wait).await?.0)
+}
+
+/// [`settle_with`], also answering the count it made (`None` for a job it left alone: unknown,
+/// reserved or cancelled), so a caller can tell a job that progresses from one that does not.
+pub async fn settle_counting(
+    pool: &MySqlPool,
+    job_id: Uuid,
+    wait: LockWait,
+) -> Result<(Option<Settled>, Option<Outcome>), sqlx::Error> {
     type Row = (
         u32,
         String,
@@ -174,10 +184,10 @@ pub async fn settle_with(
     .await?;
     let Some((total, status, stored_written, stored_dead, created_at, reserve_at, reverses)) = row
     else {
-        return Ok(None);
+        return Ok((None, None));
     };
     if matches!(status.as_str(), "reserved" | "cancelled") {
-        return Ok(None);
+        return Ok((None, None));
     }
     // The first consistent read of this transaction: its snapshot is taken now, under the lock.
     let outcome = count_on(&mut tx, job_id).await?;
@@ -193,7 +203,7 @@ pub async fn settle_with(
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        return Ok(None);
+        return Ok((None, Some(outcome)));
     };
     let completed_at = outcome.last_at.unwrap_or_else(Utc::now).naive_utc();
     sqlx::query(
@@ -228,10 +238,11 @@ pub async fn settle_with(
     tx.commit().await?;
     tracing::info!(%job_id, status = next, written = outcome.written, dead_lettered = outcome.dead_lettered, "Job settled");
     let released = reserve_at.unwrap_or(created_at);
-    Ok(Some(Settled {
+    let settled = Settled {
         status: next,
         first_took: first.then(|| (completed_at - released).to_std().unwrap_or_default()),
-    }))
+    };
+    Ok((Some(settled), Some(outcome)))
 }
 
 #[cfg(test)]

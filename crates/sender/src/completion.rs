@@ -10,11 +10,15 @@
 //! - **One job's trouble stays its own.** A job whose row another transaction holds is not waited
 //!   for (`NOWAIT`), and any error on a job backs that job off (1 s, doubling to a minute, in this
 //!   replica's memory) while the round goes on with the next.
+//! - **New jobs are looked at every round** besides the page (the [`RECENT_PER_ROUND`] most
+//!   recently created), so a new job's Redis hint is seen at once however many old jobs wait.
 //! - **A job is counted** when Redis's live counters say it may be done, and in any case once it
 //!   has gone [`RECHECK`] without a count ([`RECHECK_WITHOUT_REDIS`] when Redis has nothing): live
 //!   counters can lag, and a dead letter recorded ahead of time starts counting later without
 //!   anyone touching Redis. A 500,000-point job draining for ten minutes is thus counted about
-//!   twenty times, not on every poll.
+//!   twenty times, not on every poll. A job whose count did not change since its last count waits
+//!   twice as long for the next, up to [`MAX_RECHECK`]: hundreds of jobs that cannot finish cost a
+//!   count each every few minutes, not every few seconds.
 //! - **Finished jobs are looked at again**, slowly: every [`SWEEP`], the least recently checked
 //!   `completed_with_errors` jobs are settled again, so a job whose dead letter was redriven and
 //!   written becomes `completed` even if the listener's own re-settlement was lost (a failed
@@ -40,6 +44,12 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub const RECHECK: Duration = Duration::from_secs(30);
 /// The same without live counters (Redis down or flushed): the exact count is the only signal.
 pub const RECHECK_WITHOUT_REDIS: Duration = Duration::from_secs(5);
+/// Longest a running job whose count does not change waits between counts.
+pub const MAX_RECHECK: Duration = Duration::from_secs(300);
+/// The most recently created running jobs, looked at every round besides the page.
+pub const RECENT_PER_ROUND: u32 = 100;
+/// Jobs whose recheck interval is remembered, at most (beyond, every interval starts again).
+const MAX_REMEMBERED: usize = 100_000;
 /// How often finished jobs with dead letters are settled again.
 pub const SWEEP: Duration = Duration::from_secs(60);
 /// Running jobs looked at per round, least recently checked first.
@@ -58,9 +68,13 @@ pub struct Completion {
     pub metrics: Arc<SenderMetrics>,
 }
 
-/// Jobs whose last settlement failed, with when to try again and how many times it failed.
+/// Per job, in this replica: when to try again after a failed settlement (and how many failed),
+/// and the last count with the recheck interval it earned.
 #[derive(Debug, Default)]
-pub struct BackedOff(HashMap<Uuid, (Instant, u32)>);
+pub struct BackedOff(
+    HashMap<Uuid, (Instant, u32)>,
+    HashMap<Uuid, (u64, Duration)>,
+);
 
 impl BackedOff {
     fn waiting(&self, job_id: &Uuid, now: Instant) -> bool {
@@ -78,6 +92,28 @@ impl BackedOff {
 
     fn succeeded(&mut self, job_id: &Uuid) {
         self.0.remove(job_id);
+    }
+
+    /// How long `job_id` waits between counts: `base`, doubled for each count in a row that found
+    /// nothing new.
+    fn recheck(&self, job_id: &Uuid, base: Duration) -> Duration {
+        self.1
+            .get(job_id)
+            .map_or(base, |(_, every)| (*every).max(base))
+    }
+
+    /// Records a count of `accounted` points (written or dead-lettered) of `job_id`.
+    fn counted(&mut self, job_id: Uuid, accounted: u64, base: Duration) {
+        if self.1.len() >= MAX_REMEMBERED {
+            self.1.clear();
+        }
+        let every = match self.1.get(&job_id) {
+            Some((before, every)) if *before == accounted => {
+                every.saturating_mul(2).clamp(base, MAX_RECHECK)
+            }
+            _ => base,
+        };
+        self.1.insert(job_id, (accounted, every));
     }
 }
 
@@ -113,13 +149,23 @@ impl Completion {
             .values()
             .filter(|(until, _)| *until > now)
             .count();
-        let page: Vec<(Uuid, u32, Option<i64>)> = sqlx::query_as(
+        let mut page: Vec<(Uuid, u32, Option<i64>)> = sqlx::query_as(
             "SELECT job_id, total, TIMESTAMPDIFF(MICROSECOND, checked_at, NOW(6)) \
              FROM accrual_jobs WHERE status = 'enqueued' ORDER BY checked_at LIMIT ?",
         )
         .bind((JOBS_PER_ROUND + waiting.min(JOBS_PER_ROUND)) as u64)
         .fetch_all(&self.pool)
         .await?;
+        let recent: Vec<(Uuid, u32, Option<i64>)> = sqlx::query_as(
+            "SELECT job_id, total, TIMESTAMPDIFF(MICROSECOND, checked_at, NOW(6)) \
+             FROM accrual_jobs WHERE status = 'enqueued' ORDER BY created_at DESC LIMIT ?",
+        )
+        .bind(RECENT_PER_ROUND)
+        .fetch_all(&self.pool)
+        .await?;
+        // The new jobs first: a round over hundreds of old ones takes a while.
+        page.retain(|(j, _, _)| !recent.iter().any(|(r, _, _)| r == j));
+        let page: Vec<(Uuid, u32, Option<i64>)> = recent.into_iter().chain(page).collect();
         backed_off
             .0
             .retain(|job, _| page.iter().any(|(j, _, _)| j == job));
@@ -134,10 +180,11 @@ impl Completion {
                 Some(c) if c.enqueued + c.written + c.dead_lettered > 0 => RECHECK,
                 _ => RECHECK_WITHOUT_REDIS,
             };
+            let every = backed_off.recheck(&job_id, recheck);
             let stale = since_checked
-                .is_none_or(|micros| micros >= i64::try_from(recheck.as_micros()).unwrap_or(0));
+                .is_none_or(|micros| micros >= i64::try_from(every.as_micros()).unwrap_or(0));
             if may_be_done || stale {
-                self.settle(job_id, backed_off).await;
+                self.settle(job_id, backed_off, recheck).await;
             }
         }
         Ok(())
@@ -156,17 +203,21 @@ impl Completion {
         let now = Instant::now();
         for job_id in page {
             if !backed_off.waiting(&job_id, now) {
-                self.settle(job_id, backed_off).await;
+                self.settle(job_id, backed_off, SWEEP).await;
             }
         }
         Ok(())
     }
 
-    /// Settles one job without waiting for its row lock; a failure backs the job off.
-    async fn settle(&self, job_id: Uuid, backed_off: &mut BackedOff) {
-        match job_outcome::settle_with(&self.pool, job_id, LockWait::NoWait).await {
-            Ok(settled) => {
+    /// Settles one job without waiting for its row lock; a failure backs the job off. `recheck` is
+    /// the job's base interval between counts.
+    async fn settle(&self, job_id: Uuid, backed_off: &mut BackedOff, recheck: Duration) {
+        match job_outcome::settle_counting(&self.pool, job_id, LockWait::NoWait).await {
+            Ok((settled, outcome)) => {
                 backed_off.succeeded(&job_id);
+                if let Some(o) = outcome {
+                    backed_off.counted(job_id, o.written + o.dead_lettered, recheck);
+                }
                 if let Some(Settled {
                     status,
                     first_took: Some(took),
@@ -207,5 +258,21 @@ mod tests {
         assert!(!backed_off.waiting(&job, t0 + MAX_BACKOFF));
         backed_off.succeeded(&job);
         assert!(!backed_off.waiting(&job, t0));
+    }
+
+    #[test]
+    fn a_job_whose_count_does_not_change_is_counted_ever_less_often_until_it_moves() {
+        let mut jobs = BackedOff::default();
+        let job = Uuid::now_v7();
+        let base = RECHECK_WITHOUT_REDIS;
+        assert_eq!(jobs.recheck(&job, base), base);
+        jobs.counted(job, 3, base);
+        assert_eq!(jobs.recheck(&job, base), base);
+        for expected in [10, 20, 40, 80, 160, 300, 300] {
+            jobs.counted(job, 3, base);
+            assert_eq!(jobs.recheck(&job, base), Duration::from_secs(expected));
+        }
+        jobs.counted(job, 4, base);
+        assert_eq!(jobs.recheck(&job, base), base);
     }
 }

@@ -1,7 +1,7 @@
 //! The chaos drill's second part (issue 24 §7): faults that no single edge handler covers, where
 //! only the reconciler stands between a `202` and a job that never finishes.
 //!
-//! One 2,000-point job on a queue with a 2 s visibility timeout and 2 receives, while:
+//! One 500-point job on a queue with a 2 s visibility timeout and 2 receives, while:
 //! - one in-flight message is deleted behind the pipeline's back (as if SQS lost it);
 //! - messages are on their last receive in a listener process when MySQL is locked (the
 //!   dead-letter table under `LOCK TABLES … WRITE`, so neither their record-ahead nor any write
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::chaos::listener_binary;
 use crate::helpers::{DEV_KEYS, KEY_A, TestApp, item, spawn_app_in};
 
-const POINTS: usize = 2_000;
+const POINTS: usize = 500;
 
 async fn listener_process(env: &TestEnv, log: &std::path::Path) -> ServiceProcess {
     let port = free_port();
@@ -68,7 +68,7 @@ async fn a_job_ends_exactly_after_a_lost_in_flight_message_and_a_listener_sigter
     .await;
     let env = &app.env;
     let items: Vec<String> = (0..POINTS)
-        .map(|i| item(&format!("m{}", i % 500), "P", 1 + (i % 7) as i64))
+        .map(|i| item(&format!("m{}", i % 100), "P", 1 + (i % 7) as i64))
         .collect();
     let job = app
         .post_job_as(KEY_A, "", format!("[{}]", items.join(",")))
@@ -89,7 +89,7 @@ async fn a_job_ends_exactly_after_a_lost_in_flight_message_and_a_listener_sigter
             .receive_message()
             .queue_url(&env.queues.main)
             .max_number_of_messages(10)
-            .visibility_timeout(20)
+            .visibility_timeout(10)
             .send()
             .await
             .unwrap();
@@ -120,7 +120,7 @@ async fn a_job_ends_exactly_after_a_lost_in_flight_message_and_a_listener_sigter
         .execute("LOCK TABLES accrual_dead_letters WRITE, point_accruals WRITE")
         .await
         .unwrap();
-    // They come back after their 20 s, to a listener that receives some for the last time and
+    // They come back after their 10 s, to a listener that receives some for the last time and
     // holds them, unable to record or write anything.
     let mut doomed = listener_process(env, &logs.join("listener-sigtermed.log")).await;
     let doomed_url = format!("http://127.0.0.1:{}", doomed.port);
