@@ -231,6 +231,31 @@ pub struct Ledger {
     insert_sql: Arc<Vec<Arc<str>>>,
     select_sql: Arc<Vec<Arc<str>>>,
     dead_letter_sql: Arc<Vec<Arc<str>>>,
+    /// Points a write of this process is writing now (see [`Claimed`]).
+    in_flight: Arc<std::sync::Mutex<HashSet<Uuid>>>,
+}
+
+/// The points of one write attempt that no other write of this process is writing, held until
+/// the attempt ends (committed, failed or abandoned). Up to three batches are written at once: a
+/// message delivered twice in a row can be in two of them, and both would find its points absent
+/// from the ledger (the look-up runs before the insert) and count them as written. A point another
+/// write of this process holds is a duplicate here, whatever that write's fate: if it fails, its
+/// message stays and brings the point back.
+struct Claimed {
+    in_flight: Arc<std::sync::Mutex<HashSet<Uuid>>>,
+    ids: Vec<Uuid>,
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in &self.ids {
+            in_flight.remove(id);
+        }
+    }
 }
 
 impl Ledger {
@@ -264,7 +289,37 @@ impl Ledger {
             insert_sql: Arc::new(insert_sql),
             select_sql: Arc::new(select_sql),
             dead_letter_sql: Arc::new(dead_letter_sql),
+            in_flight: Arc::default(),
         }
+    }
+
+    /// Splits `records` into those this attempt claims (returned in order, with the claim) and
+    /// the ones another write of this process holds.
+    fn claim<'r>(
+        &self,
+        records: &'r [PointRecord],
+    ) -> (Vec<PointRecord>, Vec<&'r PointRecord>, Claimed) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut mine, mut elsewhere) = (Vec::new(), Vec::new());
+        let mut seen = HashSet::new();
+        for r in records {
+            // A point twice in this batch stays in it: the write counts the second as a duplicate.
+            if seen.contains(&r.accrual_id) || in_flight.insert(r.accrual_id) {
+                seen.insert(r.accrual_id);
+                mine.push(r.clone());
+            } else {
+                elsewhere.push(r);
+            }
+        }
+        let claimed = Claimed {
+            in_flight: self.in_flight.clone(),
+            ids: seen.into_iter().collect(),
+        };
+        drop(in_flight);
+        (mine, elsewhere, claimed)
     }
 
     /// The pool the ledger writes through.
@@ -283,11 +338,18 @@ impl Ledger {
         records: &[PointRecord],
         give_up_at: Instant,
     ) -> Result<Option<WriteOutcome>, sqlx::Error> {
+        let (mine, elsewhere, _claimed) = self.claim(records);
         let Some((mut conn, session)) = self.connection_before(give_up_at).await? else {
             return Ok(None);
         };
-        match tokio::time::timeout_at(give_up_at, self.write_on(&mut conn, records)).await {
-            Ok(written) => written.map(Some),
+        match tokio::time::timeout_at(give_up_at, self.write_on(&mut conn, &mine)).await {
+            Ok(written) => written.map(|mut outcome| {
+                outcome.duplicates += elsewhere.len();
+                for r in elsewhere {
+                    outcome.by_job.entry(r.job_id).or_default().1 += 1;
+                }
+                Some(outcome)
+            }),
             Err(_) => {
                 self.give_up(conn, session).await;
                 Ok(None)
