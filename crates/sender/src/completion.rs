@@ -8,7 +8,7 @@
 //!   checked first (`accrual_jobs.checked_at`, which every settlement stamps): jobs that cannot
 //!   finish yet go to the back of the line instead of hiding newer ones, on every replica alike.
 //! - **One job's trouble stays its own.** A job whose row another transaction holds is not waited
-//!   for (`NOWAIT`), and any error on a job backs that job off (1 s, doubling to a minute, in this
+//!   for (`NOWAIT`), and any error on a job backs that job off (1 s, doubling to 10 s, in this
 //!   replica's memory) while the round goes on with the next.
 //! - **New jobs are looked at every round** besides the page (the [`RECENT_PER_ROUND`] most
 //!   recently created), so a new job's Redis hint is seen at once however many old jobs wait.
@@ -58,7 +58,7 @@ const JOBS_PER_ROUND: usize = 500;
 const JOBS_PER_SWEEP: u32 = 100;
 /// Back-off of a job whose settlement failed: doubled per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct Completion {
@@ -245,14 +245,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failing_job_backs_off_doubling_up_to_a_minute_and_is_forgotten_once_it_settles() {
+    fn a_failing_job_backs_off_doubling_up_to_ten_seconds_and_is_forgotten_once_it_settles() {
         let mut backed_off = BackedOff::default();
         let job = Uuid::now_v7();
         let t0 = Instant::now();
         let waits: Vec<Duration> = (0..9).map(|_| backed_off.failed(job, t0)).collect();
         assert_eq!(waits[0], Duration::from_secs(1));
         assert_eq!(waits[1], Duration::from_secs(2));
-        assert_eq!(waits[5], Duration::from_secs(32));
+        assert_eq!(waits[3], Duration::from_secs(8));
         assert_eq!(waits[8], MAX_BACKOFF);
         assert!(backed_off.waiting(&job, t0));
         assert!(!backed_off.waiting(&job, t0 + MAX_BACKOFF));

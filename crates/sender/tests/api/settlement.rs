@@ -87,8 +87,9 @@ async fn a_new_job_settles_behind_hundreds_of_stuck_jobs_and_a_locked_one() {
 
     // Once the lock goes, the locked job settles too.
     holder.execute("ROLLBACK").await.unwrap();
+    // Backed off at most 10 s since its last try.
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "the formerly locked job to settle",
         || async { status(&app.env.pool, locked).await.0 == "completed" },
     )
