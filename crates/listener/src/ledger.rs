@@ -232,29 +232,55 @@ pub struct Ledger {
     select_sql: Arc<Vec<Arc<str>>>,
     dead_letter_sql: Arc<Vec<Arc<str>>>,
     /// Points a write of this process is writing now (see [`Claimed`]).
-    in_flight: Arc<std::sync::Mutex<HashSet<Uuid>>>,
+    in_flight: Arc<InFlight>,
 }
 
-/// The points of one write attempt that no other write of this process is writing, held until
-/// the attempt ends (committed, failed or abandoned). Up to three batches are written at once: a
-/// message delivered twice in a row can be in two of them, and both would find its points absent
-/// from the ledger (the look-up runs before the insert) and count them as written. A point another
-/// write of this process holds is a duplicate here, whatever that write's fate: if it fails, its
-/// message stays and brings the point back.
+/// The points the writes of this process are writing, and a signal sent each time a write lets
+/// its points go.
+#[derive(Debug)]
+struct InFlight {
+    points: std::sync::Mutex<HashSet<Uuid>>,
+    released: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self {
+            points: std::sync::Mutex::default(),
+            released: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl InFlight {
+    fn points(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.points
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The points of one write attempt, held until the attempt ends (committed, failed or
+/// abandoned). Up to three batches are written at once, and a message delivered twice (its
+/// visibility ran out while a write held it) can be in two of them: both would find its points
+/// absent from the ledger (the look-up runs before the insert) and count them as written. So an
+/// attempt waits until no other write of this process holds any of its points, then claims them
+/// all at once (never holding some while waiting for others, so two attempts never wait for each
+/// other). The second attempt then finds what the first committed, and counts it as duplicate;
+/// or, if the first failed, writes the points itself: the message it deletes may be the only copy.
 struct Claimed {
-    in_flight: Arc<std::sync::Mutex<HashSet<Uuid>>>,
+    in_flight: Arc<InFlight>,
     ids: Vec<Uuid>,
 }
 
 impl Drop for Claimed {
     fn drop(&mut self) {
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut points = self.in_flight.points();
         for id in &self.ids {
-            in_flight.remove(id);
+            points.remove(id);
         }
+        drop(points);
+        self.in_flight.released.send_modify(|n| *n += 1);
     }
 }
 
@@ -293,33 +319,33 @@ impl Ledger {
         }
     }
 
-    /// Splits `records` into those this attempt claims (returned in order, with the claim) and
-    /// the ones another write of this process holds.
-    fn claim<'r>(
-        &self,
-        records: &'r [PointRecord],
-    ) -> (Vec<PointRecord>, Vec<&'r PointRecord>, Claimed) {
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (mut mine, mut elsewhere) = (Vec::new(), Vec::new());
-        let mut seen = HashSet::new();
-        for r in records {
-            // A point twice in this batch stays in it: the write counts the second as a duplicate.
-            if seen.contains(&r.accrual_id) || in_flight.insert(r.accrual_id) {
-                seen.insert(r.accrual_id);
-                mine.push(r.clone());
-            } else {
-                elsewhere.push(r);
+    /// Claims every point of `records` once no other write of this process holds any of them;
+    /// `None` if `give_up_at` passes first.
+    async fn claim(&self, records: &[PointRecord], give_up_at: Instant) -> Option<Claimed> {
+        let ids: Vec<Uuid> = records
+            .iter()
+            .map(|r| r.accrual_id)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        loop {
+            let mut released = {
+                let mut points = self.in_flight.points();
+                if !ids.iter().any(|id| points.contains(id)) {
+                    points.extend(ids.iter().copied());
+                    return Some(Claimed {
+                        in_flight: self.in_flight.clone(),
+                        ids,
+                    });
+                }
+                // Subscribed under the lock: a release after it is seen as a change.
+                self.in_flight.released.subscribe()
+            };
+            match tokio::time::timeout_at(give_up_at, released.changed()).await {
+                Ok(_) => continue,
+                Err(_) => return None,
             }
         }
-        let claimed = Claimed {
-            in_flight: self.in_flight.clone(),
-            ids: seen.into_iter().collect(),
-        };
-        drop(in_flight);
-        (mine, elsewhere, claimed)
     }
 
     /// The pool the ledger writes through.
@@ -338,18 +364,14 @@ impl Ledger {
         records: &[PointRecord],
         give_up_at: Instant,
     ) -> Result<Option<WriteOutcome>, sqlx::Error> {
-        let (mine, elsewhere, _claimed) = self.claim(records);
+        let Some(_claimed) = self.claim(records, give_up_at).await else {
+            return Ok(None);
+        };
         let Some((mut conn, session)) = self.connection_before(give_up_at).await? else {
             return Ok(None);
         };
-        match tokio::time::timeout_at(give_up_at, self.write_on(&mut conn, &mine)).await {
-            Ok(written) => written.map(|mut outcome| {
-                outcome.duplicates += elsewhere.len();
-                for r in elsewhere {
-                    outcome.by_job.entry(r.job_id).or_default().1 += 1;
-                }
-                Some(outcome)
-            }),
+        match tokio::time::timeout_at(give_up_at, self.write_on(&mut conn, records)).await {
+            Ok(written) => written.map(Some),
             Err(_) => {
                 self.give_up(conn, session).await;
                 Ok(None)
