@@ -83,11 +83,15 @@ fn listener(c: &mut Criterion) {
     let rows = 500;
     let sql: Arc<str> = accrual_listener::ledger::insert_sql("point_accruals", rows).into();
     let batch: Vec<&PointRecord> = records.iter().take(rows).collect();
+    let clients: std::collections::HashMap<_, _> = batch
+        .iter()
+        .map(|r| (r.job_id, "client_a".to_owned()))
+        .collect();
     group.throughput(Throughput::Elements(rows as u64));
     group.bench_function("build_a_500_row_insert", |b| {
         b.iter_batched(
             || sql.clone(),
-            |sql| accrual_listener::ledger::insert_query(sql, black_box(&batch)),
+            |sql| accrual_listener::ledger::insert_query(sql, black_box(&batch), &clients),
             BatchSize::SmallInput,
         )
     });

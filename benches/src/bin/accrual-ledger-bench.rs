@@ -1,6 +1,6 @@
 //! `accrual-ledger-bench`: builds a large ledger (10,000,000 rows by default) in a database of its
 //! own, then times the sender's member queries (`GET /v1/members/{id}/accruals` and `/balance`,
-//! the very functions of `accrual_sender::member_ledger`) for many random members, prints each
+//! the very functions of `accrual_sender::store::member_ledger`) for many random members, prints each
 //! query's `EXPLAIN` and p50/p99/max, and writes the numbers as JSON to `--results-dir`.
 //!
 //! The ledger is built by SQL from MariaDB's SEQUENCE engine (`seq_1_to_N`), a million rows per
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use accrual_core::db;
 use accrual_core::settings::DatabaseSettings;
-use accrual_sender::member_ledger;
+use accrual_sender::store::member_ledger;
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
@@ -56,6 +56,11 @@ struct Args {
     /// Build the ledger again even when one of this size is there.
     #[arg(long)]
     rebuild: bool,
+    /// Fill the ledger's `client_id` and build its client index (as `accrualctl backfill
+    /// ledger-client-ids` does, timed) if missing, and time the queries the sender makes once
+    /// they exist. Without it, the queries before the backfill (a join on `accrual_jobs`).
+    #[arg(long)]
+    client_index: bool,
     #[arg(long, default_value = "benches/results")]
     results_dir: std::path::PathBuf,
 }
@@ -102,6 +107,11 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("reusing the ledger of {have} rows in {}", args.database_url);
         None
     };
+    let (by, backfill) = if args.client_index {
+        (member_ledger::ByClient::Index, Some(backfill(&pool).await?))
+    } else {
+        (member_ledger::ByClient::Join, None)
+    };
     let (table_mb, index_mb): (f64, f64) = sqlx::query_as(
         "SELECT CAST(data_length / 1048576 AS DOUBLE), CAST(index_length / 1048576 AS DOUBLE) FROM information_schema.tables \
          WHERE table_schema = DATABASE() AND table_name = 'point_accruals'",
@@ -115,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         .fetch_one(&pool)
         .await?;
 
-    let plans = explain(&pool).await?;
+    let plans = explain(&pool, by).await?;
     for (query, rows) in &plans {
         println!("EXPLAIN {query}:");
         for row in rows {
@@ -143,15 +153,15 @@ async fn main() -> anyhow::Result<()> {
     let mut rows_seen = 0usize;
     for (i, [(m1, c1), (m2, c2), (m3, c3)]) in picks.iter().enumerate() {
         let started = Instant::now();
-        let page = member_ledger::page(&pool, c1, m1, None, None, 51).await?;
+        let page = member_ledger::page(&pool, by, c1, m1, None, None, 51).await?;
         ledger.push(started.elapsed());
         rows_seen += page.len();
         let point_type = POINT_TYPES[i % POINT_TYPES.len()];
         let started = Instant::now();
-        member_ledger::page(&pool, c2, m2, Some(point_type), None, 51).await?;
+        member_ledger::page(&pool, by, c2, m2, Some(point_type), None, 51).await?;
         filtered.push(started.elapsed());
         let started = Instant::now();
-        member_ledger::balance(&pool, c3, m3, chrono::Utc::now()).await?;
+        member_ledger::balance(&pool, by, c3, m3, chrono::Utc::now()).await?;
         balance.push(started.elapsed());
     }
     let summary = |name: &str, times: &mut Vec<Duration>| {
@@ -191,6 +201,8 @@ async fn main() -> anyhow::Result<()> {
         "samples": args.samples,
         "seed": args.seed,
         "build_secs": build.map(|d| d.as_secs_f64()),
+        "queries_by_client": format!("{by:?}"),
+        "backfill": backfill,
         "point_accruals_data_mib": table_mb,
         "point_accruals_index_mib": index_mb,
         "innodb_buffer_pool_mib": buffer_pool / 1_048_576,
@@ -329,6 +341,32 @@ async fn build(pool: &MySqlPool, args: &Args) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
+/// Fills `client_id` and builds the client index unless it exists, as `accrualctl backfill
+/// ledger-client-ids` does: what it did, timed.
+async fn backfill(pool: &MySqlPool) -> anyhow::Result<serde_json::Value> {
+    use accrual_core::ledger_clients;
+    if ledger_clients::client_index_exists(pool).await? {
+        eprintln!("the client index exists; not backfilling");
+        return Ok(serde_json::Value::Null);
+    }
+    let done =
+        ledger_clients::backfill(pool, 0, ledger_clients::DEFAULT_BATCH_ROWS, |_| {}).await?;
+    let at = Instant::now();
+    ledger_clients::create_index(pool).await?;
+    let index_secs = at.elapsed().as_secs_f64();
+    println!(
+        "backfill: {} rows in {} batches, {:.1} s ({:.0} rows/s), slowest batch {} ms; index {index_secs:.1} s",
+        done.updated,
+        done.batches,
+        done.elapsed_ms as f64 / 1_000.0,
+        done.updated as f64 * 1_000.0 / done.elapsed_ms.max(1) as f64,
+        done.longest_batch_ms
+    );
+    let mut out = serde_json::to_value(done)?;
+    out["index_secs"] = index_secs.into();
+    Ok(out)
+}
+
 async fn exec(pool: &MySqlPool, sql: &str) -> anyhow::Result<()> {
     sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
         .execute(pool)
@@ -339,21 +377,24 @@ async fn exec(pool: &MySqlPool, sql: &str) -> anyhow::Result<()> {
 
 /// `EXPLAIN` of each member query (the sender's own SQL) for one member: table, type, key,
 /// rows and Extra of each line.
-async fn explain(pool: &MySqlPool) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+async fn explain(
+    pool: &MySqlPool,
+    by: member_ledger::ByClient,
+) -> anyhow::Result<Vec<(String, Vec<String>)>> {
     let queries: Vec<(String, String, Vec<&str>)> = vec![
         (
             "ledger page".into(),
-            member_ledger::ledger_sql(false, true),
+            member_ledger::ledger_sql(by, false, true),
             vec!["m1", "client_1", "18446744073709551615", "51"],
         ),
         (
             "ledger page, point_type".into(),
-            member_ledger::ledger_sql(true, false),
+            member_ledger::ledger_sql(by, true, false),
             vec!["m1", "client_1", "WELFARE", "51"],
         ),
         (
             "balance: ledger sums".into(),
-            member_ledger::BALANCE_SQL.into(),
+            member_ledger::balance_sql(by),
             vec!["2026-11-24 00:00:00", "m1", "client_1"],
         ),
         (

@@ -3,7 +3,7 @@
 //! Builds, in a database of its own, a job of `--points` points (2,000,000 by default) in chunks of
 //! `--chunk-items`, exactly as the sender stores them (LZ4 chunks of v1 bodies), writes every point
 //! but `--missing` of them to the ledger with the listener's own multi-row insert, then runs
-//! `accrual_sender::reconciler::compare` on the job once (the missing points are re-sent to a
+//! `accrual_sender::workers::reconciler::compare` on the job once (the missing points are re-sent to a
 //! queue of its own) and reports the time, the points compared per second and what it found, as
 //! JSON in `--results-dir`.
 
@@ -17,10 +17,10 @@ use accrual_core::settings::{DatabaseSettings, SqsSettings};
 use accrual_core::sqs::{self, QueueOptions};
 use accrual_core::{chunk, db};
 use accrual_listener::ledger::{insert_query, insert_sql};
-use accrual_sender::dispatcher::DeadLetterQueue;
-use accrual_sender::fanout::Fanout;
 use accrual_sender::metrics::SenderMetrics;
-use accrual_sender::reconciler::{Reconciler, ReconcilerSettings, compare};
+use accrual_sender::workers::dispatch::DeadLetterQueue;
+use accrual_sender::workers::dispatch::fanout::Fanout;
+use accrual_sender::workers::reconciler::{Reconciler, ReconcilerSettings, compare};
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
@@ -215,6 +215,8 @@ async fn build(pool: &sqlx::MySqlPool, job_id: Uuid, args: &Args) -> anyhow::Res
         .await?;
         let skip = args.missing.saturating_sub(index).min(records.len());
         index += records.len();
+        // client_id is left NULL: the reconciler does not read it.
+        let no_clients = std::collections::HashMap::new();
         for group in records[skip..].chunks(ROWS_PER_TRANSACTION) {
             let mut tx = pool.begin().await?;
             let refs: Vec<&PointRecord> = group.iter().collect();
@@ -224,7 +226,9 @@ async fn build(pool: &sqlx::MySqlPool, job_id: Uuid, args: &Args) -> anyhow::Res
                 } else {
                     insert_sql("point_accruals", rows.len()).into()
                 };
-                insert_query(sql, rows).execute(&mut *tx).await?;
+                insert_query(sql, rows, &no_clients)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             written += group.len();

@@ -48,6 +48,16 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "reconciler",
         include_str!("../migrations/0008_reconciler.sql"),
     ),
+    (
+        9,
+        "webhook_fairness",
+        include_str!("../migrations/0009_webhook_fairness.sql"),
+    ),
+    (
+        10,
+        "ledger_client_id",
+        include_str!("../migrations/0010_ledger_client_id.sql"),
+    ),
 ];
 
 /// MySQL error: the column exists already (an `ADD COLUMN` run a second time).
@@ -84,7 +94,7 @@ fn options(url: &str) -> Result<MySqlConnectOptions, DbError> {
 }
 
 /// MySQL/MariaDB error: unknown system variable (`max_statement_time` on MySQL).
-const ER_UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
+pub(crate) const ER_UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
 
 /// Opens a pool on the database `settings` names. Waiting for a connection is bounded by
 /// `DATABASE_ACQUIRE_TIMEOUT`, and every connection gets `DATABASE_STATEMENT_TIMEOUT` as its

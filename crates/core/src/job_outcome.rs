@@ -22,11 +22,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{AssertSqlSafe, MySqlConnection, MySqlPool};
 use uuid::Uuid;
 
+use crate::job_status::JobStatus;
 use crate::webhook;
-
-/// Statuses a job keeps once it has them (a `completed_with_errors` job may still become
-/// `completed` if its dead letters are redriven and written).
-pub const FINAL_STATUSES: [&str; 3] = ["completed", "completed_with_errors", "cancelled"];
 
 /// A job's points as MySQL has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,20 +75,20 @@ pub async fn count_on(conn: &mut MySqlConnection, job_id: Uuid) -> Result<Outcom
 }
 
 /// The status a job of `total` points has with `outcome`, once every point is accounted for.
-pub fn final_status(total: u64, outcome: &Outcome) -> Option<&'static str> {
+pub fn final_status(total: u64, outcome: &Outcome) -> Option<JobStatus> {
     if outcome.written + outcome.dead_lettered < total {
         None
     } else if outcome.dead_lettered > 0 {
-        Some("completed_with_errors")
+        Some(JobStatus::CompletedWithErrors)
     } else {
-        Some("completed")
+        Some(JobStatus::Completed)
     }
 }
 
 /// A settlement that changed the stored job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settled {
-    pub status: &'static str,
+    pub status: JobStatus,
     /// Set when this was the job's first settlement (it left `dispatching` or `enqueued`): the
     /// time from its release (`reserve_at`, else `created_at`) to its `completed_at`. Exactly one
     /// settlement of a job, whichever replica makes it, has it.
@@ -130,14 +127,14 @@ pub async fn settle_if_final(
     pool: &MySqlPool,
     job_id: Uuid,
 ) -> Result<Option<Settled>, sqlx::Error> {
-    let status: Option<String> =
+    let status: Option<JobStatus> =
         sqlx::query_scalar("SELECT status FROM accrual_jobs WHERE job_id = ?")
             .bind(job_id)
             .fetch_optional(pool)
             .await?;
     if matches!(
-        status.as_deref(),
-        Some("completed" | "completed_with_errors")
+        status,
+        Some(JobStatus::Completed | JobStatus::CompletedWithErrors)
     ) {
         settle(pool, job_id).await
     } else {
@@ -163,7 +160,7 @@ pub async fn settle_counting(
 ) -> Result<(Option<Settled>, Option<Outcome>), sqlx::Error> {
     type Row = (
         u32,
-        String,
+        JobStatus,
         Option<u32>,
         Option<u32>,
         NaiveDateTime,
@@ -186,7 +183,7 @@ pub async fn settle_counting(
     else {
         return Ok((None, None));
     };
-    if matches!(status.as_str(), "reserved" | "cancelled") {
+    if matches!(status, JobStatus::Reserved | JobStatus::Cancelled) {
         return Ok((None, None));
     }
     // The first consistent read of this transaction: its snapshot is taken now, under the lock.
@@ -219,7 +216,7 @@ pub async fn settle_counting(
     .await?;
     // The first settlement moves the job out of a running status; under the row lock, only one
     // settler ever sees it running, so only one counts it as the job's first.
-    let first = matches!(status.as_str(), "dispatching" | "enqueued");
+    let first = matches!(status, JobStatus::Dispatching | JobStatus::Enqueued);
     // The webhook events of the change are written in its transaction (see `webhook`). A status
     // that changed (always, on the first settlement) is an event; counts alone are not.
     if status != next {
@@ -229,14 +226,14 @@ pub async fn settle_counting(
         // A reversal job that completes without errors: the job it reverses is reversed. One
         // that ends `completed_with_errors` has its own event only, and the original gets one
         // when (if ever) the reversal becomes `completed`.
-        if next == "completed"
+        if next == JobStatus::Completed
             && let Some(reversed) = reverses
         {
             webhook::record(&mut tx, reversed, webhook::Event::Reversed).await?;
         }
     }
     tx.commit().await?;
-    tracing::info!(%job_id, status = next, written = outcome.written, dead_lettered = outcome.dead_lettered, "Job settled");
+    tracing::info!(%job_id, status = next.as_str(), written = outcome.written, dead_lettered = outcome.dead_lettered, "Job settled");
     let released = reserve_at.unwrap_or(created_at);
     let settled = Settled {
         status: next,
@@ -260,10 +257,13 @@ mod tests {
     #[test]
     fn a_job_is_final_only_when_every_point_is_accounted_for() {
         assert_eq!(final_status(10, &outcome(9, 0)), None);
-        assert_eq!(final_status(10, &outcome(10, 0)), Some("completed"));
+        assert_eq!(
+            final_status(10, &outcome(10, 0)),
+            Some(JobStatus::Completed)
+        );
         assert_eq!(
             final_status(10, &outcome(9, 1)),
-            Some("completed_with_errors")
+            Some(JobStatus::CompletedWithErrors)
         );
     }
 }

@@ -11,7 +11,7 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{AssertSqlSafe, MySqlConnection, Row};
 use uuid::Uuid;
 
-use crate::job_outcome::FINAL_STATUSES;
+use crate::job_status::JobStatus;
 use crate::progress::Counters;
 
 /// `GET /v1/jobs/{job_id}` and each SSE event.
@@ -19,7 +19,8 @@ use crate::progress::Counters;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     pub job_id: Uuid,
-    pub status: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub status: JobStatus,
     pub total: u64,
     pub enqueued: u64,
     pub written: u64,
@@ -62,7 +63,7 @@ pub struct Reconciliation {
 
 impl JobView {
     pub fn is_final(&self) -> bool {
-        FINAL_STATUSES.contains(&self.status.as_str())
+        self.status.is_final()
     }
 }
 
@@ -70,7 +71,7 @@ impl JobView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFields {
     pub job_id: Uuid,
-    pub status: String,
+    pub status: JobStatus,
     pub total: u32,
     pub created_at: DateTime<Utc>,
     pub reserve_at: Option<DateTime<Utc>>,
@@ -107,13 +108,17 @@ pub fn to_view(job: JobFields, c: Counters) -> JobView {
 /// The counters MySQL alone knows for a job: a settled job's stored counts (every point was sent:
 /// `enqueued` is its total), nothing for any other. `duplicates` lives only in Redis: 0.
 pub fn stored_counters(
-    status: &str,
+    status: JobStatus,
     total: u32,
     written: Option<u32>,
     dead_lettered: Option<u32>,
 ) -> Counters {
     match (status, written, dead_lettered) {
-        ("completed" | "completed_with_errors", Some(written), Some(dead_lettered)) => Counters {
+        (
+            JobStatus::Completed | JobStatus::CompletedWithErrors,
+            Some(written),
+            Some(dead_lettered),
+        ) => Counters {
             enqueued: u64::from(total),
             written: u64::from(written),
             duplicates: 0,
@@ -161,9 +166,9 @@ pub async fn stored(
     else {
         return Ok(None);
     };
-    let status: String = row.try_get(2)?;
+    let status: JobStatus = row.try_get(2)?;
     let total: u32 = row.try_get(3)?;
-    let counters = stored_counters(&status, total, row.try_get(11)?, row.try_get(12)?);
+    let counters = stored_counters(status, total, row.try_get(11)?, row.try_get(12)?);
     let fields = JobFields {
         job_id: row.try_get(1)?,
         status,
@@ -187,7 +192,7 @@ mod tests {
     #[test]
     fn only_a_settled_job_shows_stored_counts_and_all_of_it_enqueued() {
         assert_eq!(
-            stored_counters("completed_with_errors", 10, Some(8), Some(2)),
+            stored_counters(JobStatus::CompletedWithErrors, 10, Some(8), Some(2)),
             Counters {
                 enqueued: 10,
                 written: 8,
@@ -196,11 +201,11 @@ mod tests {
             }
         );
         assert_eq!(
-            stored_counters("dispatching", 10, None, None),
+            stored_counters(JobStatus::Dispatching, 10, None, None),
             Counters::default()
         );
         assert_eq!(
-            stored_counters("cancelled", 10, None, None),
+            stored_counters(JobStatus::Cancelled, 10, None, None),
             Counters::default()
         );
     }

@@ -9,6 +9,7 @@
 //! - [`job_view`] — a job as its client sees it (API, SSE, webhook bodies), from MySQL alone.
 //! - [`webhook`] — webhook events: the outbox row, the signature, endpoint URLs, the retry schedule.
 //! - [`retention`] — what goes once old enough (final jobs' chunk bodies, idempotency keys), its settings.
+//! - [`ledger_clients`] — the ledger's `client_id`: its online backfill and index, and whether they are done.
 //! - [`lease`] — leases on background work one sender replica at a time does (`maintenance_leases`).
 //! - [`domain`] — newtypes (`MemberId`, `PointType`, `Amount`, `Reason`) that can only hold valid values.
 //! - [`wire`] — lenient parse of a request body into raw items, with the item limit.
@@ -29,8 +30,10 @@ pub mod dead_letter;
 pub mod dlq;
 pub mod domain;
 pub mod job_outcome;
+pub mod job_status;
 pub mod job_view;
 pub mod lease;
+pub mod ledger_clients;
 pub mod message;
 pub mod progress;
 pub mod retention;

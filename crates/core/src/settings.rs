@@ -159,6 +159,16 @@ impl Problems {
         }
     }
 
+    /// A settings group's answer: `Ok` when nothing was found, else every problem in one line
+    /// (for [`Problems::check`] of the whole).
+    pub fn into_group_result(self) -> Result<(), String> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0.join("; "))
+        }
+    }
+
     /// `Ok` when nothing was found, else one error listing everything.
     pub fn into_result(self) -> anyhow::Result<()> {
         if self.0.is_empty() {

@@ -17,6 +17,7 @@ use serde::Serialize;
 use sqlx::MySqlConnection;
 use uuid::Uuid;
 
+use crate::job_status::JobStatus;
 use crate::job_view::{self, JobView};
 
 /// The lease the delivery task holds (`maintenance_leases`).
@@ -57,10 +58,10 @@ impl Event {
     }
 
     /// The event of a job settling with this final status.
-    pub fn settled(status: &str) -> Option<Event> {
+    pub fn settled(status: JobStatus) -> Option<Event> {
         match status {
-            "completed" => Some(Event::Completed),
-            "completed_with_errors" => Some(Event::CompletedWithErrors),
+            JobStatus::Completed => Some(Event::Completed),
+            JobStatus::CompletedWithErrors => Some(Event::CompletedWithErrors),
             _ => None,
         }
     }
@@ -256,7 +257,7 @@ mod tests {
                 "job.reversed"
             ]
         );
-        assert_eq!(Event::settled("completed"), Some(Event::Completed));
-        assert_eq!(Event::settled("cancelled"), None);
+        assert_eq!(Event::settled(JobStatus::Completed), Some(Event::Completed));
+        assert_eq!(Event::settled(JobStatus::Cancelled), None);
     }
 }

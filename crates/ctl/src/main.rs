@@ -7,6 +7,7 @@ use accrual_core::{db, dlq, sqs};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod backfill;
 mod webhooks;
 
 #[derive(Parser)]
@@ -39,6 +40,13 @@ enum Command {
         /// dead-letter queue uncounted before the listeners re-read the count (every minute).
         #[arg(long, env = "ALLOW_LOWER_MAX_RECEIVE_COUNT")]
         allow_lower_max_receive_count: bool,
+    },
+    /// Online data migrations that `init` leaves out because they walk large tables.
+    Backfill {
+        #[command(subcommand)]
+        command: BackfillCommand,
+        #[command(flatten)]
+        database: DatabaseSettings,
     },
     /// Inspect or empty the dead-letter queue.
     Dlq {
@@ -77,6 +85,27 @@ enum Command {
         retention: RetentionSettings,
         #[command(flatten)]
         database: DatabaseSettings,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackfillCommand {
+    /// Fill `point_accruals.client_id` of rows written before the listener did, by primary-key
+    /// ranges in short statements of their own (no write waits long for one), then build the
+    /// index `(client_id, member_id, id)` online; the senders' member queries use it once it
+    /// exists. Run it once every listener writes `client_id`. Idempotent; run it again to resume.
+    /// Prints progress on stderr and a JSON summary on stdout.
+    LedgerClientIds {
+        /// Ledger ids per statement.
+        #[arg(long, default_value_t = accrual_core::ledger_clients::DEFAULT_BATCH_ROWS,
+              value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        batch_rows: u64,
+        /// Start at this ledger id (the `--from-id` a progress line gave) instead of the first.
+        #[arg(long, default_value_t = 0)]
+        from_id: u64,
+        /// Fill the rows but do not build the index.
+        #[arg(long)]
+        skip_index: bool,
     },
 }
 
@@ -182,6 +211,22 @@ async fn main() -> anyhow::Result<()> {
                     "max_receive_count": max_receive_count,
                 })
             );
+        }
+        Command::Backfill {
+            command:
+                BackfillCommand::LedgerClientIds {
+                    batch_rows,
+                    from_id,
+                    skip_index,
+                },
+            database,
+        } => {
+            database.validate().map_err(anyhow::Error::msg)?;
+            let pool = db::connect(&database)
+                .await
+                .context("Failed to connect to MySQL")?;
+            let done = backfill::ledger_client_ids(&pool, from_id, batch_rows, skip_index).await?;
+            println!("{done}");
         }
         Command::Dlq {
             command,

@@ -31,19 +31,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::gate::DatabaseGate;
+use crate::gate::{DatabaseGate, LOCK_RETRIES, backoff};
 use crate::held::HeldMessages;
 use crate::ledger::{Ledger, WriteOutcome};
 use crate::metrics::ListenerMetrics;
 use crate::queue::Queue;
 use crate::receiver::{DeadLetterLog, Inbound, dead_letter_point};
 
-/// First pause after a failed write; doubled per failure up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest pause between two attempts: how late the listener may notice that MySQL is back.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Lock conflicts (deadlock, lock wait timeout) retried before the database counts as down.
-pub(crate) const LOCK_RETRIES: u32 = 5;
 /// Batches written and deleted at once. The receivers have room for one more, collected meanwhile.
 pub const BATCHES_IN_PROCESS: usize = 3;
 
@@ -335,24 +329,5 @@ impl Batcher {
             .insert_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(written)
-    }
-}
-
-/// Pause after the `failures`-th failed attempt: 200 ms, 400 ms, ... at most [`MAX_BACKOFF`].
-pub(crate) fn backoff(failures: u32) -> Duration {
-    FIRST_BACKOFF
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_200ms_and_stops_at_5s() {
-        let pauses: Vec<u128> = (1..=8).map(|n| backoff(n).as_millis()).collect();
-        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }

@@ -1,8 +1,11 @@
 //! Whether MySQL takes writes. While it does not, the receivers stop asking SQS for messages: every
 //! receive would add one to each message's receive count and could push good points into the
-//! dead-letter queue through the redrive policy.
+//! dead-letter queue through the redrive policy. Here too: how long a failed write (or
+//! record-ahead) waits before its next attempt, and how many lock conflicts it retries before
+//! MySQL counts as down.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -58,6 +61,20 @@ impl DatabaseGate {
     }
 }
 
+/// First pause after a failed write; doubled per failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between two attempts: how late the listener may notice that MySQL is back.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Lock conflicts (deadlock, lock wait timeout) retried before the database counts as down.
+pub(crate) const LOCK_RETRIES: u32 = 5;
+
+/// Pause after the `failures`-th failed attempt: 200 ms, 400 ms, ... at most [`MAX_BACKOFF`].
+pub(crate) fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -88,5 +105,12 @@ mod tests {
             .expect("released when the gate opens")
             .expect("the waiter does not panic");
         assert_eq!(gate.up_gauge.get(), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_from_200ms_and_stops_at_5s() {
+        let pauses: Vec<u128> = (1..=8).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }

@@ -41,7 +41,8 @@ const MIN_EXTEND_EVERY: Duration = Duration::from_millis(500);
 /// extension is made after the update, so the message stays hidden a little past `now + timeout`.
 const COUNTS_FROM_MARGIN: Duration = Duration::from_secs(1);
 /// Longest the keeper waits for MySQL to move `counts_from`: it must not hold up the extension of
-/// every other message.
+/// every other message. With a short visibility timeout it waits at most half of what is left of
+/// the window when a message falls due, so the extensions after it still land in time.
 const DEFER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One held message.
@@ -219,7 +220,7 @@ async fn extend_due(
     let deferred = ahead.is_empty()
         || {
             match tokio::time::timeout(
-                DEFER_TIMEOUT,
+                DEFER_TIMEOUT.min(every / 2),
                 ledger.defer_dead_letters_ahead(&ahead, visibility + COUNTS_FROM_MARGIN),
             )
             .await

@@ -6,16 +6,11 @@
 //! of the pool and closed, and the server asked to `KILL` that session (best effort: the server
 //! may be the reason it is stuck), so no statement or lock of it outlives the messages' hold.
 //!
-//! Two kinds of points are refused, dead-lettered in the write's own transaction:
-//! - a point of a job that has a reversal (a job row whose `reverses` names it): the reversal took
-//!   back only the points written before it ([`REVERSED_REASON`]). The write transaction takes a
-//!   shared lock on the job rows of its points, and the creation of a reversal an exclusive lock on
-//!   the original's row before it reads that job's ledger rows: the two serialize, so a point is
-//!   either written before the reversal reads the ledger (and reversed) or refused;
-//! - a point whose `external_id` a later job holds now (it was dead-lettered, and the id claimed
-//!   again): the id is credited by that job's point ([`SUPERSEDED_REASON`]). The holder row is
-//!   read with a shared lock, and a take-over updates it under an exclusive one, so an id is
-//!   credited at most once.
+//! Every row gets its job's `client_id`, taken from the job rows the write transaction reads under
+//! a shared lock anyway (for the refusals below), so it costs no extra statement.
+//!
+//! Two kinds of points are refused, dead-lettered in the write's own transaction: those of a
+//! reversed job and those whose `external_id` a later job holds now ([`refusals`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,18 +23,17 @@ use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use in_flight::InFlight;
+pub use refusals::{REVERSED_REASON, SUPERSEDED_REASON};
+use refusals::{refusals, refuse, refused_of};
+
+mod in_flight;
+mod refusals;
+
 /// Longest wait for the server to take a `KILL` of a session given up at the hold cap.
 const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-const INSERT_COLUMNS: usize = 10;
-
-/// Why a point of a reversed job is refused: its job's reversal did not take it back.
-pub const REVERSED_REASON: &str = "job reversed before this point was written";
-/// Why a point is refused whose `external_id` a later job claimed after this point was
-/// dead-lettered: the id is credited by that job's point.
-pub const SUPERSEDED_REASON: &str = "superseded: its external_id was claimed again by a later job after this point was dead-lettered";
-/// External ids looked up per statement (a batch has at most `max_rows` points).
-const HOLDER_ROWS: usize = 4_096;
+const INSERT_COLUMNS: usize = 11;
 
 /// What a batch did to the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -73,22 +67,24 @@ impl WriteOutcome {
     }
 }
 
-/// The SQL of a multi-row insert of `rows` points into `table`, each row the ten columns that
+/// The SQL of a multi-row insert of `rows` points into `table`, each row the eleven columns that
 /// [`insert_query`] binds; an existing `accrual_id` is left as it is.
 pub fn insert_sql(table: &str, rows: usize) -> String {
     format!(
         "INSERT INTO {table} \
          (accrual_id, job_id, member_id, point_type, amount, reason, expires_at, accepted_at, \
-          external_id, reverses) \
+          external_id, reverses, client_id) \
          VALUES {} ON DUPLICATE KEY UPDATE accrual_id = accrual_id",
         placeholders(rows, INSERT_COLUMNS)
     )
 }
 
-/// Binds the points to an insert made by [`insert_sql`] for exactly `records.len()` rows.
+/// Binds the points to an insert made by [`insert_sql`] for exactly `records.len()` rows; each
+/// row's `client_id` is its job's in `clients` (the job rows the write read under a shared lock).
 pub fn insert_query<'q>(
     sql: Arc<str>,
     records: &[&'q PointRecord],
+    clients: &'q HashMap<Uuid, String>,
 ) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
     let mut query = sqlx::query(AssertSqlSafe(sql));
     for r in records {
@@ -105,120 +101,10 @@ pub fn insert_query<'q>(
             .bind(a.expires_at.map(|t| t.naive_utc()))
             .bind(r.accepted_at.naive_utc())
             .bind(a.external_id.as_ref().map(ExternalId::as_str))
-            .bind(r.reverses);
+            .bind(r.reverses)
+            .bind(clients.get(&r.job_id).map(String::as_str));
     }
     query
-}
-
-/// Records in `records` (repeats included) whose point is in `refused`.
-fn refused_of(records: &[PointRecord], refused: &HashSet<Uuid>) -> usize {
-    if refused.is_empty() {
-        return 0;
-    }
-    records
-        .iter()
-        .filter(|r| refused.contains(&r.accrual_id))
-        .count()
-}
-
-/// The points of `records` that must not be written, each with the reason: those of a job that
-/// has a reversal ([`REVERSED_REASON`]) and those whose `external_id` a later point of the client
-/// holds now ([`SUPERSEDED_REASON`]).
-///
-/// It first takes a shared lock on the job rows of `records` (held until the transaction ends). A
-/// reversal is created under an exclusive lock on the original's row, so it either committed
-/// before this lock was granted (and the read below sees it: under `REPEATABLE READ` a
-/// transaction's snapshot is taken at its first plain read, which comes after the lock) or waits
-/// for this transaction's commit before it reads the ledger. The `external_id` holders are read
-/// with a shared lock too: a later job takes an id over only under an exclusive lock on its row,
-/// after checking that the old point is not in the ledger.
-async fn refusals(
-    tx: &mut sqlx::MySqlConnection,
-    records: &[&PointRecord],
-) -> Result<HashMap<Uuid, &'static str>, sqlx::Error> {
-    let mut jobs: Vec<Uuid> = records.iter().map(|r| r.job_id).collect();
-    jobs.sort_unstable();
-    jobs.dedup();
-    let marks = vec!["?"; jobs.len()].join(",");
-    // `LOCK IN SHARE MODE` rather than `FOR SHARE`: MariaDB knows only the former.
-    let lock = format!(
-        "SELECT job_id, client_id FROM accrual_jobs WHERE job_id IN ({marks}) ORDER BY job_id \
-         LOCK IN SHARE MODE"
-    );
-    let mut query = sqlx::query_as::<_, (Uuid, String)>(AssertSqlSafe(lock));
-    for job in &jobs {
-        query = query.bind(*job);
-    }
-    let clients: HashMap<Uuid, String> = query.fetch_all(&mut *tx).await?.into_iter().collect();
-    let mut refused = HashMap::new();
-    if clients.is_empty() {
-        return Ok(refused);
-    }
-    let read = format!(
-        "SELECT reverses FROM accrual_jobs WHERE reverses IN ({})",
-        vec!["?"; clients.len()].join(",")
-    );
-    let mut query = sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(read));
-    for job in clients.keys() {
-        query = query.bind(*job);
-    }
-    let reversed: HashSet<Uuid> = query.fetch_all(&mut *tx).await?.into_iter().collect();
-    // The external ids to check, by client: (external_id, accrual_id).
-    let mut by_client: HashMap<&str, Vec<(&str, Uuid)>> = HashMap::new();
-    for r in records {
-        if reversed.contains(&r.job_id) {
-            refused.insert(r.accrual_id, REVERSED_REASON);
-        } else if let (Some(client), Some(id)) = (clients.get(&r.job_id), &r.accrual.external_id) {
-            by_client
-                .entry(client.as_str())
-                .or_default()
-                .push((id.as_str(), r.accrual_id));
-        }
-    }
-    for (client, ids) in by_client {
-        for part in ids.chunks(HOLDER_ROWS) {
-            let sql = format!(
-                "SELECT external_id, accrual_id FROM accrual_external_ids \
-                 WHERE client_id = ? AND external_id IN ({}) LOCK IN SHARE MODE",
-                vec!["?"; part.len()].join(",")
-            );
-            let mut query = sqlx::query_as::<_, (String, Uuid)>(AssertSqlSafe(sql)).bind(client);
-            for (id, _) in part {
-                query = query.bind(*id);
-            }
-            let holders: HashMap<String, Uuid> =
-                query.fetch_all(&mut *tx).await?.into_iter().collect();
-            for (id, accrual_id) in part {
-                if holders.get(*id).is_some_and(|holder| holder != accrual_id) {
-                    refused.insert(*accrual_id, SUPERSEDED_REASON);
-                }
-            }
-        }
-    }
-    Ok(refused)
-}
-
-/// Records `records` as dead letters with `reason` in the write's transaction. The reason replaces
-/// an earlier one (a redriven dead letter is refused now for this reason), and the dead letter
-/// counts at once.
-async fn refuse(
-    tx: &mut sqlx::MySqlConnection,
-    records: &[&PointRecord],
-    reason: &str,
-) -> Result<(), sqlx::Error> {
-    for chunk in records.chunks(accrual_core::db::MAX_PLACEHOLDERS / 3) {
-        let sql = format!(
-            "INSERT INTO accrual_dead_letters (accrual_id, job_id, reason) VALUES {} \
-             ON DUPLICATE KEY UPDATE reason = VALUES(reason), counts_from = NULL",
-            placeholders(chunk.len(), 3)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for r in chunk {
-            query = query.bind(r.accrual_id).bind(r.job_id).bind(reason);
-        }
-        query.execute(&mut *tx).await?;
-    }
-    Ok(())
 }
 
 /// The ledger table, with its statements prepared once per shape.
@@ -233,55 +119,6 @@ pub struct Ledger {
     dead_letter_sql: Arc<Vec<Arc<str>>>,
     /// Points a write of this process is writing now (see [`Claimed`]).
     in_flight: Arc<InFlight>,
-}
-
-/// The points the writes of this process are writing, and a signal sent each time a write lets
-/// its points go.
-#[derive(Debug)]
-struct InFlight {
-    points: std::sync::Mutex<HashSet<Uuid>>,
-    released: tokio::sync::watch::Sender<u64>,
-}
-
-impl Default for InFlight {
-    fn default() -> Self {
-        Self {
-            points: std::sync::Mutex::default(),
-            released: tokio::sync::watch::Sender::new(0),
-        }
-    }
-}
-
-impl InFlight {
-    fn points(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
-        self.points
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// The points of one write attempt, held until the attempt ends (committed, failed or
-/// abandoned). Up to three batches are written at once, and a message delivered twice (its
-/// visibility ran out while a write held it) can be in two of them: both would find its points
-/// absent from the ledger (the look-up runs before the insert) and count them as written. So an
-/// attempt waits until no other write of this process holds any of its points, then claims them
-/// all at once (never holding some while waiting for others, so two attempts never wait for each
-/// other). The second attempt then finds what the first committed, and counts it as duplicate;
-/// or, if the first failed, writes the points itself: the message it deletes may be the only copy.
-struct Claimed {
-    in_flight: Arc<InFlight>,
-    ids: Vec<Uuid>,
-}
-
-impl Drop for Claimed {
-    fn drop(&mut self) {
-        let mut points = self.in_flight.points();
-        for id in &self.ids {
-            points.remove(id);
-        }
-        drop(points);
-        self.in_flight.released.send_modify(|n| *n += 1);
-    }
 }
 
 impl Ledger {
@@ -319,35 +156,6 @@ impl Ledger {
         }
     }
 
-    /// Claims every point of `records` once no other write of this process holds any of them;
-    /// `None` if `give_up_at` passes first.
-    async fn claim(&self, records: &[PointRecord], give_up_at: Instant) -> Option<Claimed> {
-        let ids: Vec<Uuid> = records
-            .iter()
-            .map(|r| r.accrual_id)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        loop {
-            let mut released = {
-                let mut points = self.in_flight.points();
-                if !ids.iter().any(|id| points.contains(id)) {
-                    points.extend(ids.iter().copied());
-                    return Some(Claimed {
-                        in_flight: self.in_flight.clone(),
-                        ids,
-                    });
-                }
-                // Subscribed under the lock: a release after it is seen as a change.
-                self.in_flight.released.subscribe()
-            };
-            match tokio::time::timeout_at(give_up_at, released.changed()).await {
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    }
-
     /// The pool the ledger writes through.
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
@@ -364,7 +172,7 @@ impl Ledger {
         records: &[PointRecord],
         give_up_at: Instant,
     ) -> Result<Option<WriteOutcome>, sqlx::Error> {
-        let Some(_claimed) = self.claim(records, give_up_at).await else {
+        let Some(_claimed) = self.in_flight.claim(records, give_up_at).await else {
             return Ok(None);
         };
         let Some((mut conn, session)) = self.connection_before(give_up_at).await? else {
@@ -444,7 +252,7 @@ impl Ledger {
         let mut refused = Vec::new();
         if !fresh.is_empty() {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let refusals = refusals(&mut tx, &fresh).await?;
+            let (refusals, clients) = refusals(&mut tx, &fresh).await?;
             if !refusals.is_empty() {
                 let (gone, kept): (Vec<&PointRecord>, Vec<&PointRecord>) = fresh
                     .into_iter()
@@ -469,7 +277,7 @@ impl Ledger {
                 let (chunk, tail) = rest.split_at(size);
                 rest = tail;
                 let sql = self.insert_sql[size.ilog2() as usize].clone();
-                insert_query(sql, chunk).execute(&mut *tx).await?;
+                insert_query(sql, chunk, &clients).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         }

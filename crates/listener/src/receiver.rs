@@ -24,8 +24,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::attributes::{CurrentAttributes, QueueAttributes};
-use crate::batcher::{LOCK_RETRIES, backoff};
 use crate::gate::DatabaseGate;
+use crate::gate::{LOCK_RETRIES, backoff};
 use crate::held::HeldMessages;
 use crate::ledger::Ledger;
 use crate::metrics::ListenerMetrics;

@@ -3,45 +3,28 @@
 //! SQS message.
 //!
 //! # Layout
-//! - [`startup`] — `Application::build` (connect, bind) and `run_until_stopped`.
-//! - [`server`] — the accept loop: connection cap, header-read and idle timeouts, shutdown grace.
+//! Three layers, with one rule (checked by `tests/api/layers.rs`): `http → store, workers::Wake`;
+//! `workers → store`; `store → accrual_core`.
+//! - [`http`] — the router, the state handlers share, the server (accept loop, connection cap,
+//!   timeouts), API keys, rate limits, request ids, the one `ApiError`, OpenAPI, the handlers;
+//!   `http::ops`, the operations port (`/metrics`, `/readyz` from a cached check, `/healthz`).
+//! - [`workers`] — the background runtime and its tasks: dispatch (with fan-out and backlog),
+//!   completion, the reconciler, retention, webhook delivery.
+//! - [`store`] — jobs and chunks, status, results, reversals, members, the member ledger, the
+//!   client index, external ids.
+//!
+//! Wiring them, at the top:
+//! - [`startup`] — `Application::build` (connect, bind the API and operations ports) and
+//!   `run_until_stopped`.
 //! - [`settings`] — environment variables / CLI flags.
-//! - [`api`] — routes, the `POST /v1/accruals` handler, API keys, request ids, the one `ApiError`.
-//! - [`members`] — multi-row member upserts.
-//! - [`member_ledger`] — a member's ledger page and balance; a reserved job's amounts.
-//! - [`jobs`] — durable jobs (`accrual_jobs` + compressed `accrual_chunks`), status and progress.
-//! - [`background`] — the second runtime, at `DISPATCH_NICE`, that dispatch and the other
-//!   background tasks run on, with their own MySQL pool.
-//! - [`dispatcher`] — tasks that claim due chunks by lease and fan them out.
-//! - [`backlog`] — the bound on how far dispatch may run ahead of the listeners.
-//! - [`completion`] — the task that settles finished jobs (final status, counts, `completed_at`).
-//! - [`reconciler`] — the safety net: compares quiet jobs with the ledger, re-sends what is
-//!   missing, gives up on it as lost in transit after its re-sends (one replica, by lease).
-//! - [`retention`] — the task that purges expired chunk bodies and idempotency keys (one replica, by lease).
-//! - [`webhooks`] — the task that delivers signed webhooks from the outbox (one replica, by lease).
-//! - [`fanout`] — `SendMessageBatch` with bounded concurrency and retries.
-//! - [`rate_limit`] — per-client GCRA limits in Redis (fail open).
 //! - [`metrics`] — Prometheus metrics.
 
-pub mod api;
-pub mod background;
-pub mod backlog;
-pub mod completion;
-pub mod dispatcher;
-pub mod external_ids;
-pub mod fanout;
-pub mod jobs;
-pub mod member_ledger;
-pub mod members;
+pub mod http;
 pub mod metrics;
-pub mod rate_limit;
-pub mod reconciler;
-pub mod retention;
-pub mod server;
 pub mod settings;
 pub mod startup;
-pub mod state;
-pub mod webhooks;
+pub mod store;
+pub mod workers;
 
 pub use settings::SenderSettings;
 pub use startup::Application;

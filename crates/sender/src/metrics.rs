@@ -93,6 +93,14 @@ pub struct SenderMetrics {
     /// How long the oldest due webhook event has been due (0 when none, and on the replicas not
     /// holding the lease).
     pub webhook_oldest_due_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Webhook deliveries in flight on this replica (at most `WEBHOOK_CONCURRENCY`).
+    pub webhook_in_flight: Gauge,
+    /// Times an endpoint's circuit opened (again, after a failed trial, too).
+    pub webhook_circuit_opens: Counter,
+    /// Endpoints whose circuit is open or half-open now (on the lease holder).
+    pub webhook_circuits_open: Gauge,
+    /// Webhook events moved past their endpoint's cool-off without an attempt.
+    pub webhook_held_back: Counter,
     /// Quiet jobs the reconciler compared with the ledger (a healthy job is never compared).
     pub reconciler_jobs_compared: Counter,
     /// Points the reconciler found neither written nor dead-lettered and sent again.
@@ -104,6 +112,9 @@ pub struct SenderMetrics {
     /// Age of the oldest released job that is not final, from its release (`reserve_at`, else
     /// `created_at`); reported by the replica holding the reconciler's lease, 0 elsewhere.
     pub oldest_unfinished_job_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Readiness checks this replica made (each one MySQL query, one Redis PING and one SQS
+    /// `GetQueueAttributes`); `/readyz` answers between them from the last one.
+    pub readiness_checks: Counter,
     registry: Registry,
 }
 
@@ -143,11 +154,16 @@ impl SenderMetrics {
             webhook_gave_up: Counter::default(),
             webhook_due: Gauge::default(),
             webhook_oldest_due_seconds: Gauge::default(),
+            webhook_in_flight: Gauge::default(),
+            webhook_circuit_opens: Counter::default(),
+            webhook_circuits_open: Gauge::default(),
+            webhook_held_back: Counter::default(),
             reconciler_jobs_compared: Counter::default(),
             reconciler_points_resent: Counter::default(),
             reconciler_points_given_up: Counter::default(),
             reconciler_quiet_period_seconds: Gauge::default(),
             oldest_unfinished_job_seconds: Gauge::default(),
+            readiness_checks: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -281,6 +297,26 @@ impl SenderMetrics {
             m.webhook_oldest_due_seconds.clone(),
         );
         registry.register(
+            "webhook_in_flight",
+            "Webhook deliveries in flight on this replica (at most WEBHOOK_CONCURRENCY)",
+            m.webhook_in_flight.clone(),
+        );
+        registry.register(
+            "webhook_circuit_opens",
+            "Times a webhook endpoint's circuit opened after WEBHOOK_BREAKER_FAILURES consecutive failures, or a failed trial",
+            m.webhook_circuit_opens.clone(),
+        );
+        registry.register(
+            "webhook_circuits_open",
+            "Webhook endpoints whose circuit is open or half-open now (on the replica holding the delivery lease)",
+            m.webhook_circuits_open.clone(),
+        );
+        registry.register(
+            "webhook_held_back",
+            "Webhook events moved past their endpoint's cool-off without an attempt (its circuit open)",
+            m.webhook_held_back.clone(),
+        );
+        registry.register(
             "reconciler_jobs_compared",
             "Quiet jobs the reconciler compared with the ledger and the dead letters",
             m.reconciler_jobs_compared.clone(),
@@ -306,6 +342,11 @@ impl SenderMetrics {
             "Age of the oldest released job not yet final, from its release (reported by the reconciler's lease holder, 0 elsewhere)",
             Unit::Seconds,
             m.oldest_unfinished_job_seconds.clone(),
+        );
+        registry.register(
+            "readiness_checks",
+            "Readiness checks made (one MySQL query, Redis PING and SQS GetQueueAttributes each); /readyz answers from the last for a second",
+            m.readiness_checks.clone(),
         );
         Self { registry, ..m }
     }

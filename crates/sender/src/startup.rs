@@ -7,56 +7,42 @@ use accrual_core::progress::Progress;
 use accrual_core::{db, sqs};
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::api::{self, auth::ApiKeys};
-use crate::background::BackgroundRuntime;
-use crate::completion::Completion;
-use crate::dispatcher::{DeadLetterQueue, Dispatcher};
-use crate::fanout::Fanout;
+use crate::http::rate_limit::RateLimiter;
+use crate::http::server::{self, HttpLimits};
+use crate::http::state::{ApiDeps, AppState};
+use crate::http::{self, auth::ApiKeys};
 use crate::metrics::SenderMetrics;
-use crate::rate_limit::{Limits, RateLimiter};
-use crate::server::{self, HttpLimits};
 use crate::settings::SenderSettings;
-use crate::state::{AppState, Uploads};
+use crate::workers::Workers;
+use crate::workers::completion::Completion;
+use crate::workers::dispatch::{DeadLetterQueue, DispatchDeps, Dispatcher};
+use crate::workers::reconciler::Reconciler;
+use crate::workers::retention::Retention;
+use crate::workers::runtime::BackgroundRuntime;
+
+/// Connections the operations port serves at once: probes and scrapes are few, and a cap of its
+/// own keeps them answered while the API port is at `SENDER_MAX_CONNECTIONS`.
+const OPS_MAX_CONNECTIONS: usize = 64;
 
 pub struct Application {
     listener: TcpListener,
+    /// The operations port: `/metrics`, `/readyz` and `/healthz`.
+    ops_listener: TcpListener,
     state: AppState,
-    dispatch_tasks: usize,
-    /// Where the dispatchers, completion, retention and webhooks run, at `DISPATCH_NICE`.
-    background: BackgroundRuntime,
-    /// The completion task, started with the dispatchers.
-    completion: Completion,
-    /// The retention task, started with the dispatchers.
-    retention: crate::retention::Retention,
-    /// The webhook delivery task, started with the dispatchers.
-    webhooks: crate::webhooks::Webhooks,
-    /// The reconciler, started with the dispatchers (one replica at a time works, by lease).
-    reconciler: crate::reconciler::Reconciler,
+    /// The dispatchers, completion, retention, webhooks and the reconciler, on their own runtime
+    /// at `DISPATCH_NICE`; started with the server.
+    workers: Workers,
     /// Connection limits and the shutdown grace, for the HTTP server.
     http: HttpLimits,
 }
 
 impl Application {
-    /// Connects to MySQL and SQS and binds the HTTP listener (port 0 picks a free port).
+    /// Connects to MySQL and SQS and binds the API and operations ports (port 0 picks a free one).
     pub async fn build(settings: SenderSettings) -> anyhow::Result<Self> {
         settings.validate()?;
-        let mut api_keys = ApiKeys::parse(&settings.accrual_api_keys)
-            .map_err(anyhow::Error::msg)
-            .context("Invalid ACCRUAL_API_KEYS")?;
-        if let Some(path) = &settings.accrual_api_keys_file {
-            api_keys
-                .add_file(path)
-                .map_err(anyhow::Error::msg)
-                .context("Invalid ACCRUAL_API_KEYS_FILE")?;
-        }
-        let api_keys = api_keys
-            .require_some()
-            .map_err(anyhow::Error::msg)
-            .context("Set ACCRUAL_API_KEYS or ACCRUAL_API_KEYS_FILE")?;
+        let api_keys = ApiKeys::from_settings(&settings.keys).map_err(anyhow::Error::msg)?;
         let pool = db::connect(&settings.database)
             .await
             .context("Failed to connect to MySQL")?;
@@ -64,8 +50,9 @@ impl Application {
         let queue_url = sqs::find_queue(&client, &settings.sqs.accrual_queue).await?;
         let dlq_url = sqs::find_queue(&client, &settings.sqs.accrual_dlq).await?;
         let progress = Progress::connect(&settings.redis).await;
-        let background = BackgroundRuntime::start(background_threads(), settings.dispatch_nice)
-            .context("Failed to start the background runtime")?;
+        let background =
+            BackgroundRuntime::start(background_threads(), settings.dispatch.dispatch_nice)
+                .context("Failed to start the background runtime")?;
         let mut database = settings.database.clone();
         database.database_max_connections = background_connections(&settings);
         let (database, sqs_settings, redis) =
@@ -83,127 +70,109 @@ impl Application {
             .context("The background runtime failed while connecting")?
             .context("Failed to connect to MySQL for the background tasks")?;
         let metrics = Arc::new(SenderMetrics::new());
-        let overrides = crate::rate_limit::parse_overrides(&settings.rate_limits)
-            .map_err(anyhow::Error::msg)
-            .context("Invalid RATE_LIMITS")?;
         let rate_limiter = RateLimiter::new(
+            &settings.rate,
             progress.redis(),
             &settings.redis.redis_key_prefix,
-            Limits {
-                requests_per_minute: settings.rate_limit_requests_per_minute,
-                points_per_minute: settings.rate_limit_points_per_minute,
-            },
-            overrides,
             metrics.clone(),
-        );
-        let fanout = Fanout::new(
-            bg_client.clone(),
-            queue_url.clone(),
-            settings.send_concurrency,
-            metrics.send_calls.clone(),
-        );
-        let dead_letter_queue = DeadLetterQueue {
-            client: bg_client.clone(),
-            url: dlq_url,
-            source_queue: settings.sqs.accrual_queue.clone(),
-        };
+        )
+        .map_err(anyhow::Error::msg)
+        .context("Invalid RATE_LIMITS")?;
         let replica = replica_id();
-        let backlog_client = bg_client.clone();
-        let reconciler = crate::reconciler::Reconciler {
-            pool: bg_pool.clone(),
-            fanout: fanout.clone(),
-            dead_letters: dead_letter_queue.clone(),
-            queue_url: queue_url.clone(),
-            points_per_message: settings.points_per_message,
-            settings: settings.reconciler.clone(),
-            metrics: metrics.clone(),
-            owner: replica.clone(),
-        };
         let dispatcher = Dispatcher::new(
-            bg_pool.clone(),
-            fanout,
-            dead_letter_queue,
-            settings.points_per_message,
-            bg_progress.clone(),
-            metrics.clone(),
-            settings.dispatch_lease,
-            settings.dispatch_poll,
-            replica.clone(),
-            crate::backlog::Backlog::new(
-                backlog_client,
-                queue_url.clone(),
-                settings.dispatch_max_queue_depth,
-                settings.dispatch_poll,
-                metrics.clone(),
-            ),
-        );
-        let metrics_for_watch = metrics.sse_pollers.clone();
-        let state = AppState {
-            pool,
-            api_keys: Arc::new(api_keys),
-            dispatcher,
-            progress,
-            chunk_items: settings.chunk_items as usize,
-            known_members: crate::members::KnownMembers::default(),
-            metrics,
-            rate_limiter,
-            job_watch: crate::api::watch::JobWatch::new(metrics_for_watch),
-            sqs: client,
-            queue_url,
-            uploads: Uploads {
-                // Validated to fit a semaphore.
-                budget: Arc::new(Semaphore::new(settings.sender_body_budget_bytes as usize)),
-                min_bytes_per_sec: settings.sender_body_min_bytes_per_sec,
-                rate_grace: settings.sender_body_rate_grace,
-                timeout: settings.sender_body_timeout,
+            &settings.dispatch,
+            DispatchDeps {
+                pool: bg_pool.clone(),
+                sqs: bg_client.clone(),
+                queue_url: queue_url.clone(),
+                dead_letters: DeadLetterQueue {
+                    client: bg_client,
+                    url: dlq_url,
+                    source_queue: settings.sqs.accrual_queue.clone(),
+                },
+                progress: bg_progress.clone(),
+                metrics: metrics.clone(),
+                owner: replica.clone(),
             },
-            results_retention: settings.retention.results_retention,
-            // Replaced by a child of the token `run_until_stopped` is given.
-            shutdown: CancellationToken::new(),
-        };
+        );
+        let reconciler = Reconciler::new(
+            &settings.reconciler,
+            &dispatcher,
+            queue_url.clone(),
+            metrics.clone(),
+            replica.clone(),
+        );
+        let state = AppState::new(
+            &settings.api,
+            &settings.uploads,
+            ApiDeps {
+                pool,
+                api_keys,
+                wake: dispatcher.wake_handle(),
+                progress,
+                metrics,
+                rate_limiter,
+                sqs: client,
+                queue_url,
+                results_retention: settings.retention.rules.results_retention,
+            },
+        );
         let completion = Completion {
             pool: bg_pool.clone(),
             progress: bg_progress,
             metrics: state.metrics.clone(),
         };
-        let webhooks = crate::webhooks::Webhooks::new(
+        let webhooks = crate::workers::webhook_delivery::Webhooks::new(
             bg_pool.clone(),
             settings.webhooks,
             state.metrics.clone(),
             replica.clone(),
         )
         .context("Failed to build the webhook HTTP client")?;
-        let retention = crate::retention::Retention::new(
-            bg_pool,
-            settings.retention,
-            settings.retention_interval,
-            state.metrics.clone(),
-            replica,
-        );
-        let listener = TcpListener::bind(settings.sender_addr)
+        let retention =
+            Retention::new(&settings.retention, bg_pool, state.metrics.clone(), replica);
+        let http = &settings.http;
+        let listener = TcpListener::bind(http.sender_addr)
             .await
-            .with_context(|| format!("Failed to bind {}", settings.sender_addr))?;
+            .with_context(|| format!("Failed to bind {}", http.sender_addr))?;
+        let ops_listener = TcpListener::bind(http.sender_ops_addr)
+            .await
+            .with_context(|| {
+                format!("Failed to bind {} (SENDER_OPS_ADDR)", http.sender_ops_addr)
+            })?;
         Ok(Self {
             listener,
+            ops_listener,
             state,
-            dispatch_tasks: settings.dispatch_tasks,
-            background,
-            completion,
-            retention,
-            webhooks,
-            reconciler,
-            http: HttpLimits {
-                header_read_timeout: settings.sender_header_read_timeout,
-                idle_timeout: settings.sender_idle_timeout,
-                max_connections: settings.sender_max_connections,
-                shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+            workers: Workers {
+                runtime: background,
+                dispatcher,
+                completion,
+                retention,
+                webhooks,
+                reconciler,
             },
+            http: http.limits(Duration::from_secs(settings.shutdown_grace_secs)),
         })
     }
 
-    /// The bound port (useful when built with port 0).
+    /// A step of each background task, to run on demand (tests drive the background work with it
+    /// instead of waiting for the loops).
+    pub fn background_steps(&self) -> crate::workers::Steps {
+        self.workers.steps()
+    }
+
+    /// The bound API port (useful when built with port 0).
     pub fn port(&self) -> u16 {
         self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// The bound operations port (useful when built with port 0).
+    pub fn ops_port(&self) -> u16 {
+        self.ops_listener
             .local_addr()
             .map(|a| a.port())
             .unwrap_or_default()
@@ -215,37 +184,25 @@ impl Application {
     /// returns.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.listener.local_addr()?;
-        tracing::info!(%addr, "Sender listening");
+        let ops_addr = self.ops_listener.local_addr()?;
+        tracing::info!(%addr, %ops_addr, "Sender listening");
         self.state.shutdown = shutdown.child_token();
-        let tracker = TaskTracker::new();
-        let background = self.background;
-        let on = background.handle();
-        self.state
-            .dispatcher
-            .spawn(self.dispatch_tasks, &tracker, &shutdown, on);
-        tracker.spawn_on(self.completion.run(shutdown.clone()), on);
-        tracker.spawn_on(self.retention.run(shutdown.clone()), on);
-        tracker.spawn_on(self.webhooks.run(shutdown.clone()), on);
-        tracker.spawn_on(self.reconciler.run(shutdown.clone()), on);
-        tracker.close();
-        let router = api::router(self.state);
-        let grace = self.http.shutdown_grace;
-        // The dispatchers' grace runs alongside the server's: shutdown takes one grace, not two.
-        let dispatchers = async {
-            shutdown.cancelled().await;
-            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-                tracing::warn!(
-                    grace_secs = grace.as_secs(),
-                    "Background tasks (dispatchers, completion, retention, webhooks) still busy at shutdown; their leases expire and another replica takes over"
-                );
-            }
+        let workers = self.workers.spawn(&shutdown);
+        let ops_router = http::ops::router(self.state.clone());
+        let router = http::router(self.state);
+        let ops_limits = HttpLimits {
+            max_connections: OPS_MAX_CONNECTIONS,
+            ..self.http
         };
+        let grace = self.http.shutdown_grace;
+        // The workers' grace runs alongside the server's: shutdown takes one grace, not two.
         tokio::join!(
             server::serve(self.listener, router, self.http, shutdown.clone()),
-            dispatchers
+            server::serve(self.ops_listener, ops_router, ops_limits, shutdown.clone()),
+            workers.stopped(&shutdown, grace)
         );
         // Whatever is still running after the grace is dropped here (its leases expire).
-        drop(background);
+        drop(workers);
         tracing::info!("Sender stopped");
         Ok(())
     }
@@ -255,7 +212,7 @@ impl Application {
 /// lease renewal or dead letter beside it) and one each for completion, retention, webhooks and
 /// the reconciler, never more than `DATABASE_MAX_CONNECTIONS`.
 fn background_connections(settings: &SenderSettings) -> u32 {
-    let wanted = 2 * settings.dispatch_tasks as u32 + 4;
+    let wanted = 2 * settings.dispatch.dispatch_tasks as u32 + 4;
     wanted
         .min(settings.database.database_max_connections)
         .max(1)

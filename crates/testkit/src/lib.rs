@@ -6,6 +6,7 @@
 
 pub mod process;
 pub mod proxy;
+pub mod seed;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

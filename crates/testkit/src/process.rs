@@ -98,15 +98,24 @@ impl ServiceProcess {
     }
 
     /// SIGTERM, then waits for the exit; returns the exit status and how long the exit took.
-    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+    ///
+    /// The wait yields to the runtime: a blocking wait would freeze a listener or sender running
+    /// in the test's own runtime, perhaps inside a transaction holding the very row lock the
+    /// stopping process needs to hand its work back (two CI runs: the job-row lock waited out the
+    /// 30 s statement timeout).
+    pub async fn terminate(&mut self) -> (ExitStatus, Duration) {
         let started = Instant::now();
         let sent = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .unwrap();
         assert!(sent.success());
-        let status = self.child.wait().unwrap();
-        (status, started.elapsed())
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

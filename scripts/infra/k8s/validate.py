@@ -8,7 +8,10 @@ field validation makes it), then the promises infra/k8s makes in its comments:
 - where the binaries talk to real AWS (AWS_ENDPOINT_URL empty) there are no static AWS keys in
   any env, ConfigMap or Secret, and KEDA authenticates with pod identity;
 - in the render of a directory named `aws`, AWS_ENDPOINT_URL is empty and every pod's
-  ServiceAccount names its IAM role (IRSA).
+  ServiceAccount names its IAM role (IRSA);
+- the sender's container ports are those of SENDER_ADDR and SENDER_OPS_ADDR; its readiness probe
+  asks /readyz on the ops port and every probe goes there; no Service exposes the ops port, and no
+  NetworkPolicy opens it to every source (it serves /metrics and /readyz, not the API).
 
 KEDA's kinds are left to validate-keda.mjs (KEDA's own models); any other kind without a
 Kubernetes schema is an error.
@@ -104,6 +107,61 @@ def prestop_sleep_secs(container):
     return container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
 
 
+def addr_port(addr):
+    """The port of a `host:port` setting, or None."""
+    host, _, port = str(addr or "").rpartition(":")
+    return int(port) if host and port.isdigit() else None
+
+
+def sender_port_problems(objs, config):
+    """The operations port (SENDER_OPS_ADDR) is for probes and Prometheus, never for clients."""
+    out = []
+    api, ops = addr_port(config.get("SENDER_ADDR")), addr_port(config.get("SENDER_OPS_ADDR"))
+    if api is None or ops is None:
+        return [(f"ConfigMap/{CONFIG_MAP}", "SENDER_ADDR and SENDER_OPS_ADDR must both be host:port")]
+    if api == ops:
+        out.append((f"ConfigMap/{CONFIG_MAP}", "SENDER_OPS_ADDR must have a port of its own"))
+    senders = [
+        (o, c)
+        for o in objs
+        for c in (pod_spec(o) or {}).get("containers", [])
+        if c.get("command", [None])[0] == "accrual-sender"
+    ]
+    if not senders:
+        return out
+    labels = set()
+    for o, c in senders:
+        name = name_of(o)
+        labels.update(o.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}).items())
+        ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+        if ports.get("http") != api or ports.get("ops") != ops:
+            out.append((name, f"container ports must be http={api} (SENDER_ADDR) and ops={ops} (SENDER_OPS_ADDR): {ports}"))
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            get = c.get(probe, {}).get("httpGet")
+            if get is None:
+                out.append((name, f"container {c['name']}: no {probe}"))
+            elif get.get("port") not in ("ops", ops):
+                out.append((name, f"container {c['name']}: {probe} must use the ops port, not {get.get('port')}"))
+        if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+            out.append((name, f"container {c['name']}: readinessProbe must ask /readyz"))
+    for o in objs:
+        spec, kind = o.get("spec", {}), o.get("kind")
+        selects = set((spec.get("selector") or {}).items()) if kind == "Service" else set()
+        if kind == "Service" and selects and selects <= labels:
+            for p in spec.get("ports", []):
+                if p.get("targetPort") in ("ops", ops):
+                    out.append((name_of(o), "exposes the sender's ops port (/metrics, /readyz) to clients"))
+        if kind == "NetworkPolicy":
+            selected = set((spec.get("podSelector", {}).get("matchLabels") or {}).items())
+            if selected and not selected <= labels:
+                continue
+            for rule in spec.get("ingress", []):
+                opens = not rule.get("ports") or any(p.get("port") in ("ops", ops) for p in rule["ports"])
+                if opens and not rule.get("from"):
+                    out.append((name_of(o), "opens the sender's ops port (/metrics, /readyz) to every source"))
+    return out
+
+
 def policy_problems(render, objs):
     out = []
     config = next(
@@ -117,6 +175,7 @@ def policy_problems(render, objs):
     aws = os.path.basename(render) == "aws"
     if aws and not real_aws:
         out.append((f"ConfigMap/{CONFIG_MAP}", "AWS_ENDPOINT_URL must be set empty for real AWS"))
+    out.extend(sender_port_problems(objs, config))
     scaled = scaled_deployments(objs)
     accounts = {o["metadata"]["name"]: o for o in objs if o.get("kind") == "ServiceAccount"}
 

@@ -9,6 +9,7 @@ mod pipeline;
 mod raw;
 mod report;
 mod results;
+mod stats;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -370,9 +371,18 @@ async fn measure(
     let http = reqwest::Client::new();
     let common = service_env(args, scratch);
     let sender_port = free_port()?;
+    // Another port than the API's, or the sender refuses to start.
+    let mut sender_ops_port = free_port()?;
+    while sender_ops_port == sender_port {
+        sender_ops_port = free_port()?;
+    }
     let mut sender_env = common.clone();
     sender_env.extend([
         ("SENDER_ADDR".into(), format!("127.0.0.1:{sender_port}")),
+        (
+            "SENDER_OPS_ADDR".into(),
+            format!("127.0.0.1:{sender_ops_port}"),
+        ),
         ("ACCRUAL_API_KEYS".into(), format!("bench:{API_KEY}")),
         ("RATE_LIMIT_REQUESTS_PER_MINUTE".into(), "1000000".into()),
         ("RATE_LIMIT_POINTS_PER_MINUTE".into(), "1000000000".into()),
@@ -418,6 +428,7 @@ async fn measure(
         &http,
     )
     .await?;
+    sender.metrics_port = sender_ops_port;
 
     let largest_body = workload.largest_body();
     let requests = workload.bodies.len();

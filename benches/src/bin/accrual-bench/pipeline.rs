@@ -16,6 +16,8 @@ pub struct Service {
     pub name: String,
     child: Child,
     pub port: u16,
+    /// Where its `/metrics` is: the listener's `port`, the sender's operations port.
+    pub metrics_port: u16,
     log: PathBuf,
     /// CPU and memory when the measured work began.
     baseline: ProcStats,
@@ -55,6 +57,7 @@ impl Service {
             name: name.to_owned(),
             child,
             port,
+            metrics_port: port,
             log,
             baseline: ProcStats::default(),
             max_sampled_rss_kib: 0,
@@ -113,7 +116,7 @@ impl Service {
     /// The value of an unlabelled sample on this process's `/metrics`.
     pub async fn metric(&self, http: &reqwest::Client, name: &str) -> anyhow::Result<f64> {
         let text = http
-            .get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
             .send()
             .await?
             .text()

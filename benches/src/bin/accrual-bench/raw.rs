@@ -216,7 +216,9 @@ pub async fn mysql_insert(
             let rows: Vec<&PointRecord> = chunk.iter().collect();
             let inserted = inserted.clone();
             async move {
-                accrual_listener::ledger::insert_query(sql, &rows)
+                // No job rows here: client_id is left NULL, as the write costs the same.
+                let clients = std::collections::HashMap::new();
+                accrual_listener::ledger::insert_query(sql, &rows, &clients)
                     .execute(pool)
                     .await?;
                 inserted.fetch_add(rows.len() as u64, Ordering::Relaxed);

@@ -73,7 +73,9 @@ async fn lock_ledger(env: &TestEnv) -> sqlx::MySqlConnection {
 async fn a_last_receive_waits_for_its_record_ahead_which_is_retried_under_the_gate() {
     let env = TestEnv::with_queue_options(QueueOptions {
         max_receive_count: 2,
-        visibility_timeout_secs: 2,
+        // Wide enough that a loaded machine's late extension still comes in time (a CI run: the
+        // write's Redis update timed out, and the extension after it came too late with 2 s).
+        visibility_timeout_secs: 5,
     })
     .await;
     let p = point("m1", 5);
@@ -135,7 +137,9 @@ async fn a_last_receive_waits_for_its_record_ahead_which_is_retried_under_the_ga
 async fn the_keeper_moves_a_held_last_receive_dead_letter_forward_so_it_never_counts_early() {
     let env = TestEnv::with_queue_options(QueueOptions {
         max_receive_count: 2,
-        visibility_timeout_secs: 2,
+        // Wide enough that a loaded machine's late tick still extends in time; a
+        // lapsed extension would let SQS dead-letter the message (a CI run: 4.6 s late).
+        visibility_timeout_secs: 5,
     })
     .await;
     let p = point("m1", 5);
@@ -152,9 +156,9 @@ async fn the_keeper_moves_a_held_last_receive_dead_letter_forward_so_it_never_co
     )
     .await;
     let first = counts_from(&app.env, &p).await.unwrap();
-    // Held past the `counts_from` set at the record-ahead (its receive + 2 s).
+    // Held past the `counts_from` set at the record-ahead (its receive + 5 s).
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "the message held for four extensions",
         || async { app.metrics.visibility_extensions.get() >= 4 },
     )

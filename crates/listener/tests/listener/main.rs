@@ -1,6 +1,7 @@
 //! Integration tests of the listener on real MariaDB and LocalStack SQS.
 #![allow(clippy::unwrap_used)]
 
+mod client_ids;
 mod clock;
 mod emulator;
 mod helpers;

@@ -139,7 +139,7 @@ async fn sigterm_stops_a_listener_within_its_deadline_and_a_restart_finishes_the
     )
     .await;
 
-    let (status, took) = listener.terminate();
+    let (status, took) = listener.terminate().await;
     let at_stop = env.ledger_rows().await;
 
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");

@@ -13,9 +13,7 @@ use crate::process::SenderProcess;
 /// request, the queue holds exactly that one message.
 async fn assert_nothing_stored_or_queued(app: &TestApp) {
     assert_eq!(app.env.member_rows().await, 0, "members were stored");
-    let sentinel = app
-        .post_accruals(format!("[{}]", item("sentinel", "P", 1)))
-        .await;
+    let sentinel = app.post(format!("[{}]", item("sentinel", "P", 1))).await;
     assert_eq!(sentinel.status().as_u16(), 202);
     let main = app.env.queues.main.clone();
     eventually(Duration::from_secs(10), "the sentinel message", || async {
@@ -39,7 +37,7 @@ async fn post_returns_202_with_the_job_and_upserts_members_before_queueing() {
         item("bob", "WELFARE", 7)
     );
 
-    let response = app.post_accruals(body).await;
+    let response = app.post(body).await;
 
     assert_eq!(response.status().as_u16(), 202);
     let json: serde_json::Value = response.json().await.unwrap();
@@ -68,7 +66,7 @@ async fn malformed_json_returns_400_with_line_and_column() {
     let app = spawn_app().await;
 
     let response = app
-        .post_accruals(format!("[\n{},\n{{\"amount\": }}]", item("a", "P", 1)))
+        .post(format!("[\n{},\n{{\"amount\": }}]", item("a", "P", 1)))
         .await;
 
     let body = problem(response, 400).await;
@@ -85,11 +83,8 @@ async fn a_non_json_content_type_returns_415() {
     let app = spawn_app().await;
 
     let response = app
-        .post_accruals_as(
-            format!("[{}]", item("a", "P", 1)),
-            Some("key_a"),
-            "text/plain",
-        )
+        .post(format!("[{}]", item("a", "P", 1)))
+        .content_type("text/plain")
         .await;
 
     assert_eq!(
@@ -105,9 +100,12 @@ async fn a_missing_or_unknown_key_returns_401() {
     let body = format!("[{}]", item("a", "P", 1));
 
     for key in [None, Some("not-a-key")] {
-        let response = app
-            .post_accruals_as(body.clone(), key, "application/json")
-            .await;
+        let post = app.post(body.clone());
+        let response = match key {
+            Some(key) => post.api_key(key),
+            None => post.without_key(),
+        }
+        .await;
         assert_eq!(response.headers()["www-authenticate"], "Bearer");
         assert_eq!(
             problem(response, 401).await["type"],
@@ -126,7 +124,7 @@ async fn invalid_items_return_422_listing_each_and_nothing_is_stored() {
     items[3] = item("bad member", "WELFARE", 1);
     items[500] = r#"{"member_id":"m","point_type":"P","amount":-5,"colour":"red"}"#.into();
 
-    let response = app.post_accruals(format!("[{}]", items.join(","))).await;
+    let response = app.post(format!("[{}]", items.join(","))).await;
 
     let body = problem(response, 422).await;
     assert_eq!(body["type"], "/problems/validation-failed");
@@ -150,7 +148,7 @@ async fn more_than_500000_items_returns_413() {
     let one = item("m", "P", 1);
     let body = format!("[{}]", vec![one.as_str(); 500_001].join(","));
 
-    let response = app.post_accruals(body).await;
+    let response = app.post(body).await;
 
     assert_eq!(
         problem(response, 413).await["type"],
@@ -267,7 +265,7 @@ async fn values_sqs_or_the_ledger_cannot_hold_get_a_422_and_nothing_is_stored() 
         {"member_id":"e","point_type":"P","amount":1e3}
     ]"#;
 
-    let problem = problem(app.post_accruals(body).await, 422).await;
+    let problem = problem(app.post(body).await, 422).await;
 
     let errors: Vec<(u64, String, String)> = problem["errors"]
         .as_array()

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use accrual_sender::background::THREAD_NAME;
+use accrual_sender::workers::runtime::THREAD_NAME;
 use accrual_testkit::eventually;
 
-use crate::helpers::{KEY_A, item, spawn_app_with};
+use crate::helpers::{item, spawn_app_with};
 
 /// `(thread id, nice)` of this process's threads named `name`, read from `/proc`.
 fn threads_named(name: &str) -> Vec<(String, i32)> {
@@ -46,7 +46,7 @@ async fn background_threads_run_at_dispatch_nice_and_still_send_every_point() {
         own < 15,
         "the test runs at nice {own}: it cannot see a lower priority"
     );
-    let app = spawn_app_with(|s| s.dispatch_nice = 15).await;
+    let app = spawn_app_with(|s| s.dispatch.dispatch_nice = 15).await;
     app.spawn_listener().await;
     let body = format!(
         "[{}]",
@@ -55,7 +55,7 @@ async fn background_threads_run_at_dispatch_nice_and_still_send_every_point() {
             .collect::<Vec<_>>()
             .join(",")
     );
-    let job_id = app.post_job_as(KEY_A, "", body).await;
+    let job_id = app.post(body).job_id().await;
 
     let threads = threads_named(THREAD_NAME);
     assert!(

@@ -15,9 +15,9 @@ const CHUNK: u32 = 250;
 #[tokio::test]
 async fn dispatch_waits_at_the_queue_depth_bound_and_resumes_as_the_listener_drains() {
     let app = spawn_app_with(|s| {
-        s.dispatch_max_queue_depth = BOUND;
-        s.chunk_items = CHUNK;
-        s.dispatch_tasks = 2;
+        s.dispatch.dispatch_max_queue_depth = BOUND;
+        s.api.chunk_items = CHUNK;
+        s.dispatch.dispatch_tasks = 2;
     })
     .await;
     let job_id = post_job(&app).await;
@@ -65,8 +65,8 @@ async fn dispatch_waits_at_the_queue_depth_bound_and_resumes_as_the_listener_dra
 async fn without_a_bound_dispatch_runs_ahead_of_the_listeners() {
     // The control: the same job with DISPATCH_MAX_QUEUE_DEPTH=0 fills the queue with all of it.
     let app = spawn_app_with(|s| {
-        s.dispatch_max_queue_depth = 0;
-        s.chunk_items = CHUNK;
+        s.dispatch.dispatch_max_queue_depth = 0;
+        s.api.chunk_items = CHUNK;
     })
     .await;
     post_job(&app).await;
@@ -82,7 +82,7 @@ async fn post_job(app: &TestApp) -> String {
     let items: Vec<String> = (0..POINTS)
         .map(|i| item(&format!("emp-{:04}", i % 1_000), "WELFARE", 1))
         .collect();
-    let response = app.post_accruals(format!("[{}]", items.join(","))).await;
+    let response = app.post(format!("[{}]", items.join(","))).await;
     assert_eq!(response.status().as_u16(), 202);
     let body: serde_json::Value = response.json().await.unwrap();
     body["job_id"].as_str().unwrap().to_owned()

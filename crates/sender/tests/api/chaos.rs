@@ -58,8 +58,8 @@ async fn a_200000_point_job_survives_a_killed_listener_a_mysql_outage_a_black_ho
     say(&format!("process logs in {}", logs.display()));
 
     let app = spawn_app_with(|s| {
-        s.dispatch_tasks = 0;
-        s.points_per_message = PER_MESSAGE;
+        s.dispatch.dispatch_tasks = 0;
+        s.dispatch.points_per_message = PER_MESSAGE;
     })
     .await;
     let env = &app.env;
@@ -99,7 +99,7 @@ async fn a_200000_point_job_survives_a_killed_listener_a_mysql_outage_a_black_ho
 
     // The job, accepted while no sender dispatches, then made due chunk by chunk.
     let (body, expected_sum) = job_body();
-    let response = app.post_accruals(body).await;
+    let response = app.post(body).await;
     assert_eq!(response.status().as_u16(), 202);
     let accepted: Value = response.json().await.unwrap();
     let job_id: Uuid = accepted["job_id"].as_str().unwrap().parse().unwrap();
@@ -118,7 +118,7 @@ async fn a_200000_point_job_survives_a_killed_listener_a_mysql_outage_a_black_ho
     ));
 
     let steady = app
-        .spawn_sender(|s| s.points_per_message = PER_MESSAGE)
+        .spawn_sender(|s| s.dispatch.points_per_message = PER_MESSAGE)
         .await;
     let sqs_via_proxy = format!("http://127.0.0.1:{}", sqs.port);
     let per_message = PER_MESSAGE.to_string();
@@ -213,7 +213,7 @@ async fn a_200000_point_job_survives_a_killed_listener_a_mysql_outage_a_black_ho
         "the job was fully dispatched before the black-hole: the fault would reach no work"
     );
     let abandoned = "accrual_sender_chunks_abandoned_total";
-    let abandoned_before = scrape(http, &black_holed.address, abandoned).await;
+    let abandoned_before = scrape(http, &black_holed.ops_address, abandoned).await;
     sqs.stall();
     say(&format!(
         "(3) SQS black-holed for sender {} with {pending} chunks not yet dispatched",
@@ -221,7 +221,7 @@ async fn a_200000_point_job_survives_a_killed_listener_a_mysql_outage_a_black_ho
     ));
     tokio::time::sleep(OUTAGE).await;
     sqs.restore();
-    let given_up = scrape(http, &black_holed.address, abandoned).await - abandoned_before;
+    let given_up = scrape(http, &black_holed.ops_address, abandoned).await - abandoned_before;
     say(&format!(
         "(3) SQS restored: the black-holed sender gave up {given_up} chunks; {} not yet dispatched",
         undispatched_chunks(&env.pool, job_id).await
@@ -292,7 +292,7 @@ async fn a_200000_point_job_survives_a_killed_listener_a_mysql_outage_a_black_ho
         job_id,
         &logs,
         &steady,
-        &black_holed.address,
+        &black_holed.ops_address,
         &survivor_url,
     )
     .await;

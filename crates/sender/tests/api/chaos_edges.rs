@@ -23,7 +23,7 @@ use sqlx::{Connection, Executor};
 use uuid::Uuid;
 
 use crate::chaos::listener_binary;
-use crate::helpers::{DEV_KEYS, KEY_A, TestApp, item, spawn_app_in};
+use crate::helpers::{DEV_KEYS, TestApp, item, spawn_app_in};
 
 const POINTS: usize = 500;
 
@@ -61,7 +61,7 @@ async fn a_job_ends_exactly_after_a_lost_in_flight_message_and_a_listener_sigter
     })
     .await;
     let app = spawn_app_in(env, &[], |s| {
-        s.accrual_api_keys = DEV_KEYS.into();
+        s.keys.accrual_api_keys = DEV_KEYS.into();
         s.reconciler.reconcile_interval = Duration::from_millis(500);
         s.reconciler.reconcile_quiet_floor = Duration::from_secs(1);
     })
@@ -70,9 +70,7 @@ async fn a_job_ends_exactly_after_a_lost_in_flight_message_and_a_listener_sigter
     let items: Vec<String> = (0..POINTS)
         .map(|i| item(&format!("m{}", i % 100), "P", 1 + (i % 7) as i64))
         .collect();
-    let job = app
-        .post_job_as(KEY_A, "", format!("[{}]", items.join(",")))
-        .await;
+    let job = app.post(format!("[{}]", items.join(","))).job_id().await;
     let job_id: Uuid = job.parse().unwrap();
     eventually(Duration::from_secs(60), "the job on the queue", || async {
         env.depth(&env.queues.main).await >= POINTS as u64
@@ -131,7 +129,7 @@ async fn a_job_ends_exactly_after_a_lost_in_flight_message_and_a_listener_sigter
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (status, took) = doomed.terminate();
+    let (status, took) = doomed.terminate().await;
     println!("(2) listener SIGTERMed while MySQL was locked: {status:?} after {took:?}");
     locker.execute("UNLOCK TABLES").await.unwrap();
     drop(locker);

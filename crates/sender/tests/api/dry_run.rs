@@ -6,27 +6,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{KEY_A, TestApp, item, problem, spawn_app, spawn_app_with};
-
-/// `POST /v1/accruals?{query}` as client_a.
-async fn post(
-    app: &TestApp,
-    query: &str,
-    body: impl Into<reqwest::Body>,
-    content_type: &str,
-    idempotency_key: Option<&str>,
-) -> reqwest::Response {
-    let mut request = app
-        .http
-        .post(format!("{}/v1/accruals?{query}", app.address))
-        .bearer_auth(KEY_A)
-        .header("Content-Type", content_type)
-        .body(body);
-    if let Some(key) = idempotency_key {
-        request = request.header("Idempotency-Key", key);
-    }
-    request.send().await.unwrap()
-}
+use crate::helpers::{TestApp, item, problem, seed_credits, spawn_app, spawn_app_with};
 
 /// The row count of every table of the test's database, by name.
 async fn row_counts(app: &TestApp) -> BTreeMap<String, i64> {
@@ -50,21 +30,6 @@ async fn row_counts(app: &TestApp) -> BTreeMap<String, i64> {
     counts
 }
 
-/// Adds members `ids` to `members`, 5,000 a statement.
-async fn insert_members(app: &TestApp, ids: &[String]) {
-    for batch in ids.chunks(5_000) {
-        let sql = format!(
-            "INSERT INTO members (member_id, created_at) VALUES {}",
-            vec!["(?, NOW(6))"; batch.len()].join(",")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in batch {
-            query = query.bind(id);
-        }
-        query.execute(&app.env.pool).await.unwrap();
-    }
-}
-
 async fn assert_queues_empty(app: &TestApp) {
     assert_eq!(app.env.depth(&app.env.queues.main).await, 0, "main queue");
     assert_eq!(
@@ -80,12 +45,13 @@ async fn a_dry_run_of_500000_items_answers_what_it_would_do_and_stores_and_queue
     let app = spawn_app().await;
     const ITEMS: usize = 500_000;
     const MEMBERS: usize = 300_000;
-    // A third of the request's members are known already, and some members it does not name.
+    // A third of the request's members this client has credited already, and some members it
+    // does not name.
     let known: Vec<String> = (0..MEMBERS / 3)
         .map(|i| format!("m-{i}"))
         .chain((0..1_000).map(|i| format!("other-{i}")))
         .collect();
-    insert_members(&app, &known).await;
+    seed_credits(&app.env.pool, "client_a", &known, 1, 1).await;
     let point_types = ["WELFARE", "BONUS", "GIFT_2026"];
     let mut amounts: BTreeMap<String, u64> = BTreeMap::new();
     let mut body = String::with_capacity(ITEMS * 64);
@@ -103,14 +69,13 @@ async fn a_dry_run_of_500000_items_answers_what_it_would_do_and_stores_and_queue
     let reserve_at = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ");
 
     let started = Instant::now();
-    let response = post(
-        &app,
-        &format!("dry_run=true&reserve_at={reserve_at}&label=spring-2026"),
-        body,
-        "application/json",
-        Some("dry-run-1"),
-    )
-    .await;
+    let response = app
+        .post(body)
+        .query(&format!(
+            "dry_run=true&reserve_at={reserve_at}&label=spring-2026"
+        ))
+        .idempotency_key("dry-run-1")
+        .await;
     let status = response.status().as_u16();
     let answer: Value = response.json().await.unwrap();
     let elapsed = started.elapsed();
@@ -266,7 +231,12 @@ async fn invalid_requests_get_the_same_answer_with_and_without_dry_run() {
                 .collect::<Vec<_>>()
                 .join("&");
             let body = case.body.clone();
-            let response = post(&app, &query, body, case.content_type, case.idempotency_key).await;
+            let response = app
+                .post(body)
+                .query(&query)
+                .content_type(case.content_type)
+                .idempotency_key(case.idempotency_key)
+                .await;
             let mut answer = problem(response, case.status).await;
             let what = case.what;
             assert_eq!(
@@ -294,17 +264,13 @@ async fn invalid_requests_get_the_same_answer_with_and_without_dry_run() {
 
 #[tokio::test]
 async fn dry_run_is_true_or_false_and_false_makes_a_real_job() {
-    let app = spawn_app_with(|s| s.dispatch_tasks = 0).await;
+    let app = spawn_app_with(|s| s.dispatch.dispatch_tasks = 0).await;
     let body = format!("[{}]", item("a", "P", 1));
     for bad in ["yes", "1", "TRUE", ""] {
-        let response = post(
-            &app,
-            &format!("dry_run={bad}"),
-            body.clone(),
-            "application/json",
-            None,
-        )
-        .await;
+        let response = app
+            .post(body.clone())
+            .query(&format!("dry_run={bad}"))
+            .await;
         let problem = problem(response, 400).await;
         assert_eq!(problem["type"], "/problems/invalid-parameter", "{bad:?}");
         assert!(
@@ -312,7 +278,7 @@ async fn dry_run_is_true_or_false_and_false_makes_a_real_job() {
             "{problem}"
         );
     }
-    let response = post(&app, "dry_run=false", body, "application/json", None).await;
+    let response = app.post(body).query("dry_run=false").await;
     assert_eq!(response.status().as_u16(), 202);
     assert_eq!(app.env.member_rows().await, 1);
 }
@@ -321,23 +287,20 @@ async fn dry_run_is_true_or_false_and_false_makes_a_real_job() {
 async fn a_dry_run_costs_a_request_but_no_points_and_keeps_no_idempotency_record() {
     // Three requests a minute, and fewer points than one dry run holds.
     let app = spawn_app_with(|s| {
-        s.dispatch_tasks = 0;
-        s.rate_limits = "client_a=3/10".into();
+        s.dispatch.dispatch_tasks = 0;
+        s.rate.rate_limits = "client_a=3/10".into();
     })
     .await;
-    insert_members(&app, &["known".to_owned()]).await;
+    seed_credits(&app.env.pool, "client_a", &["known".to_owned()], 1, 1).await;
     let big: Vec<String> = (0..100)
         .map(|i| item(if i % 2 == 0 { "known" } else { "fresh" }, "P", 2))
         .collect();
 
-    let response = post(
-        &app,
-        "dry_run=true",
-        format!("[{}]", big.join(",")),
-        "application/json",
-        Some("k1"),
-    )
-    .await;
+    let response = app
+        .post(format!("[{}]", big.join(",")))
+        .query("dry_run=true")
+        .idempotency_key("k1")
+        .await;
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["points"], 100, "{answer}");
     assert_eq!(answer["members"], 2);
@@ -346,32 +309,20 @@ async fn a_dry_run_costs_a_request_but_no_points_and_keeps_no_idempotency_record
     assert_eq!(answer["reserve_at"], Value::Null);
 
     // The key was not recorded: a real request with it and another body makes a new job.
-    let real = post(
-        &app,
-        "",
-        format!("[{}]", item("known", "P", 1)),
-        "application/json",
-        Some("k1"),
-    )
-    .await;
+    let real = app
+        .post(format!("[{}]", item("known", "P", 1)))
+        .idempotency_key("k1")
+        .await;
     assert_eq!(real.status().as_u16(), 202);
     // The third request of the minute is allowed, the fourth is not.
-    let third = post(
-        &app,
-        "dry_run=true",
-        format!("[{}]", item("a", "P", 1)),
-        "application/json",
-        None,
-    )
-    .await;
+    let third = app
+        .post(format!("[{}]", item("a", "P", 1)))
+        .query("dry_run=true")
+        .await;
     assert_eq!(third.status().as_u16(), 200);
-    let fourth = post(
-        &app,
-        "dry_run=true",
-        format!("[{}]", item("a", "P", 1)),
-        "application/json",
-        None,
-    )
-    .await;
+    let fourth = app
+        .post(format!("[{}]", item("a", "P", 1)))
+        .query("dry_run=true")
+        .await;
     assert_eq!(problem(fourth, 429).await["type"], "/problems/rate-limited");
 }

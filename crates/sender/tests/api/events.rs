@@ -46,11 +46,7 @@ async fn open_stream(app: &TestApp, job_id: &str) -> reqwest::Response {
 }
 
 async fn pollers(app: &TestApp) -> f64 {
-    metric(
-        &app.get_text("/metrics").await,
-        "accrual_sender_sse_pollers",
-    )
-    .unwrap()
+    metric(&app.metrics().await, "accrual_sender_sse_pollers").unwrap()
 }
 
 #[tokio::test]

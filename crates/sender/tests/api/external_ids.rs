@@ -21,17 +21,6 @@ fn body(items: &[String]) -> String {
 }
 
 impl TestApp {
-    async fn post_raw(&self, key: &str, query: &str, body: String) -> reqwest::Response {
-        self.http
-            .post(format!("{}/v1/accruals{query}", self.address))
-            .bearer_auth(key)
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
     async fn results(&self, job_id: &str, query: &str) -> Vec<Value> {
         let url = format!("{}/v1/jobs/{job_id}/results{query}", self.address);
         let response = self.http.get(url).bearer_auth(KEY_A).send().await.unwrap();
@@ -70,12 +59,12 @@ impl TestApp {
 #[tokio::test]
 async fn a_retry_with_ten_thousand_used_ids_is_refused_naming_them_or_skips_them() {
     // Packed messages: 50,000 points in seconds, not minutes, on LocalStack.
-    let app = spawn_app_with(|s| s.points_per_message = 100).await;
+    let app = spawn_app_with(|s| s.dispatch.points_per_message = 100).await;
     app.spawn_listener().await;
     let first: Vec<String> = (0..25_000)
         .map(|i| item_with_id(&format!("m{}", i % 5_000), 1, &format!("txn-a-{i}")))
         .collect();
-    let first_job = app.post_job_as(KEY_A, "", body(&first)).await;
+    let first_job = app.post(body(&first)).job_id().await;
 
     // The second request: 25,000 items, 10,000 of which (the indexes i with i % 5 < 2) carry the id
     // of the first request's item i.
@@ -92,7 +81,7 @@ async fn a_retry_with_ten_thousand_used_ids_is_refused_naming_them_or_skips_them
         })
         .collect();
 
-    let refused = problem(app.post_raw(KEY_A, "", body(&second)).await, 422).await;
+    let refused = problem(app.post(body(&second)).await, 422).await;
     assert_eq!(refused["type"], "/problems/duplicate-external-id");
     let listed = refused["duplicates"].as_array().unwrap();
     let indexes: HashSet<usize> = listed
@@ -113,9 +102,7 @@ async fn a_retry_with_ten_thousand_used_ids_is_refused_naming_them_or_skips_them
         .unwrap();
     assert_eq!(jobs, 1);
 
-    let skipping = app
-        .post_raw(KEY_A, "?on_duplicate=skip", body(&second))
-        .await;
+    let skipping = app.post(body(&second)).query("?on_duplicate=skip").await;
     assert_eq!(skipping.status().as_u16(), 202);
     let accepted: Value = skipping.json().await.unwrap();
     assert_eq!(accepted["accepted"], 15_000);
@@ -167,8 +154,8 @@ async fn two_concurrent_requests_sharing_ids_give_each_id_to_one_of_them() {
     };
     for round in 0..3 {
         let (a, b) = tokio::join!(
-            app.post_raw(KEY_A, "", request("shared", round * 10_000)),
-            app.post_raw(KEY_A, "", request("shared", round * 10_000 + 1_000)),
+            app.post(request("shared", round * 10_000)),
+            app.post(request("shared", round * 10_000 + 1_000)),
         );
         let mut statuses = [a.status().as_u16(), b.status().as_u16()];
         statuses.sort_unstable();
@@ -180,8 +167,9 @@ async fn two_concurrent_requests_sharing_ids_give_each_id_to_one_of_them() {
     }
     // With skip, both are accepted and every id is taken once.
     let (a, b) = tokio::join!(
-        app.post_raw(KEY_A, "?on_duplicate=skip", request("skipped", 0)),
-        app.post_raw(KEY_A, "?on_duplicate=skip", request("skipped", 1_000)),
+        app.post(request("skipped", 0)).query("?on_duplicate=skip"),
+        app.post(request("skipped", 1_000))
+            .query("?on_duplicate=skip"),
     );
     let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
     assert_eq!(
@@ -211,14 +199,14 @@ async fn an_id_twice_in_one_request_is_refused_or_kept_once() {
         item_with_id("m2", 2, "other"),
         item_with_id("m3", 3, "dup"),
     ]);
-    let refused = problem(app.post_raw(KEY_A, "", items.clone()).await, 422).await;
+    let refused = problem(app.post(items.clone()).await, 422).await;
     let listed = refused["duplicates"].as_array().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["index"], 2);
     assert_eq!(listed[0]["first_index"], 0);
     assert!(listed[0]["existing_job_id"].is_null());
 
-    let response = app.post_raw(KEY_A, "?on_duplicate=skip", items).await;
+    let response = app.post(items).query("?on_duplicate=skip").await;
     assert_eq!(response.status().as_u16(), 202);
     let accepted: Value = response.json().await.unwrap();
     assert_eq!(
@@ -247,11 +235,12 @@ async fn an_id_twice_in_one_request_is_refused_or_kept_once() {
 async fn ids_are_per_client_items_without_ids_cost_nothing_and_a_cancel_frees_them() {
     let app = spawn_app().await;
     let one = body(&[item_with_id("m", 1, "same-id")]);
-    app.post_job_as(KEY_A, "", one.clone()).await;
+    app.post(one.clone()).job_id().await;
     // Another client may use the same id.
-    app.post_job_as(KEY_B, "", one.clone()).await;
+    app.post(one.clone()).api_key(KEY_B).job_id().await;
     // Items without ids claim nothing.
-    app.post_job_as(KEY_A, "", body(&[crate::helpers::item("m", "P", 1)]))
+    app.post(body(&[crate::helpers::item("m", "P", 1)]))
+        .job_id()
         .await;
     let claimed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accrual_external_ids")
         .fetch_one(&app.env.pool)
@@ -264,8 +253,8 @@ async fn ids_are_per_client_items_without_ids_cost_nothing_and_a_cancel_frees_th
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let reserved = body(&[item_with_id("m", 1, "booked")]);
     let query = format!("?reserve_at={}", urlencode(&at));
-    let job_id = app.post_job_as(KEY_A, &query, reserved.clone()).await;
-    problem(app.post_raw(KEY_A, "", reserved.clone()).await, 422).await;
+    let job_id = app.post(reserved.clone()).query(&query).job_id().await;
+    problem(app.post(reserved.clone()).await, 422).await;
     let cancel = app
         .http
         .delete(format!("{}/v1/jobs/{job_id}", app.address))
@@ -274,15 +263,15 @@ async fn ids_are_per_client_items_without_ids_cost_nothing_and_a_cancel_frees_th
         .await
         .unwrap();
     assert_eq!(cancel.status().as_u16(), 200);
-    app.post_job_as(KEY_A, "", reserved).await;
+    app.post(reserved).job_id().await;
 }
 
 #[tokio::test]
 async fn every_item_skipped_makes_a_completed_job_and_bad_ids_or_modes_are_refused() {
     let app = spawn_app().await;
     let items = body(&[item_with_id("m", 1, "x1"), item_with_id("m", 1, "x2")]);
-    app.post_job_as(KEY_A, "", items.clone()).await;
-    let response = app.post_raw(KEY_A, "?on_duplicate=skip", items).await;
+    app.post(items.clone()).job_id().await;
+    let response = app.post(items).query("?on_duplicate=skip").await;
     assert_eq!(response.status().as_u16(), 202);
     let accepted: Value = response.json().await.unwrap();
     assert_eq!(accepted["accepted"], 0);
@@ -296,19 +285,15 @@ async fn every_item_skipped_makes_a_completed_job_and_bad_ids_or_modes_are_refus
     assert_eq!(app.results(job_id, "").await.len(), 2);
 
     let bad = problem(
-        app.post_raw(KEY_A, "", body(&[item_with_id("m", 1, "has space")]))
-            .await,
+        app.post(body(&[item_with_id("m", 1, "has space")])).await,
         422,
     )
     .await;
     assert_eq!(bad["errors"][0]["field"], "external_id");
     let mode = problem(
-        app.post_raw(
-            KEY_A,
-            "?on_duplicate=ignore",
-            body(&[item_with_id("m", 1, "y")]),
-        )
-        .await,
+        app.post(body(&[item_with_id("m", 1, "y")]))
+            .query("?on_duplicate=ignore")
+            .await,
         400,
     )
     .await;
@@ -329,8 +314,8 @@ async fn a_job_whose_every_item_is_skipped_records_its_job_completed_event() {
         .await
         .unwrap();
     let items = body(&[item_with_id("m", 1, "x1"), item_with_id("m", 1, "x2")]);
-    app.post_job_as(KEY_A, "", items.clone()).await;
-    let response = app.post_raw(KEY_A, "?on_duplicate=skip", items).await;
+    app.post(items.clone()).job_id().await;
+    let response = app.post(items).query("?on_duplicate=skip").await;
     assert_eq!(response.status().as_u16(), 202);
     let accepted: Value = response.json().await.unwrap();
     assert_eq!(accepted["status"], "completed");
@@ -372,14 +357,11 @@ async fn an_id_whose_point_was_dead_lettered_is_claimed_again_and_credited_once(
     .unwrap();
     let _listener = app.spawn_listener().await;
     let first = app
-        .post_job_as(
-            KEY_A,
-            "",
-            body(&[
-                item_with_id("poison-1", 5, "tx-1"),
-                item_with_id("m1", 1, "tx-2"),
-            ]),
-        )
+        .post(body(&[
+            item_with_id("poison-1", 5, "tx-1"),
+            item_with_id("m1", 1, "tx-2"),
+        ]))
+        .job_id()
         .await;
     let view = app.wait_final(&first).await;
     assert_eq!(view["status"], "completed_with_errors", "{view}");
@@ -395,18 +377,11 @@ async fn an_id_whose_point_was_dead_lettered_is_claimed_again_and_credited_once(
 
     // The item sent again with the same id: accepted (the dead-lettered point holds it no more),
     // and `tx-2`, whose point is written, is still refused.
-    let again = app
-        .post_raw(KEY_A, "", body(&[item_with_id("poison-1", 5, "tx-1")]))
-        .await;
+    let again = app.post(body(&[item_with_id("poison-1", 5, "tx-1")])).await;
     assert_eq!(again.status().as_u16(), 202);
     let again: Value = again.json().await.unwrap();
     let second = again["job_id"].as_str().unwrap().to_owned();
-    problem(
-        app.post_raw(KEY_A, "", body(&[item_with_id("m1", 1, "tx-2")]))
-            .await,
-        422,
-    )
-    .await;
+    problem(app.post(body(&[item_with_id("m1", 1, "tx-2")])).await, 422).await;
     let view = app.wait_final(&second).await;
     assert_eq!(view["status"], "completed", "{view}");
 
@@ -453,17 +428,15 @@ fn urlencode(s: &str) -> String {
 #[tokio::test]
 async fn a_dry_run_checks_external_ids_as_a_real_request_would() {
     let app = spawn_app().await;
-    app.post_job_as(KEY_A, "", body(&[item_with_id("m", 5, "used")]))
+    app.post(body(&[item_with_id("m", 5, "used")]))
+        .job_id()
         .await;
     let items = body(&[item_with_id("m", 5, "used"), item_with_id("m", 7, "new")]);
-    let refused = problem(
-        app.post_raw(KEY_A, "?dry_run=true", items.clone()).await,
-        422,
-    )
-    .await;
+    let refused = problem(app.post(items.clone()).query("?dry_run=true").await, 422).await;
     assert_eq!(refused["duplicates"][0]["index"], 0);
     let response = app
-        .post_raw(KEY_A, "?dry_run=true&on_duplicate=skip", items)
+        .post(items)
+        .query("?dry_run=true&on_duplicate=skip")
         .await;
     assert_eq!(response.status().as_u16(), 200);
     let answer: Value = response.json().await.unwrap();

@@ -44,7 +44,7 @@ async fn made_up_methods_are_counted_as_other_and_add_no_series() {
         let _ = app.http.request(method, url).send().await.unwrap();
     }
 
-    let metrics = app.get_text("/metrics").await;
+    let metrics = app.metrics().await;
 
     for method in &methods {
         assert!(!metrics.contains(method.as_str()), "{method} in\n{metrics}");
@@ -93,7 +93,7 @@ async fn readyz_is_200_with_each_dependency_up() {
 
     let response = app
         .http
-        .get(format!("{}/readyz", app.address))
+        .get(format!("{}/readyz", app.ops_address))
         .send()
         .await
         .unwrap();
@@ -115,7 +115,7 @@ async fn readyz_stays_ready_with_redis_down_says_so_and_shows_no_error_text() {
 
     let response = app
         .http
-        .get(format!("{}/readyz", app.address))
+        .get(format!("{}/readyz", app.ops_address))
         .send()
         .await
         .unwrap();
@@ -143,7 +143,7 @@ async fn rate_limits_apply_once_redis_answers_even_if_it_was_away_at_start_up() 
     let port = proxy.port;
     let app = spawn_app_with(|s| {
         s.redis.redis_url = format!("redis://127.0.0.1:{port}");
-        s.rate_limits = "client_a=2/1000000".into();
+        s.rate.rate_limits = "client_a=2/1000000".into();
     })
     .await;
     let bearer = format!("Bearer {KEY_A}");

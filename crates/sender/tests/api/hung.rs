@@ -12,14 +12,14 @@ use crate::helpers::{item, spawn_app_with};
 #[tokio::test]
 async fn a_sender_whose_sqs_is_black_holed_gives_its_chunk_up_and_another_finishes_the_job() {
     // The app's own sender only accepts; sender A dispatches through a proxy to LocalStack.
-    let app = spawn_app_with(|s| s.dispatch_tasks = 0).await;
+    let app = spawn_app_with(|s| s.dispatch.dispatch_tasks = 0).await;
     let proxy = TcpProxy::start(app.env.sqs_addr()).await;
     let port = proxy.port;
     let a = app
         .spawn_sender(|s| {
             s.sqs.aws_endpoint_url = format!("http://127.0.0.1:{port}");
-            s.dispatch_tasks = 1;
-            s.dispatch_lease = Duration::from_secs(3);
+            s.dispatch.dispatch_tasks = 1;
+            s.dispatch.dispatch_lease = Duration::from_secs(3);
         })
         .await;
     proxy.stall();
@@ -31,7 +31,7 @@ async fn a_sender_whose_sqs_is_black_holed_gives_its_chunk_up_and_another_finish
             .collect::<Vec<_>>()
             .join(",")
     );
-    let accepted = app.post_accruals(body).await;
+    let accepted = app.post(body).await;
     assert_eq!(accepted.status().as_u16(), 202);
     let job_id = accepted.json::<Value>().await.unwrap()["job_id"]
         .as_str()
@@ -50,7 +50,7 @@ async fn a_sender_whose_sqs_is_black_holed_gives_its_chunk_up_and_another_finish
     .await;
 
     // B, with a working network, and a listener.
-    let _b = app.spawn_sender(|s| s.dispatch_tasks = 2).await;
+    let _b = app.spawn_sender(|s| s.dispatch.dispatch_tasks = 2).await;
     let listener = app.spawn_listener().await;
 
     eventually(Duration::from_secs(60), "the job completed", || async {

@@ -1,9 +1,10 @@
 //! `GET /v1/jobs` and job labels: a client's own jobs, newest first, each exactly once across
 //! pages; filters by status, label and creation time; refusals of bad parameters.
 
+use accrual_core::job_status::JobStatus;
 use std::collections::HashSet;
 
-use accrual_sender::jobs::store::{self, JobFilter, ListPosition};
+use accrual_sender::store::jobs::{self, JobFilter, ListPosition};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -17,8 +18,8 @@ const ODD_LABEL: &str = "春/キャンペーン&2026=+";
 /// A sender that only accepts (jobs stay `dispatching`) and does not rate-limit the test.
 async fn app() -> TestApp {
     spawn_app_with(|s| {
-        s.dispatch_tasks = 0;
-        s.rate_limits = "client_a=100000/100000000,client_b=100000/100000000".into();
+        s.dispatch.dispatch_tasks = 0;
+        s.rate.rate_limits = "client_a=100000/100000000,client_b=100000/100000000".into();
     })
     .await
 }
@@ -39,7 +40,11 @@ fn encode(value: &str) -> String {
 /// `POST /v1/accruals?{query}` of one point; returns the job id.
 async fn post_job(app: &TestApp, key: &str, query: &str, member: &str) -> String {
     let body = format!("[{}]", item(member, "P", 1));
-    app.post_job_as(key, &format!("?{query}"), body).await
+    app.post(body)
+        .api_key(key)
+        .query(&format!("?{query}"))
+        .job_id()
+        .await
 }
 
 /// `GET {path_and_query}` with `key`.
@@ -356,7 +361,7 @@ async fn every_filter_of_the_job_list_reads_a_list_index_without_sorting() {
     };
     for n in 0..16 {
         let filter = JobFilter {
-            status: (n & 1 != 0).then_some("completed"),
+            status: (n & 1 != 0).then_some(JobStatus::Completed),
             label: (n & 2 != 0).then(|| "campaign-3".to_owned()),
             created_from: if n & 4 != 0 {
                 at("2026-01-01T01:00:00Z")
@@ -370,7 +375,7 @@ async fn every_filter_of_the_job_list_reads_a_list_index_without_sorting() {
             },
         };
         for position in [None, Some(&after)] {
-            let plan = store::list_plan(&app.env.pool, "client_3", &filter, position, 51)
+            let plan = jobs::list_plan(&app.env.pool, "client_3", &filter, position, 51)
                 .await
                 .unwrap();
             // The list read, and for each listed job one unique-key probe for `reversed_by`.

@@ -19,24 +19,6 @@ fn job_body(n: usize) -> Vec<u8> {
     serde_json::to_vec(&items).unwrap()
 }
 
-async fn post(
-    http: &reqwest::Client,
-    address: &str,
-    body: Vec<u8>,
-    query: &str,
-    key: Option<&str>,
-) -> reqwest::Response {
-    let mut request = http
-        .post(format!("{address}/v1/accruals{query}"))
-        .bearer_auth(KEY_A)
-        .header("Content-Type", "application/json")
-        .body(body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    request.send().await.unwrap()
-}
-
 async fn rows_of(env: &TestEnv, job_id: Uuid) -> (i64, i64) {
     sqlx::query_as(
         "SELECT COUNT(*), COUNT(DISTINCT accrual_id) FROM point_accruals WHERE job_id = ?",
@@ -95,7 +77,7 @@ async fn a_sender_killed_mid_dispatch_leaves_exactly_every_point_in_the_ledger()
     let app = spawn_app_with_dispatchers(0).await;
     app.spawn_listener().await;
     let mut first = SenderProcess::spawn(&app.env).await;
-    let response = post(&app.http, &first.address, job_body(200_000), "", None).await;
+    let response = app.post(job_body(200_000)).to(&first.address).await;
     assert_eq!(response.status().as_u16(), 202);
     let job_id = job_id_of(&response.json().await.unwrap());
     eventually(
@@ -136,14 +118,14 @@ async fn a_sender_stopped_with_sigterm_hands_its_chunks_back_and_another_finishe
     let app = spawn_app_with_dispatchers(0).await;
     app.spawn_listener().await;
     let mut first = SenderProcess::spawn(&app.env).await;
-    let response = post(&app.http, &first.address, job_body(20_000), "", None).await;
+    let response = app.post(job_body(20_000)).to(&first.address).await;
     let job_id = job_id_of(&response.json().await.unwrap());
     eventually(Duration::from_secs(60), "a chunk dispatched", || async {
         dispatched_chunks(&app.env, job_id).await >= 1
     })
     .await;
 
-    let (status, took) = first.terminate();
+    let (status, took) = first.terminate().await;
 
     assert!(status.success(), "exit status {status}");
     assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
@@ -166,7 +148,7 @@ async fn two_sender_processes_dispatch_one_job_together_without_doubling() {
     let a = SenderProcess::spawn(&app.env).await;
     let _b = SenderProcess::spawn(&app.env).await;
 
-    let response = post(&app.http, &a.address, job_body(200_000), "", None).await;
+    let response = app.post(job_body(200_000)).to(&a.address).await;
     assert_eq!(response.status().as_u16(), 202);
     let job_id = job_id_of(&response.json().await.unwrap());
 
@@ -192,7 +174,7 @@ async fn a_reserved_job_writes_nothing_before_its_time_and_everything_soon_after
     )
     .replace('+', "%2B");
 
-    let response = post(&app.http, &app.address, job_body(1_000), &query, None).await;
+    let response = app.post(job_body(1_000)).query(&query).await;
 
     assert_eq!(response.status().as_u16(), 202);
     let body: Value = response.json().await.unwrap();
@@ -233,7 +215,7 @@ async fn a_cancelled_reserved_job_never_writes_a_row_and_cannot_be_cancelled_twi
         "?reserve_at={}",
         reserve_at.format("%Y-%m-%dT%H:%M:%S%.3fZ")
     );
-    let response = post(&app.http, &app.address, job_body(300), &query, None).await;
+    let response = app.post(job_body(300)).query(&query).await;
     let job_id = job_id_of(&response.json().await.unwrap());
 
     let cancelled = delete_job(&app, job_id).await;
@@ -252,7 +234,7 @@ async fn a_cancelled_reserved_job_never_writes_a_row_and_cannot_be_cancelled_twi
 #[tokio::test]
 async fn a_job_already_dispatched_cannot_be_cancelled() {
     let app = spawn_app().await;
-    let response = post(&app.http, &app.address, job_body(30), "", None).await;
+    let response = app.post(job_body(30)).await;
     let job_id = job_id_of(&response.json().await.unwrap());
 
     let answer = delete_job(&app, job_id).await;
@@ -267,29 +249,10 @@ async fn one_idempotency_key_sent_three_times_makes_one_job_and_writes_once() {
     let body = job_body(3_000);
 
     let (r1, r2) = tokio::join!(
-        post(
-            &app.http,
-            &app.address,
-            body.clone(),
-            "",
-            Some("campaign-7")
-        ),
-        post(
-            &app.http,
-            &app.address,
-            body.clone(),
-            "",
-            Some("campaign-7")
-        ),
+        app.post(body.clone()).idempotency_key("campaign-7"),
+        app.post(body.clone()).idempotency_key("campaign-7"),
     );
-    let r3 = post(
-        &app.http,
-        &app.address,
-        body.clone(),
-        "",
-        Some("campaign-7"),
-    )
-    .await;
+    let r3 = app.post(body.clone()).idempotency_key("campaign-7").await;
 
     let mut statuses = vec![
         r1.status().as_u16(),
@@ -312,14 +275,7 @@ async fn one_idempotency_key_sent_three_times_makes_one_job_and_writes_once() {
     assert_eq!(jobs, 1);
     assert_ledger_holds_exactly(&app, ids[0], 3_000, Duration::from_secs(300)).await;
 
-    let other = post(
-        &app.http,
-        &app.address,
-        job_body(30),
-        "",
-        Some("campaign-7"),
-    )
-    .await;
+    let other = app.post(job_body(30)).idempotency_key("campaign-7").await;
     assert_eq!(other.status().as_u16(), 409);
 }
 
@@ -327,7 +283,7 @@ async fn one_idempotency_key_sent_three_times_makes_one_job_and_writes_once() {
 async fn sse_reports_progress_and_a_final_completed_event() {
     let app = spawn_app().await;
     app.spawn_listener().await;
-    let response = post(&app.http, &app.address, job_body(50_000), "", None).await;
+    let response = app.post(job_body(50_000)).await;
     let job_id = job_id_of(&response.json().await.unwrap());
 
     let events = app
@@ -378,7 +334,7 @@ async fn sse_reports_progress_and_a_final_completed_event() {
 #[tokio::test]
 async fn another_clients_job_is_not_found() {
     let app = spawn_app().await;
-    let response = post(&app.http, &app.address, job_body(30), "", None).await;
+    let response = app.post(job_body(30)).await;
     let job_id = job_id_of(&response.json().await.unwrap());
 
     let as_b = get_job(&app, job_id, "key_b").await;

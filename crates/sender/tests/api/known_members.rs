@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use accrual_testkit::eventually;
 
-use crate::helpers::{KEY_A, TestApp, item, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, item, spawn_app, spawn_app_with};
 
 fn body(members: impl Iterator<Item = String>) -> String {
     let items: Vec<String> = members.map(|m| item(&m, "WELFARE", 2)).collect();
@@ -37,12 +37,14 @@ async fn member_exists(app: &TestApp, member: &str) -> bool {
 async fn known_and_new_members_are_all_in_members_before_the_202() {
     let app = spawn_app().await;
     // The first request makes 300 members known to the sender.
-    app.post_job_as(KEY_A, "", body((0..300).map(|i| format!("km-{i:04}"))))
+    app.post(body((0..300).map(|i| format!("km-{i:04}"))))
+        .job_id()
         .await;
     assert_eq!(app.env.member_rows().await, 300);
     // The second names 200 of them again and 200 new ones; each new one is there at its 202.
     let second = app
-        .post_job_as(KEY_A, "", body((100..500).map(|i| format!("km-{i:04}"))))
+        .post(body((100..500).map(|i| format!("km-{i:04}"))))
+        .job_id()
         .await;
     assert_eq!(app.env.member_rows().await, 500);
     for i in [100, 299, 300, 499] {
@@ -54,7 +56,7 @@ async fn known_and_new_members_are_all_in_members_before_the_202() {
     // Requests racing over the same new members all store them.
     let racing = (0..4).map(|r| {
         let members = (450 + r * 10..700 + r * 10).map(|i| format!("km-{i:04}"));
-        app.post_job_as(KEY_A, "", body(members))
+        app.post(body(members)).job_id()
     });
     let racing = futures_util::future::join_all(racing).await;
     assert_eq!(app.env.member_rows().await, 730);
@@ -80,9 +82,7 @@ async fn a_sender_with_one_database_connection_accepts_a_job_of_new_members() {
     })
     .await;
 
-    let response = app
-        .post_accruals(body((0..50).map(|i| format!("one-{i:03}"))))
-        .await;
+    let response = app.post(body((0..50).map(|i| format!("one-{i:03}")))).await;
 
     let status = response.status().as_u16();
     assert_eq!(status, 202, "{}", response.text().await.unwrap());

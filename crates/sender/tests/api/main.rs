@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accruals;
+mod architecture_doc;
 mod background;
 mod backlog;
 mod chaos;
@@ -15,10 +16,13 @@ mod front_door;
 mod front_door_http;
 mod helpers;
 mod hung;
+mod isolation;
 mod job_list;
 mod jobs;
 mod known_members;
+mod layers;
 mod members;
+mod members_per_client;
 mod observability;
 mod ops;
 mod outcome;
@@ -30,5 +34,7 @@ mod refused;
 mod results;
 mod retention;
 mod reversal;
+mod reversal_limits;
 mod settlement;
+mod webhook_isolation;
 mod webhooks;

@@ -160,7 +160,7 @@ async fn sql_ledger_ids(
 
 #[tokio::test]
 async fn a_members_ledger_and_balance_match_sql_sums_with_reversal_expiry_and_reserved_jobs() {
-    let app = spawn_app_with(|s| s.retention_interval = Duration::from_secs(1)).await;
+    let app = spawn_app_with(|s| s.retention.retention_interval = Duration::from_secs(1)).await;
     app.spawn_listener().await;
     let soon = Utc::now() + chrono::Duration::seconds(4);
     let later = Utc::now() + chrono::Duration::days(30);
@@ -168,72 +168,56 @@ async fn a_members_ledger_and_balance_match_sql_sums_with_reversal_expiry_and_re
 
     // client_a: a credit that stays, a job that will be reversed, and one that expires soon.
     let kept = app
-        .post_job_as(
-            KEY_A,
-            "",
-            format!(
+        .post(format!(
                 r#"[{{"member_id":"m1","point_type":"WELFARE","amount":25,"reason":"kept","external_id":"ext-1","expires_at":"{}"}},
                     {{"member_id":"m2","point_type":"WELFARE","amount":9}}]"#,
                 rfc3339(later)
-            ),
-        )
+            )).job_id()
         .await;
     let reversed = app
-        .post_job_as(
-            KEY_A,
-            "",
-            format!(
-                r#"[{{"member_id":"m1","point_type":"WELFARE","amount":100,"expires_at":"{}"}},
+        .post(format!(
+            r#"[{{"member_id":"m1","point_type":"WELFARE","amount":100,"expires_at":"{}"}},
                     {{"member_id":"m1","point_type":"BONUS","amount":50}},
                     {{"member_id":"m2","point_type":"WELFARE","amount":10}}]"#,
-                rfc3339(later)
-            ),
-        )
+            rfc3339(later)
+        ))
+        .job_id()
         .await;
     let expiring = app
-        .post_job_as(
-            KEY_A,
-            "",
-            format!(
-                r#"[{{"member_id":"m1","point_type":"WELFARE","amount":7,"expires_at":"{}"}},
+        .post(format!(
+            r#"[{{"member_id":"m1","point_type":"WELFARE","amount":7,"expires_at":"{}"}},
                     {{"member_id":"m1","point_type":"BONUS","amount":3}}]"#,
-                rfc3339(soon)
-            ),
-        )
+            rfc3339(soon)
+        ))
+        .job_id()
         .await;
     // client_b: the same member, which client_a must not see.
     let foreign = app
-        .post_job_as(
-            KEY_B,
-            "",
-            r#"[{"member_id":"m1","point_type":"WELFARE","amount":1000}]"#.into(),
-        )
+        .post(r#"[{"member_id":"m1","point_type":"WELFARE","amount":1000}]"#)
+        .api_key(KEY_B)
+        .job_id()
         .await;
     // Reserved jobs: one stays reserved, one gets cancelled; client_b has one too.
     let reserved = app
-        .post_job_as(
-            KEY_A,
-            &format!("?reserve_at={reserve_at}"),
+        .post(
             r#"[{"member_id":"m1","point_type":"WELFARE","amount":300},
                 {"member_id":"m1","point_type":"WELFARE","amount":200},
                 {"member_id":"m1","point_type":"CASH","amount":40},
-                {"member_id":"m2","point_type":"CASH","amount":1}]"#
-                .into(),
+                {"member_id":"m2","point_type":"CASH","amount":1}]"#,
         )
+        .query(&format!("?reserve_at={reserve_at}"))
+        .job_id()
         .await;
     let to_cancel = app
-        .post_job_as(
-            KEY_A,
-            &format!("?reserve_at={reserve_at}"),
-            r#"[{"member_id":"m1","point_type":"WELFARE","amount":60}]"#.into(),
-        )
+        .post(r#"[{"member_id":"m1","point_type":"WELFARE","amount":60}]"#)
+        .query(&format!("?reserve_at={reserve_at}"))
+        .job_id()
         .await;
-    app.post_job_as(
-        KEY_B,
-        &format!("?reserve_at={reserve_at}"),
-        r#"[{"member_id":"m1","point_type":"WELFARE","amount":999}]"#.into(),
-    )
-    .await;
+    app.post(r#"[{"member_id":"m1","point_type":"WELFARE","amount":999}]"#)
+        .api_key(KEY_B)
+        .query(&format!("?reserve_at={reserve_at}"))
+        .job_id()
+        .await;
 
     for (key, job) in [
         (KEY_A, &kept),

@@ -1,13 +1,16 @@
 //! Keys on every route, rate limits shared across replicas, health, readiness and metrics.
 
+use std::time::{Duration, Instant};
+
+use accrual_testkit::eventually;
 use accrual_testkit::process::metric;
 use uuid::Uuid;
 
-use crate::helpers::{item, problem, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, item, problem, spawn_app, spawn_app_with};
 use crate::process::SenderProcess;
 
 #[tokio::test]
-async fn every_api_route_needs_a_key_and_health_readiness_and_metrics_do_not() {
+async fn every_api_route_needs_a_key_and_health_readiness_and_metrics_on_the_ops_port_do_not() {
     let app = spawn_app().await;
     let job = format!("{}/v1/jobs/{}", app.address, Uuid::now_v7());
     let requests = [
@@ -25,7 +28,7 @@ async fn every_api_route_needs_a_key_and_health_readiness_and_metrics_do_not() {
     for path in ["/healthz", "/readyz", "/metrics"] {
         let response = app
             .http
-            .get(format!("{}{path}", app.address))
+            .get(format!("{}{path}", app.ops_address))
             .send()
             .await
             .unwrap();
@@ -33,16 +36,98 @@ async fn every_api_route_needs_a_key_and_health_readiness_and_metrics_do_not() {
     }
 }
 
+/// `GET {base}{path}`'s status, with no key.
+async fn status_of(app: &TestApp, base: &str, path: &str) -> u16 {
+    let response = app.http.get(format!("{base}{path}")).send().await.unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn metrics_and_readiness_are_served_on_the_ops_port_and_not_on_the_api_port() {
+    let app = spawn_app_with(|s| s.dispatch.dispatch_tasks = 0).await;
+    let process = SenderProcess::spawn_with(&app.env, &[("DISPATCH_TASKS", "0")]).await;
+    for (api, ops) in [
+        (&app.address, &app.ops_address),
+        (&process.address, &process.ops_address),
+    ] {
+        for path in ["/metrics", "/readyz"] {
+            let response = app.http.get(format!("{api}{path}")).send().await.unwrap();
+            let body = problem(response, 404).await;
+            assert_eq!(body["type"], "/problems/not-found", "{api}{path}");
+            assert_eq!(status_of(&app, ops, path).await, 200, "{ops}{path}");
+        }
+        for base in [api, ops] {
+            assert_eq!(status_of(&app, base, "/healthz").await, 200, "{base}");
+        }
+        // The API is not on the operations port.
+        assert_eq!(status_of(&app, ops, "/openapi.json").await, 404, "{ops}");
+        let post = app
+            .http
+            .post(format!("{ops}/v1/accruals"))
+            .bearer_auth("key_a");
+        assert_eq!(post.send().await.unwrap().status(), 404, "{ops}");
+    }
+}
+
+/// The readiness checks the app's sender has made, from its `/metrics`.
+async fn readiness_checks(app: &TestApp) -> f64 {
+    let name = "accrual_sender_readiness_checks_total";
+    let metrics = app.metrics().await;
+    metric(&metrics, name).unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
+#[tokio::test]
+async fn a_flood_of_readyz_costs_one_dependency_check_a_second() {
+    const CALLS: usize = 50;
+    let app = spawn_app_with(|s| s.dispatch.dispatch_tasks = 0).await;
+    let before = readiness_checks(&app).await;
+    let started = Instant::now();
+
+    let calls = (0..CALLS).map(|_| {
+        let request = app.http.get(format!("{}/readyz", app.ops_address));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let elapsed = started.elapsed();
+    let checks = readiness_checks(&app).await - before;
+
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["status"], "ready", "{body}");
+    }
+    // One check, and one more for each further second the calls took (one check's result answers
+    // for a second; a loaded machine may stretch the calls over one).
+    let allowed = 1.0 + elapsed.as_secs() as f64;
+    assert!(
+        (1.0..=allowed).contains(&checks),
+        "{CALLS} calls in {elapsed:?} made {checks} checks"
+    );
+    // The result is not kept for ever: a second later, /readyz checks again.
+    eventually(
+        Duration::from_secs(10),
+        "a later /readyz to check again",
+        || async {
+            let _ = app.readiness().await;
+            readiness_checks(&app).await > before + checks
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn readyz_reports_each_dependency_and_metrics_count_requests_by_route() {
     let app = spawn_app().await;
-    let ready = app.get_json("/readyz").await;
+    let ready = app.readiness().await;
     assert_eq!(ready["status"], "ready", "{ready}");
     for dependency in ["mysql", "redis", "sqs"] {
         assert_eq!(ready["checks"][dependency], "up", "{ready}");
     }
     let accepted = app
-        .post_accruals(format!("[{}]", item("member-1", "WELFARE", 5)))
+        .post(format!("[{}]", item("member-1", "WELFARE", 5)))
         .await;
     assert_eq!(accepted.status(), 202);
     let _ = app
@@ -53,7 +138,7 @@ async fn readyz_reports_each_dependency_and_metrics_count_requests_by_route() {
         .await
         .unwrap();
 
-    let metrics = app.get_text("/metrics").await;
+    let metrics = app.metrics().await;
 
     for line in [
         r#"accrual_sender_http_requests_total{route="/v1/accruals",method="POST",status="202"} 1"#,
@@ -117,16 +202,16 @@ async fn the_request_rate_is_shared_by_two_sender_processes_and_other_clients_ar
 
 #[tokio::test]
 async fn points_over_the_per_minute_allowance_are_refused_with_429_and_nothing_is_stored() {
-    let app = spawn_app_with(|s| s.rate_limits = "client_a=100/1000".into()).await;
+    let app = spawn_app_with(|s| s.rate.rate_limits = "client_a=100/1000".into()).await;
     let body = |n: usize| {
         let items: Vec<String> = (0..n)
             .map(|i| item(&format!("m{i}"), "WELFARE", 1))
             .collect();
         format!("[{}]", items.join(","))
     };
-    assert_eq!(app.post_accruals(body(600)).await.status(), 202);
+    assert_eq!(app.post(body(600)).await.status(), 202);
 
-    let refused = app.post_accruals(body(600)).await;
+    let refused = app.post(body(600)).await;
     assert!(refused.headers().contains_key("retry-after"));
     let problem_body = problem(refused, 429).await;
 
@@ -142,9 +227,7 @@ async fn points_over_the_per_minute_allowance_are_refused_with_429_and_nothing_i
         .await
         .unwrap();
     assert_eq!(jobs, 1, "the refused request stored nothing");
-    let other = app
-        .post_accruals_as(body(600), Some("key_b"), "application/json")
-        .await;
+    let other = app.post(body(600)).api_key("key_b").await;
     assert_eq!(other.status(), 202, "client_b is not limited by client_a");
 }
 
@@ -152,20 +235,20 @@ async fn points_over_the_per_minute_allowance_are_refused_with_429_and_nothing_i
 async fn without_redis_the_api_keeps_serving_and_says_so() {
     let app = spawn_app_with(|s| {
         s.redis.redis_url = "redis://127.0.0.1:1".into();
-        s.rate_limits = "client_a=1/1".into();
+        s.rate.rate_limits = "client_a=1/1".into();
     })
     .await;
     for _ in 0..3 {
         let response = app
-            .post_accruals(format!("[{}]", item("member-1", "WELFARE", 5)))
+            .post(format!("[{}]", item("member-1", "WELFARE", 5)))
             .await;
         assert_eq!(response.status(), 202, "fail open: no limit without Redis");
     }
-    let ready = app.get_json("/readyz").await;
+    let ready = app.readiness().await;
     // Reported, but Redis does not decide readiness: the API serves without it.
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["checks"]["redis"], "down", "{ready}");
-    let metrics = app.get_text("/metrics").await;
+    let metrics = app.metrics().await;
     let unavailable = metric(&metrics, "accrual_sender_rate_limit_unavailable_total").unwrap();
     assert!(unavailable >= 6.0, "{metrics}");
 }

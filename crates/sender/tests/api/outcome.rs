@@ -96,7 +96,7 @@ async fn a_finished_job_is_counted_once_across_replicas_with_its_completion_time
             .collect::<Vec<_>>()
             .join(",")
     );
-    let accepted: Value = app.post_accruals(body).await.json().await.unwrap();
+    let accepted: Value = app.post(body).await.json().await.unwrap();
     let job_id = accepted["job_id"].as_str().unwrap().to_owned();
     eventually(Duration::from_secs(60), "the job completed", || async {
         app.job_view(&job_id).await["status"] == "completed"

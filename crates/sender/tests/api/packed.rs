@@ -13,7 +13,7 @@ const POINTS: usize = 50_000;
 /// Posts a 50,000-point job to a sender packing `per_message` points a message and checks the
 /// ledger, the job's counters and the number of messages sent.
 async fn fifty_thousand_points_with(per_message: u32) {
-    let app = spawn_app_with(|s| s.points_per_message = per_message).await;
+    let app = spawn_app_with(|s| s.dispatch.points_per_message = per_message).await;
     let listener = app.spawn_listener().await;
     let point_types = ["WELFARE", "BONUS", "CASHBACK"];
     let items: Vec<Value> = (0..POINTS)
@@ -27,7 +27,7 @@ async fn fifty_thousand_points_with(per_message: u32) {
         .collect();
     let expected_sum: i64 = (0..POINTS).map(|i| (i % 1_000 + 1) as i64).sum();
 
-    let response = app.post_accruals(serde_json::to_vec(&items).unwrap()).await;
+    let response = app.post(serde_json::to_vec(&items).unwrap()).await;
     assert_eq!(response.status().as_u16(), 202);
     let body: Value = response.json().await.unwrap();
     let job_id: uuid::Uuid = body["job_id"].as_str().unwrap().parse().unwrap();
@@ -93,7 +93,7 @@ async fn fifty_thousand_points_with(per_message: u32) {
     ];
     // The dispatcher counts a chunk just after marking it dispatched; the job may settle first.
     eventually(Duration::from_secs(10), "the dispatch counted", || async {
-        let metrics = app.get_text("/metrics").await;
+        let metrics = app.metrics().await;
         counted.iter().all(|line| metrics.contains(line))
     })
     .await;

@@ -26,7 +26,7 @@ async fn twenty_thousand_points_for_seven_thousand_members_reach_the_ledger_exac
         })
         .collect();
 
-    let response = app.post_accruals(serde_json::to_vec(&items).unwrap()).await;
+    let response = app.post(serde_json::to_vec(&items).unwrap()).await;
     assert_eq!(response.status().as_u16(), 202);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(

@@ -8,7 +8,10 @@ use accrual_testkit::process::{ServiceProcess, free_port};
 /// A running `accrual-sender` process; killed when dropped.
 pub struct SenderProcess {
     process: ServiceProcess,
+    /// The API port, as `http://127.0.0.1:{port}`.
     pub address: String,
+    /// The operations port (`/metrics`, `/readyz`), as `http://127.0.0.1:{port}`.
+    pub ops_address: String,
 }
 
 impl std::ops::Deref for SenderProcess {
@@ -25,7 +28,7 @@ impl std::ops::DerefMut for SenderProcess {
 }
 
 impl SenderProcess {
-    /// Starts the binary on a free port against the test's database, queues and Redis prefix.
+    /// Starts the binary on two free ports (API and operations) against the test's database, queues and Redis prefix.
     pub async fn spawn(env: &TestEnv) -> Self {
         Self::spawn_with(env, &[]).await
     }
@@ -47,10 +50,15 @@ impl SenderProcess {
 
     async fn start(env: &TestEnv, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
+        // Two ports free at once: the same one twice would make the sender refuse to start.
+        let ops_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != port)
+            .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_accrual-sender"));
         command
             .envs(env.service_env())
             .env("SENDER_ADDR", format!("127.0.0.1:{port}"))
+            .env("SENDER_OPS_ADDR", format!("127.0.0.1:{ops_port}"))
             .env("ACCRUAL_API_KEYS", crate::helpers::DEV_KEYS)
             .env("CHUNK_ITEMS", "2000")
             .env("DISPATCH_LEASE", "3s")
@@ -62,6 +70,7 @@ impl SenderProcess {
         Self {
             process: ServiceProcess::start(command, port).await,
             address: format!("http://127.0.0.1:{port}"),
+            ops_address: format!("http://127.0.0.1:{ops_port}"),
         }
     }
 }

@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::Message;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{DEV_KEYS, KEY_A, TestApp, item, spawn_app_in};
+use crate::helpers::{DEV_KEYS, TestApp, item, spawn_app_in};
 
 /// A 1 s visibility timeout and 5 receives: a quiet period of 10 s (the listeners' hold cap).
 async fn short_queue_env() -> TestEnv {
@@ -24,7 +24,7 @@ async fn short_queue_env() -> TestEnv {
 /// A sender whose reconciler looks every 200 ms and gives up after `attempts` re-sends.
 async fn app_with_reconciler(attempts: u32) -> TestApp {
     spawn_app_in(short_queue_env().await, &[], |s| {
-        s.accrual_api_keys = DEV_KEYS.into();
+        s.keys.accrual_api_keys = DEV_KEYS.into();
         s.reconciler.reconcile_interval = Duration::from_millis(200);
         s.reconciler.reconcile_quiet_floor = Duration::from_secs(1);
         s.reconciler.reconcile_attempts = attempts;
@@ -115,7 +115,7 @@ async fn sender_metric(app: &TestApp, name: &str) -> f64 {
 #[tokio::test]
 async fn points_deleted_behind_the_pipelines_back_are_re_sent_and_the_job_completes() {
     let app = app_with_reconciler(3).await;
-    let job_id = app.post_job_as(KEY_A, "", body(20)).await;
+    let job_id = app.post(body(20)).job_id().await;
     eventually(
         Duration::from_secs(30),
         "all 20 messages on the queue",
@@ -157,7 +157,7 @@ async fn points_lost_on_every_send_are_given_up_and_count_as_written_if_they_tur
         .unwrap();
     let stop = CancellationToken::new();
     let eater = black_hole(&app.env, stop.clone());
-    let job_id = app.post_job_as(KEY_A, "", body(3)).await;
+    let job_id = app.post(body(3)).job_id().await;
     let view = wait_for_status(
         &app,
         &job_id,
@@ -212,7 +212,7 @@ async fn points_lost_on_every_send_are_given_up_and_count_as_written_if_they_tur
 #[tokio::test]
 async fn a_backlog_is_not_a_loss_and_a_healthy_job_is_never_compared() {
     let app = app_with_reconciler(1).await;
-    let job_id = app.post_job_as(KEY_A, "", body(20)).await;
+    let job_id = app.post(body(20)).job_id().await;
     let quiet_period = Duration::from_secs(10);
     // Longer than the quiet period, with the job's messages waiting in the queue.
     tokio::time::sleep(quiet_period + Duration::from_secs(3)).await;

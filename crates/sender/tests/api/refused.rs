@@ -10,7 +10,7 @@ use accrual_core::accrual::Accrual;
 use accrual_core::domain::{Amount, MemberId, PointType, Reason};
 use accrual_core::message::PointRecord;
 use accrual_core::{chunk, dead_letter};
-use accrual_sender::jobs::store::{self, NewJob};
+use accrual_sender::store::jobs::{self, NewJob};
 use accrual_testkit::eventually;
 use chrono::{SubsecRound, Utc};
 use serde_json::Value;
@@ -60,12 +60,12 @@ async fn store_job_with_a_point_sqs_refuses(pool: &sqlx::MySqlPool, bad: usize) 
         skips: Vec::new(),
         reserved_amounts: Vec::new(),
     };
-    store::insert(pool, &job).await.unwrap();
+    jobs::insert(pool, &job).await.unwrap();
     (job_id, records[bad].accrual_id)
 }
 
 async fn a_point_sqs_refuses_is_dead_lettered_alone(per_message: u32, bad: usize) {
-    let app = spawn_app_with(|s| s.points_per_message = per_message).await;
+    let app = spawn_app_with(|s| s.dispatch.points_per_message = per_message).await;
     let listener = app.spawn_listener().await;
     let (job_id, bad) = store_job_with_a_point_sqs_refuses(&app.env.pool, bad).await;
 
@@ -125,7 +125,7 @@ async fn a_point_sqs_refuses_is_dead_lettered_alone(per_message: u32, bad: usize
         "accrual_sender_points_refused_total 1\n".to_owned(),
     ];
     eventually(Duration::from_secs(10), "the dispatch counted", || async {
-        let metrics = app.get_text("/metrics").await;
+        let metrics = app.metrics().await;
         counted.iter().all(|line| metrics.contains(line))
     })
     .await;

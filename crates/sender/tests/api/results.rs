@@ -38,11 +38,6 @@ async fn ndjson(response: reqwest::Response) -> Vec<Value> {
         .collect()
 }
 
-/// Posts `body` as client_a; returns the job id.
-async fn post(app: &TestApp, query: &str, body: String) -> String {
-    app.post_job_as(KEY_A, query, body).await
-}
-
 /// The CSV header's columns, in order: the fields of each NDJSON record.
 const COLUMNS: [&str; 11] = [
     "index",
@@ -128,7 +123,7 @@ async fn a_job_s_results_name_each_dead_letter_by_its_request_index_and_list_eve
             )
         })
         .collect();
-    let job_id = post(&app, "", format!("[{}]", items.join(","))).await;
+    let job_id = app.post(format!("[{}]", items.join(","))).job_id().await;
 
     eventually(Duration::from_secs(120), "the job is final", || async {
         app.job_view(&job_id).await["status"] == "completed_with_errors"
@@ -222,18 +217,17 @@ async fn a_job_s_results_name_each_dead_letter_by_its_request_index_and_list_eve
 /// Results are there while the job runs: a reserved job's items are all pending, in order.
 #[tokio::test]
 async fn a_reserved_job_s_items_are_pending_in_request_order() {
-    let app = spawn_app_with(|s| s.chunk_items = 3).await;
+    let app = spawn_app_with(|s| s.api.chunk_items = 3).await;
     let reserve_at = (Utc::now() + chrono::Duration::hours(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let items: Vec<String> = (0..10)
         .map(|i| item(&format!("m{i}"), "WELFARE", i + 1))
         .collect();
-    let job_id = post(
-        &app,
-        &format!("?reserve_at={reserve_at}"),
-        format!("[{}]", items.join(",")),
-    )
-    .await;
+    let job_id = app
+        .post(format!("[{}]", items.join(",")))
+        .query(&format!("?reserve_at={reserve_at}"))
+        .job_id()
+        .await;
 
     let pending = ndjson(results(&app, &job_id, "?outcome=pending", None).await).await;
     let seen: Vec<(u64, String, i64)> = pending
@@ -268,12 +262,11 @@ async fn results_refuse_what_they_cannot_answer_with_a_problem() {
     let app = spawn_app().await;
     let reserve_at = (Utc::now() + chrono::Duration::hours(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let job_id = post(
-        &app,
-        &format!("?reserve_at={reserve_at}"),
-        format!("[{}]", item("m1", "WELFARE", 1)),
-    )
-    .await;
+    let job_id = app
+        .post(format!("[{}]", item("m1", "WELFARE", 1)))
+        .query(&format!("?reserve_at={reserve_at}"))
+        .job_id()
+        .await;
 
     let other = app
         .http

@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{DEV_KEYS, KEY_A, TestApp, item, spawn_app_parsing};
+use crate::helpers::{DEV_KEYS, TestApp, item, spawn_app_parsing};
 
 /// Items of `n` points as a JSON array.
 fn body(n: usize, prefix: &str) -> String {
@@ -18,22 +18,6 @@ fn body(n: usize, prefix: &str) -> String {
         .map(|i| item(&format!("{prefix}{i}"), "WELFARE", 1))
         .collect();
     format!("[{}]", items.join(","))
-}
-
-/// `POST /v1/accruals{query}` as client_a, with an `Idempotency-Key` if given; (status, body).
-async fn post(app: &TestApp, query: &str, key: Option<&str>, body: &str) -> (u16, Value) {
-    let mut request = app
-        .http
-        .post(format!("{}/v1/accruals{query}", app.address))
-        .bearer_auth(KEY_A)
-        .header("Content-Type", "application/json")
-        .body(body.to_owned());
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
 }
 
 fn job_id(accepted: &Value) -> Uuid {
@@ -61,50 +45,54 @@ async fn stored(
 /// The value of `accrual_sender_retention_{what}_purged_total` on the sender's `/metrics`.
 async fn purged(app: &TestApp, what: &str) -> u64 {
     let name = format!("accrual_sender_retention_{what}_purged_total");
-    let metrics = app.get_text("/metrics").await;
+    let metrics = app.metrics().await;
     metric(&metrics, &name).unwrap_or_else(|| panic!("{name} not in /metrics")) as u64
 }
 
 #[tokio::test]
 async fn expired_chunks_and_keys_go_the_ledger_stays_and_unfinished_jobs_keep_their_chunks() {
-    // Retentions in seconds, parsed as an operator would write them.
+    // Retentions in seconds, parsed as an operator would write them. The test drives dispatch and
+    // retention itself (`run_background_once`): no dispatch task, and the retention loop's next
+    // round is the default interval away.
     let app = spawn_app_parsing(
         &[
             "--results-retention-days",
             "2s",
             "--idempotency-retention-hours",
             "2s",
-            "--retention-interval",
-            "1s",
         ],
-        |s| s.accrual_api_keys = DEV_KEYS.into(),
+        |s| {
+            s.keys.accrual_api_keys = DEV_KEYS.into();
+            s.dispatch.dispatch_tasks = 0;
+        },
     )
     .await;
 
     // A reserved job: due in an hour, so its chunks wait for the dispatcher.
     let reserve_at = (Utc::now() + chrono::Duration::hours(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let (status, reserved) = post(
-        &app,
-        &format!("?reserve_at={reserve_at}"),
-        None,
-        &body(3, "r"),
-    )
-    .await;
+    let (status, reserved) = app
+        .post(body(3, "r").to_owned())
+        .query(&format!("?reserve_at={reserve_at}"))
+        .status_and_json()
+        .await;
     assert_eq!(status, 202, "{reserved}");
     let reserved = job_id(&reserved);
 
     // A running job: sent, but its one message taken off the queue before any listener runs, so
     // it stays `enqueued` (not final) for the whole test.
-    let (status, running) = post(&app, "", Some("running-1"), &body(1, "b")).await;
+    let (status, running) = app
+        .post(body(1, "b").to_owned())
+        .idempotency_key("running-1")
+        .status_and_json()
+        .await;
     assert_eq!(status, 202, "{running}");
     let running = job_id(&running);
-    eventually(
-        Duration::from_secs(30),
-        "the running job enqueued",
-        || async { app.job_view(&running.to_string()).await["status"] == "enqueued" },
-    )
-    .await;
+    app.run_background_once().await;
+    assert_eq!(
+        app.job_view(&running.to_string()).await["status"],
+        "enqueued"
+    );
     let mut taken = 0;
     while taken == 0 {
         let received = app
@@ -122,24 +110,29 @@ async fn expired_chunks_and_keys_go_the_ledger_stays_and_unfinished_jobs_keep_th
 
     // A job that completes.
     let campaign = body(300, "m");
-    let (status, finished) = post(&app, "", Some("campaign-1"), &campaign).await;
+    let (status, finished) = app
+        .post(campaign.to_owned())
+        .idempotency_key("campaign-1")
+        .status_and_json()
+        .await;
     assert_eq!(status, 202, "{finished}");
     let finished = job_id(&finished);
+    app.run_background_once().await;
     let _listener = app.spawn_listener().await;
     eventually(Duration::from_secs(60), "the job completed", || async {
         stored(&app, finished, 0).await.0 == "completed"
     })
     .await;
 
-    eventually(
-        Duration::from_secs(30),
-        "the finished job's chunks purged and its key cleared",
-        || async {
-            let (_, chunks, key, purged, _) = stored(&app, finished, 0).await;
-            chunks == 0 && purged && key.is_none()
-        },
-    )
-    .await;
+    // Past both retentions (2 s, on MySQL's clock as the purge compares), then one round.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    app.run_background_once().await;
+    let (_, chunks, key, purged_at, _) = stored(&app, finished, 0).await;
+    assert_eq!(
+        (chunks, key, purged_at),
+        (0, None, true),
+        "the finished job's chunks purged and its key cleared"
+    );
 
     let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM point_accruals WHERE job_id = ?")
         .bind(finished)
@@ -174,15 +167,22 @@ async fn expired_chunks_and_keys_go_the_ledger_stays_and_unfinished_jobs_keep_th
         stored(&app, running, 2).await,
         ("enqueued".into(), 1, None, false, true)
     );
-    eventually(Duration::from_secs(10), "the purge counted", || async {
-        purged(&app, "jobs").await == 1
-            && purged(&app, "chunks").await == 1
-            && purged(&app, "idempotency_keys").await == 2
-    })
-    .await;
+    assert_eq!(
+        (
+            purged(&app, "jobs").await,
+            purged(&app, "chunks").await,
+            purged(&app, "idempotency_keys").await
+        ),
+        (1, 1, 2),
+        "the purge counted"
+    );
 
     // The key is forgotten: the same request with it is a new job.
-    let (status, replay) = post(&app, "", Some("campaign-1"), &campaign).await;
+    let (status, replay) = app
+        .post(campaign.to_owned())
+        .idempotency_key("campaign-1")
+        .status_and_json()
+        .await;
     assert_eq!(status, 202, "{replay}");
     assert_ne!(job_id(&replay), finished);
 }
@@ -243,10 +243,10 @@ async fn one_owner_at_a_time_holds_a_lease_until_it_expires_or_is_given_up() {
 #[tokio::test]
 async fn two_sender_replicas_keep_one_retention_lease_holder() {
     let app = spawn_app_parsing(&["--retention-interval", "1s"], |s| {
-        s.accrual_api_keys = DEV_KEYS.into();
+        s.keys.accrual_api_keys = DEV_KEYS.into();
     })
     .await;
-    app.spawn_sender(|s| s.retention_interval = Duration::from_secs(1))
+    app.spawn_sender(|s| s.retention.retention_interval = Duration::from_secs(1))
         .await;
     let holder = || async {
         sqlx::query_as::<_, (String, bool)>(

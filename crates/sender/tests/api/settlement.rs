@@ -9,7 +9,7 @@ use accrual_testkit::{TestEnv, eventually};
 use sqlx::{Connection, Executor, MySqlPool};
 use uuid::Uuid;
 
-use crate::helpers::{DEV_KEYS, KEY_A, item, spawn_app_in};
+use crate::helpers::{DEV_KEYS, item, spawn_app_in};
 
 /// Stores a job of `total` points, all sent (`enqueued`), created `age_secs` ago, with no rows.
 async fn store_stuck_job(pool: &MySqlPool, total: u32, age_secs: u32) -> Uuid {
@@ -72,12 +72,10 @@ async fn a_new_job_settles_behind_hundreds_of_stuck_jobs_and_a_locked_one() {
         .await
         .unwrap();
 
-    let app = spawn_app_in(env, &[], |s| s.accrual_api_keys = DEV_KEYS.into()).await;
+    let app = spawn_app_in(env, &[], |s| s.keys.accrual_api_keys = DEV_KEYS.into()).await;
     app.spawn_listener().await;
     let items: Vec<String> = (0..10).map(|i| item(&format!("m{i}"), "P", 1)).collect();
-    let job_id = app
-        .post_job_as(KEY_A, "", format!("[{}]", items.join(",")))
-        .await;
+    let job_id = app.post(format!("[{}]", items.join(","))).job_id().await;
     eventually(Duration::from_secs(45), "the new job to settle", || async {
         app.job_view(&job_id).await["status"] == "completed"
     })
@@ -123,7 +121,7 @@ async fn a_finished_job_whose_dead_letter_was_written_is_settled_again_by_the_sw
     // Redriven and written; nobody told the job.
     write_row(&env.pool, job_id, dead).await;
 
-    let app = spawn_app_in(env, &[], |s| s.accrual_api_keys = DEV_KEYS.into()).await;
+    let app = spawn_app_in(env, &[], |s| s.keys.accrual_api_keys = DEV_KEYS.into()).await;
     eventually(
         Duration::from_secs(30),
         "the finished job settled again",
