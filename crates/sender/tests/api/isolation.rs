@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::front_door_http::{padded_body, post_head_as, send_reading_early};
@@ -23,8 +23,10 @@ async fn big_job(app: &TestApp, n: usize) -> String {
     app.post(format!("[{}]", items.join(","))).job_id().await
 }
 
-/// A results download of `job_id` as client_a that reads nothing: a small receive buffer, so the
-/// sender's writes wait on it after a few megabytes.
+/// A results download of `job_id` as client_a that reads nothing past its response head: a small
+/// receive buffer, so the sender's writes wait on it after a few megabytes. It returns once the
+/// head has come, so the sender holds the download's slot by then (on a loaded machine a fixed
+/// pause was not enough: a CI run's third download was served).
 async fn unread_download(app: &TestApp, job_id: &str) -> TcpStream {
     let address: SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -34,6 +36,21 @@ async fn unread_download(app: &TestApp, job_id: &str) -> TcpStream {
         "GET /v1/jobs/{job_id}/results HTTP/1.1\r\nHost: sender\r\nAuthorization: Bearer {KEY_A}\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut byte))
+            .await
+            .expect("the download's response head within 30 s")
+            .unwrap();
+        assert_eq!(read, 1, "the sender closed the download before its head");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     stream
 }
 
@@ -81,17 +98,17 @@ async fn downloads_nobody_reads_hold_no_database_connection() {
 }
 
 #[tokio::test]
-async fn a_client_has_its_cap_of_downloads_and_one_it_stops_reading_is_ended() {
+async fn a_client_has_its_cap_of_downloads_and_another_client_is_served() {
     let app = spawn_app_with(|s| {
         s.dispatch.dispatch_tasks = 0;
         s.api.sender_results_streams_per_client = 2;
-        s.http.sender_write_stall_timeout = Duration::from_secs(2);
     })
     .await;
     let job_id = big_job(&app, 40_000).await;
-    let mut first = unread_download(&app, &job_id).await;
+    // Two downloads held (the write-stall timeout, 30 s by default, does not end them meanwhile:
+    // with a 2 s one, a loaded CI machine freed a slot before the third request came).
+    let _first = unread_download(&app, &job_id).await;
     let _second = unread_download(&app, &job_id).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A third is refused; another client's download is served.
     let refused = results_as_a(&app, &job_id).await;
@@ -113,15 +130,26 @@ async fn a_client_has_its_cap_of_downloads_and_one_it_stops_reading_is_ended() {
         get_as_b(&app, &format!("/v1/jobs/{other}/results")).await.0,
         200
     );
+}
 
-    // Nothing read for the write-stall timeout: the sender closes the downloads, short of their
-    // end, and their slots come back.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+#[tokio::test]
+async fn a_download_nobody_reads_is_ended_and_its_slot_comes_back() {
+    let app = spawn_app_with(|s| {
+        s.dispatch.dispatch_tasks = 0;
+        s.api.sender_results_streams_per_client = 1;
+        s.http.sender_write_stall_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let job_id = big_job(&app, 40_000).await;
+    let mut unread = unread_download(&app, &job_id).await;
+
+    // Nothing read for the write-stall timeout: the sender closes the download short of its end.
     let mut received = Vec::new();
-    let read = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::AsyncReadExt::read_to_end(&mut first, &mut received),
-    )
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        // Reading nothing until the timeout has passed, then whatever the sender had sent.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        unread.read_to_end(&mut received).await
+    })
     .await
     .expect("the sender closed the connection");
     let _ = read; // a reset is as good as an end here
@@ -129,9 +157,10 @@ async fn a_client_has_its_cap_of_downloads_and_one_it_stops_reading_is_ended() {
         !received.ends_with(b"0\r\n\r\n"),
         "the download was cut short, not finished"
     );
-    let third = results_as_a(&app, &job_id).await;
-    assert_eq!(third.status().as_u16(), 200);
-    let lines = third.text().await.unwrap().lines().count();
+    // Its slot came back: with a cap of one, the next download is served, whole.
+    let next = results_as_a(&app, &job_id).await;
+    assert_eq!(next.status().as_u16(), 200);
+    let lines = next.text().await.unwrap().lines().count();
     assert_eq!(lines, 40_000);
 }
 
