@@ -5,7 +5,7 @@ use accrual_core::accrual::{self, Accrual};
 use accrual_core::job_status::JobStatus;
 use accrual_core::wire::{self, BodyError, MAX_ITEMS_PER_REQUEST};
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,20 +19,16 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::http::state::AppState;
-use crate::store::admission::{Admission, AdmitError, CLAIM_ATTEMPTS, admit, claims};
-use crate::store::external_ids::OnDuplicate;
-use crate::store::jobs::{self, JobRow, NewJob, StoreError};
-use crate::store::members;
+use crate::store::intake::{Intake, IntakeError, JobRequest, Stored, StoredJob, Took};
+use crate::store::jobs::{self, JobRow};
+use crate::store::members::{self, RequestMembers};
 use body::read_limited;
 pub use dry_run::{DryRun, PostOk};
 pub use params::PostParams;
-use took::{Took, timed};
 
 pub(crate) mod body;
 mod dry_run;
-mod encode;
 pub(crate) mod params;
-mod took;
 
 /// Largest request body accepted: 100 MiB, enforced while reading.
 pub const MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
@@ -78,7 +74,7 @@ impl From<JobRow> for Accepted {
         ("reserve_at" = Option<String>, Query, format = DateTime, description = "RFC 3339 instant, in the future and at most 90 days ahead: a reserved accrual, released at that time"),
         ("dry_run" = Option<bool>, Query, description = "`true`: check the request exactly as a real one and answer 200 with what it would do (points, members, new members, amounts per point type), storing and sending nothing and taking no points from the rate limit"),
         ("label" = Option<String>, Query, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\uFFFE\uFFFF]{1,128}$", description = "The client's name for the job (a campaign), shown in its view and filtered on in GET /v1/jobs: 1-128 characters, none of them a control character, whitespace, U+FFFE or U+FFFF; stored exactly"),
-        ("on_duplicate" = Option<OnDuplicate>, Query, description = "What to do with items whose `external_id` the client used before (in an earlier job or earlier in this request): `reject` (default) refuses the request with 422 listing every one; `skip` leaves them out, counts them as `skipped` and lists them in the job's results"),
+        ("on_duplicate" = Option<crate::store::external_ids::OnDuplicate>, Query, description = "What to do with items whose `external_id` the client used before (in an earlier job or earlier in this request): `reject` (default) refuses the request with 422 listing every one; `skip` leaves them out, counts them as `skipped` and lists them in the job's results"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", description = "1-128 visible characters; the same key and body again returns the original job"),
     ),
     request_body(content = Vec<crate::http::schemas::AccrualItemSchema>, content_type = "application/json", description = "1 to 500,000 accrual items; all valid or nothing is stored"),
@@ -137,7 +133,79 @@ pub async fn create_accrual_job(
         read: received.elapsed(),
         ..Took::default()
     };
-    // The digest and the parse side by side, each on a blocking thread.
+    let (body_sha256, parsed) =
+        digest_and_parse(&state, (bytes, budget), reserve_at, &mut took).await?;
+    if let Some(key) = &idempotency_key
+        && let Some(existing) = jobs::find_by_key(&state.pool, &client_id, key)
+            .await
+            .map_err(ApiError::database)?
+    {
+        return replay(existing, &body_sha256).map(IntoResponse::into_response);
+    }
+    let (accruals, all_members) = parsed.inspect_err(|e| {
+        if matches!(e, ApiError::Validation { .. } | ApiError::EmptyRequest) {
+            state.metrics.validation_failures.inc();
+        }
+    })?;
+    let request = JobRequest {
+        client_id: client_id.clone(),
+        idempotency_key,
+        body_sha256,
+        reserve_at,
+        accepted_at: now,
+        label,
+        on_duplicate,
+    };
+    let mut intake = Intake::new(
+        state.pool.clone(),
+        state.known_members.clone(),
+        state.chunk_items,
+        request,
+        took,
+    );
+    let admission = intake
+        .admit(accruals, all_members)
+        .await
+        .map_err(|e| intake_error(&state, e))?;
+    super::access::limit_points(&state, &client_id, admission.kept.len() as u64).await?;
+    let (stored, took) = intake
+        .store(admission)
+        .await
+        .map_err(|e| intake_error(&state, e))?;
+    let job = match stored {
+        Stored::New(job) => job,
+        // Another request with the same key won the race; answer as its retry.
+        Stored::Existing(existing) => {
+            return replay(existing, &body_sha256).map(IntoResponse::into_response);
+        }
+    };
+    log_accepted(&job, &client_id, reserve_at, &took, received.elapsed());
+    state.metrics.jobs_accepted.inc();
+    state.metrics.points_accepted.inc_by(job.total as u64);
+    state.wake.wake();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            job_id: job.job_id,
+            accepted: job.total as u64,
+            members: job.members as u64,
+            skipped: job.skipped as u64,
+            status: job.status,
+            reserve_at,
+            status_url: format!("/v1/jobs/{}", job.job_id),
+        }),
+    )
+        .into_response())
+}
+
+/// The body's SHA-256 beside its items, parsed, validated and their members sorted out, each on a
+/// blocking thread; the body's bytes go back to the budget once both are done.
+async fn digest_and_parse(
+    state: &AppState,
+    (bytes, budget): (Bytes, body::HeldBytes),
+    reserve_at: Option<DateTime<Utc>>,
+    took: &mut Took,
+) -> Result<([u8; 32], Result<(Vec<Accrual>, RequestMembers), ApiError>), ApiError> {
     let for_digest = bytes.clone();
     let digest = blocking(move || -> [u8; 32] { Sha256::digest(&for_digest).into() });
     let known = state.known_members.clone();
@@ -155,163 +223,29 @@ pub async fn create_accrual_job(
     });
     let (body_sha256, parsed) = tokio::join!(digest, parse);
     let (body_sha256, (parsed, parse_took)) = (body_sha256?, parsed?);
-    // The body's bytes are gone: they go back to the budget.
     drop(budget);
     (took.parse, took.distinct) = parse_took;
-    if let Some(key) = &idempotency_key
-        && let Some(existing) = jobs::find_by_key(&state.pool, &client_id, key)
-            .await
-            .map_err(ApiError::database)?
-    {
-        return replay(existing, &body_sha256).map(IntoResponse::into_response);
-    }
-    let (accruals, all_members) = parsed.inspect_err(|e| {
-        if matches!(e, ApiError::Validation { .. } | ApiError::EmptyRequest) {
-            state.metrics.validation_failures.inc();
-        }
-    })?;
-    let has_external_ids = accruals.iter().any(|a| a.external_id.is_some());
-    let started = Instant::now();
-    let mut accruals = Some(accruals);
-    // The members of every item: those of the stored ones unless items are skipped.
-    let mut all_members = Some(all_members);
-    let mut job = None;
-    for attempt in 1..=CLAIM_ATTEMPTS {
-        let admission = match &accruals {
-            // Kept for another look should a concurrent request take one of the ids.
-            Some(all) if has_external_ids => {
-                // Optimistic at first: the claim itself finds an id used in an earlier job.
-                let admitted = admit(&state.pool, &client_id, all, on_duplicate, attempt > 1)
-                    .await
-                    .map_err(|e| match e {
-                        AdmitError::Duplicates(duplicates) => {
-                            state.metrics.validation_failures.inc();
-                            ApiError::DuplicateExternalIds { duplicates }
-                        }
-                        AdmitError::Db(e) => ApiError::database(e),
-                    })?;
-                took.lookup = started.elapsed();
-                admitted
-            }
-            // Without ids there is nothing to look up, claim or race for: every item, moved.
-            _ => Admission::every(accruals.take().unwrap_or_default()),
-        };
-        if attempt == 1 {
-            super::access::limit_points(&state, &client_id, admission.kept.len() as u64).await?;
-        }
-        // The chunks are encoded beside the members' upsert and, after it, the ids' claim (in the
-        // job's own transaction); the job commits only after all three, so no point can be
-        // dispatched before its member exists.
-        let job_id = Uuid::now_v7();
-        let chunk_items = state.chunk_items;
-        let Admission {
-            kept,
-            accrual_ids,
-            skips,
-        } = admission;
-        let external_ids = claims(&kept, &accrual_ids);
-        let (kept, member_ids) = match all_members.take() {
-            Some(all) if skips.is_empty() => (kept, all),
-            _ => {
-                let known = state.known_members.clone();
-                blocking(move || {
-                    let members = members::sort_out(&kept, &known);
-                    (kept, members)
-                })
-                .await?
-            }
-        };
-        let parallel_started = Instant::now();
-        // A reserved job's sums per member and point type, for members' balances.
-        let reserved_amounts = if reserve_at.is_some() {
-            crate::store::member_ledger::reserved_amounts(&kept)
-        } else {
-            Vec::new()
-        };
-        let encode = encode::encode_in_parallel(job_id, now, accrual_ids, kept, chunk_items);
-        // The job's transaction is opened only once the members are sorted out: it keeps its
-        // connection until the job commits, so opened beside the look-ups and upserts it could
-        // leave them waiting for the last connections of the same pool (with one connection, for
-        // ever: a 503 after DATABASE_ACQUIRE_TIMEOUT).
-        let members_then_claim = async {
-            let upsert = members::ensure(&state.pool, &state.known_members, member_ids);
-            let (ensured, members_took) = timed(upsert).await;
-            let ensured = ensured.map_err(|e| match e {
-                members::MembersError::Db(e) => ApiError::database(e),
-                members::MembersError::Task(e) => ApiError::Internal(e.into()),
-            })?;
-            let claim = jobs::claim(&state.pool, &client_id, job_id, &external_ids);
-            let (claimed, claim_took) = timed(claim).await;
-            Ok::<_, ApiError>((ensured, claimed, members_took, claim_took))
-        };
-        let ((chunks, encode_took), admitted) = tokio::join!(timed(encode), members_then_claim);
-        took.encode = encode_took;
-        let chunks = chunks?;
-        let (ensured, claimed, members_took, claim_took) = admitted?;
-        (took.members, took.claim) = (members_took, claim_took);
-        took.new_members = ensured.inserted;
-        let members = ensured.total;
-        took.parallel = parallel_started.elapsed();
-        let new_job = NewJob {
-            job_id,
-            client_id: client_id.clone(),
-            idempotency_key: idempotency_key.clone(),
-            body_sha256,
-            total: chunks.iter().map(|(_, n)| n).sum(),
-            members,
-            reserve_at,
-            created_at: now,
-            label: label.clone(),
-            chunks,
-            external_ids,
-            skips: skips.into_iter().map(|s| s.into_row(job_id)).collect(),
-            reserved_amounts,
-        };
-        let store_started = Instant::now();
-        let stored = match claimed {
-            Ok(tx) => jobs::insert_claimed(tx, &new_job).await,
-            Err(e) => Err(e),
-        };
-        took.store = store_started.elapsed();
-        match stored {
-            Ok(()) => {
-                job = Some(new_job);
-                break;
-            }
-            Err(StoreError::DuplicateKey) => {
-                // Another request with the same key won the race; answer as its retry.
-                let key = idempotency_key.unwrap_or_default();
-                let existing = jobs::find_by_key(&state.pool, &client_id, &key)
-                    .await
-                    .map_err(ApiError::database)?
-                    .ok_or_else(|| {
-                        ApiError::Internal(anyhow::anyhow!("idempotency key vanished"))
-                    })?;
-                return replay(existing, &body_sha256).map(IntoResponse::into_response);
-            }
-            // A concurrent request took one of the ids since they were looked up: look again.
-            Err(StoreError::ExternalIdTaken) => {
-                tracing::info!(%client_id, attempt, "An external_id was taken meanwhile; looking again");
-            }
-            Err(StoreError::Db(e)) => return Err(ApiError::database(e)),
-        }
-    }
-    let Some(job) = job else {
-        return Err(ApiError::Conflict(
-            "concurrent requests kept taking this request's external ids; retry it".into(),
-        ));
-    };
-    let (job_id, total, members, skipped) = (job.job_id, job.total, job.members, job.skips.len());
-    let status = jobs::initial_status(&job);
+    Ok((body_sha256, parsed))
+}
+
+/// The accepted job's log lines: one at info, its phases at debug.
+fn log_accepted(
+    job: &StoredJob,
+    client_id: &str,
+    reserve_at: Option<DateTime<Utc>>,
+    took: &Took,
+    handler: std::time::Duration,
+) {
+    let (job_id, points, members) = (job.job_id, job.total, job.members);
     tracing::info!(
-        %job_id, %client_id, points = total, members, skipped, reserve_at = ?reserve_at,
+        %job_id, %client_id, points, members, skipped = job.skipped, reserve_at = ?reserve_at,
         lookup_ms = took.lookup.as_millis() as u64,
         upsert_encode_claim_ms = took.parallel.as_millis() as u64,
         store_ms = took.store.as_millis() as u64,
         "Accepted accrual job"
     );
     tracing::debug!(
-        %job_id, points = total, members, new_members = took.new_members,
+        %job_id, points, members, new_members = took.new_members,
         read_ms = took.read.as_millis() as u64,
         parse_ms = took.parse.as_millis() as u64,
         distinct_ms = took.distinct.as_millis() as u64,
@@ -319,25 +253,24 @@ pub async fn create_accrual_job(
         members_ms = took.members.as_millis() as u64,
         claim_ms = took.claim.as_millis() as u64,
         store_ms = took.store.as_millis() as u64,
-        handler_ms = received.elapsed().as_millis() as u64,
+        handler_ms = handler.as_millis() as u64,
         "Accept phases"
     );
-    state.metrics.jobs_accepted.inc();
-    state.metrics.points_accepted.inc_by(total as u64);
-    state.wake.wake();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            job_id,
-            accepted: total as u64,
-            members: members as u64,
-            skipped: skipped as u64,
-            status,
-            reserve_at,
-            status_url: format!("/v1/jobs/{job_id}"),
-        }),
-    )
-        .into_response())
+}
+
+/// The answer to a request the store did not take.
+fn intake_error(state: &AppState, e: IntakeError) -> ApiError {
+    match e {
+        IntakeError::Duplicates(duplicates) => {
+            state.metrics.validation_failures.inc();
+            ApiError::DuplicateExternalIds { duplicates }
+        }
+        IntakeError::Contended => ApiError::Conflict(
+            "concurrent requests kept taking this request's external ids; retry it".into(),
+        ),
+        IntakeError::Db(e) => ApiError::database(e),
+        e @ (IntakeError::KeyVanished | IntakeError::Task(_)) => ApiError::Internal(e.into()),
+    }
 }
 
 /// A retry of a request already stored: the original job, or 409 if the body differs.

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`jobs`] — `accrual_jobs` with its `accrual_chunks`: insert, find by idempotency key,
 //!   cancel, list.
+//! - [`intake`] — an accepted request stored as a job, with the rules of a race for its ids or key.
 //! - [`admission`] — which items of a request a job stores, by their `external_id`s.
 //! - [`chunks`] — the dispatchers' leases on due chunks, and marking them dispatched.
 //! - [`job_status`] — a job as its client sees it: stored outcome or live counters.
@@ -19,6 +20,7 @@ pub mod admission;
 pub mod chunks;
 pub mod client_index;
 pub mod external_ids;
+pub mod intake;
 pub mod job_status;
 pub mod jobs;
 pub mod member_ledger;

@@ -9,9 +9,6 @@ use accrual_core::message::PointRecord;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::blocking;
-use crate::http::error::ApiError;
-
 /// The chunks of `kept` (whose `accrual_id`s are `ids`, one each), in order, each with its item
 /// count; encoded off the async workers, one part per core.
 pub(super) async fn encode_in_parallel(
@@ -20,7 +17,7 @@ pub(super) async fn encode_in_parallel(
     ids: Vec<Uuid>,
     kept: Vec<Accrual>,
     chunk_items: usize,
-) -> Result<Vec<(Vec<u8>, usize)>, ApiError> {
+) -> Result<Vec<(Vec<u8>, usize)>, tokio::task::JoinError> {
     let chunk_items = chunk_items.max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Whole chunks per part, so the parts' chunks are the ones a single pass would make.
@@ -31,7 +28,7 @@ pub(super) async fn encode_in_parallel(
     while !kept.is_empty() {
         let start = (kept.len() - 1) / part_items * part_items;
         let (points, part_ids) = (kept.split_off(start), ids.split_off(start));
-        parts.push(blocking(move || {
+        parts.push(tokio::task::spawn_blocking(move || {
             let points = part_ids.into_iter().zip(points).collect();
             encode_chunks(job_id, accepted_at, points, chunk_items)
         }));
@@ -70,14 +67,17 @@ pub(super) fn encode_chunks(
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse_and_validate;
     use super::*;
+    use accrual_core::{accrual, wire};
 
     fn accruals(n: usize) -> Vec<Accrual> {
         let items: Vec<String> = (0..n)
             .map(|i| format!(r#"{{"member_id":"m{i}","point_type":"P","amount":1}}"#))
             .collect();
-        parse_and_validate(format!("[{}]", items.join(",")).as_bytes(), None).expect("valid")
+        let body = format!("[{}]", items.join(","));
+        let mut validator = accrual::Validator::new(Utc::now(), None);
+        wire::parse_items(body.as_bytes(), n, |item| validator.push(item)).expect("parses");
+        validator.finish().expect("valid")
     }
 
     fn ids_in(chunks: &[(Vec<u8>, usize)]) -> Vec<Uuid> {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 /// Where an accepted request's time went, for the log (the phases at debug level).
 #[derive(Debug, Default)]
-pub(super) struct Took {
+pub struct Took {
     /// Receiving the body.
     pub read: Duration,
     /// Its SHA-256, parsing and validating the items.
