@@ -3,4 +3,5 @@
 
 pub mod proc_stats;
 pub mod progress;
+pub mod stats;
 pub mod workload;

@@ -1,10 +1,10 @@
-//! Figures every part of the report computes the same way: nearest-rank percentiles, and
+//! Figures every benchmark report computes the same way: nearest-rank percentiles, and
 //! durations in milliseconds.
 
 use std::time::Duration;
 
 /// Nearest-rank percentile of sorted durations (`p` in 0..=1).
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -12,7 +12,7 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-pub(crate) fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 

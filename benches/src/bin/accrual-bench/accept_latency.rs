@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::Args;
 use crate::pipeline::PipelineOutcome;
-use crate::stats::{ms, percentile};
+use accrual_benches::stats::{ms, percentile};
 
 /// The accept latency of a 500,000-item request under load that #17 asks for.
 const P99_GOAL: Duration = Duration::from_secs(2);
