@@ -58,6 +58,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "ledger_client_id",
         include_str!("../migrations/0010_ledger_client_id.sql"),
     ),
+    (
+        11,
+        "fair_dispatch",
+        include_str!("../migrations/0011_fair_dispatch.sql"),
+    ),
 ];
 
 /// MySQL error: the column exists already (an `ADD COLUMN` run a second time).

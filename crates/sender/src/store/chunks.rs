@@ -2,6 +2,7 @@
 //! handed back, and the chunk marked dispatched (which moves its job to `enqueued` once none is
 //! left).
 //!
+//! Due chunks are claimed in a fair order ([`fair`]): by client, then by job within a client.
 //! A claim is a row lock taken with `FOR UPDATE SKIP LOCKED` and turned into a lease
 //! (`lease_owner`, `lease_until`) before the transaction ends, so replicas never wait on each other
 //! and a replica that dies loses its chunk when the lease runs out. Instants are MySQL's
@@ -10,9 +11,19 @@
 use accrual_core::job_status::JobStatus;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use accrual_core::{db, webhook};
 use sqlx::MySqlPool;
 use uuid::Uuid;
+
+pub use fair::ClientWeights;
+
+pub mod fair;
+
+/// Jobs a claim tries, in the fair order, before it waits for the next poll: each try is one
+/// primary-key range, and jobs whose chunks are all leased are skipped.
+const TURNS_PER_CLAIM: usize = 32;
 
 /// Retries of marking a chunk dispatched when MySQL reports a deadlock or lock wait timeout.
 const MARK_RETRIES: u32 = 5;
@@ -30,14 +41,26 @@ pub struct Claimed {
 #[derive(Clone, Debug)]
 pub struct ChunkLeases {
     pool: MySqlPool,
+    /// Each client's share of dispatch.
+    weights: Arc<ClientWeights>,
     /// This replica's name in `lease_owner` and `dispatched_by`.
     owner: String,
     lease: Duration,
 }
 
 impl ChunkLeases {
-    pub fn new(pool: MySqlPool, owner: String, lease: Duration) -> Self {
-        Self { pool, owner, lease }
+    pub fn new(
+        pool: MySqlPool,
+        owner: String,
+        lease: Duration,
+        weights: Arc<ClientWeights>,
+    ) -> Self {
+        Self {
+            pool,
+            weights,
+            owner,
+            lease,
+        }
     }
 
     /// This replica's name in `lease_owner` and `dispatched_by`.
@@ -45,21 +68,37 @@ impl ChunkLeases {
         &self.owner
     }
 
-    /// Takes the lease on the oldest due chunk nobody holds. A reserved job whose first chunk
-    /// this is becomes `dispatching`, and its `released` event commits with the claim.
+    /// Takes the lease on the next due chunk nobody holds, in the fair order ([`fair`]): the
+    /// client furthest behind its share first, then its job furthest behind. A reserved job whose
+    /// first chunk this is becomes `dispatching`, and its `released` event commits with the claim.
     pub async fn claim_due(&self) -> Result<Option<Claimed>, sqlx::Error> {
+        let turns = fair::due_jobs(&self.pool).await?;
+        if turns.is_empty() {
+            return Ok(None);
+        }
         let mut tx = self.pool.begin().await?;
-        let row: Option<(Uuid, u32)> = sqlx::query_as(
-            "SELECT job_id, seq FROM accrual_chunks \
-             WHERE dispatched_at IS NULL AND due_at <= NOW(6) AND (lease_until IS NULL OR lease_until < NOW(6)) \
-             ORDER BY due_at, job_id, seq LIMIT 1 FOR UPDATE SKIP LOCKED",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((job_id, seq)) = row else {
+        // The first job whose next chunk is free: the others' are leased or being claimed.
+        let mut chosen = None;
+        for turn in turns.into_iter().take(TURNS_PER_CLAIM) {
+            let row: Option<(u32, u32)> = sqlx::query_as(
+                "SELECT seq, item_count FROM accrual_chunks \
+                 WHERE job_id = ? AND dispatched_at IS NULL AND due_at <= NOW(6) \
+                 AND (lease_until IS NULL OR lease_until < NOW(6)) \
+                 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(turn.job_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((seq, points)) = row {
+                chosen = Some((turn, seq, points));
+                break;
+            }
+        }
+        let Some((turn, seq, points)) = chosen else {
             tx.commit().await?;
             return Ok(None);
         };
+        let job_id = turn.job_id;
         sqlx::query(
             "UPDATE accrual_chunks SET lease_owner = ?, lease_until = NOW(6) + INTERVAL ? MICROSECOND \
              WHERE job_id = ? AND seq = ?",
@@ -87,6 +126,8 @@ impl ChunkLeases {
         if released.rows_affected() > 0 {
             webhook::record(&mut tx, job_id, webhook::Event::Released).await?;
         }
+        // Last, so the clients' clock row (one for all) is held only to the commit.
+        fair::charge(&mut tx, &turn, points, &self.weights).await?;
         tx.commit().await?;
         Ok(Some(Claimed { job_id, seq, items }))
     }

@@ -99,7 +99,12 @@ impl Dispatcher {
             metrics.clone(),
         );
         Self {
-            chunks: ChunkLeases::new(pool.clone(), owner, settings.dispatch_lease),
+            chunks: ChunkLeases::new(
+                pool.clone(),
+                owner,
+                settings.dispatch_lease,
+                Arc::new(settings.dispatch_client_weights.clone()),
+            ),
             pool,
             fanout,
             dead_letters,

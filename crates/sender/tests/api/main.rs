@@ -12,6 +12,7 @@ mod contract;
 mod dry_run;
 mod events;
 mod external_ids;
+mod fair_dispatch;
 mod front_door;
 mod front_door_http;
 mod helpers;

@@ -10,6 +10,7 @@ use sqlx::MySqlPool;
 use super::DeadLetterQueue;
 use super::backlog;
 use crate::metrics::SenderMetrics;
+use crate::store::chunks::ClientWeights;
 
 /// The dispatchers: how many, how fast, how far ahead of the listeners, and their leases.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,6 +46,13 @@ pub struct DispatchSettings {
     /// How long a claimed chunk stays with its replica without renewal (e.g. 60s; at least 1s).
     #[arg(long, env = "DISPATCH_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub dispatch_lease: Duration,
+
+    /// Each client's share of dispatch relative to the others, as `client=weight` pairs separated
+    /// by commas (e.g. `crm=3,service=1`; weights 0.01-1000); a client not named weighs 1. Due
+    /// chunks go out client by client in proportion to these weights (in points), then job by job
+    /// within a client. Give every replica the same value.
+    #[arg(long, env = "DISPATCH_CLIENT_WEIGHTS", default_value = "", value_parser = ClientWeights::parse)]
+    pub dispatch_client_weights: ClientWeights,
 
     /// How often idle dispatchers look for due chunks, e.g. reserved jobs coming due (e.g. 1s; at
     /// least 10ms).
