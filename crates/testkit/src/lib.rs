@@ -182,6 +182,37 @@ impl TestEnv {
     }
 }
 
+/// The emulator behind `AWS_ENDPOINT_URL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emulator {
+    LocalStack,
+    Fauxqs,
+}
+
+impl Emulator {
+    /// LocalStack answers its own health route; fauxqs signs every answer `x-amz-id-2: fauxqs`.
+    pub async fn of(env: &TestEnv) -> Self {
+        let url = format!(
+            "{}/_localstack/health",
+            env.sqs.aws_endpoint_url.trim_end_matches('/')
+        );
+        let answer = reqwest::get(&url).await.unwrap();
+        if answer.status().is_success() {
+            return Self::LocalStack;
+        }
+        let signed = answer
+            .headers()
+            .get("x-amz-id-2")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(
+            signed,
+            Some("fauxqs"),
+            "{url}: neither LocalStack nor fauxqs; these tests pin those two"
+        );
+        Self::Fauxqs
+    }
+}
+
 impl Drop for TestEnv {
     /// Drops the database and deletes the queues. Runs on a thread of its own with its own runtime,
     /// because `Drop` cannot await and the test's runtime may be shutting down.

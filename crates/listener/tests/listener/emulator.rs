@@ -7,43 +7,12 @@ use std::time::{Duration, Instant};
 
 use accrual_core::sqs::{self, QueueOptions};
 use accrual_listener::queue::Queue;
-use accrual_testkit::{TestEnv, eventually};
+use accrual_testkit::{Emulator, TestEnv, eventually};
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
     SendMessageBatchRequestEntry,
 };
 use prometheus_client::metrics::counter::Counter;
-
-/// The emulator behind `AWS_ENDPOINT_URL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Emulator {
-    LocalStack,
-    Fauxqs,
-}
-
-impl Emulator {
-    /// LocalStack answers its own health route; fauxqs signs every answer `x-amz-id-2: fauxqs`.
-    async fn of(env: &TestEnv) -> Self {
-        let url = format!(
-            "{}/_localstack/health",
-            env.sqs.aws_endpoint_url.trim_end_matches('/')
-        );
-        let answer = reqwest::get(&url).await.unwrap();
-        if answer.status().is_success() {
-            return Self::LocalStack;
-        }
-        let signed = answer
-            .headers()
-            .get("x-amz-id-2")
-            .and_then(|v| v.to_str().ok());
-        assert_eq!(
-            signed,
-            Some("fauxqs"),
-            "{url}: neither LocalStack nor fauxqs; these tests pin those two"
-        );
-        Self::Fauxqs
-    }
-}
 
 /// A fresh env with `max_receive_count` and `visibility_timeout_secs`.
 async fn env_with(max_receive_count: u32, visibility_timeout_secs: u32) -> TestEnv {

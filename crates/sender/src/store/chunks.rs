@@ -32,6 +32,8 @@ const MARK_RETRIES: u32 = 5;
 #[derive(Debug)]
 pub struct Claimed {
     pub job_id: Uuid,
+    /// The job's client: each of its messages' `MessageGroupId`.
+    pub client_id: String,
     pub seq: u32,
     /// The chunk's encoded points ([`accrual_core::chunk`]).
     pub items: Vec<u8>,
@@ -98,7 +100,7 @@ impl ChunkLeases {
             tx.commit().await?;
             return Ok(None);
         };
-        let job_id = turn.job_id;
+        let (job_id, client_id) = (turn.job_id, turn.client_id.clone());
         sqlx::query(
             "UPDATE accrual_chunks SET lease_owner = ?, lease_until = NOW(6) + INTERVAL ? MICROSECOND \
              WHERE job_id = ? AND seq = ?",
@@ -129,7 +131,12 @@ impl ChunkLeases {
         // Last, so the clients' clock row (one for all) is held only to the commit.
         fair::charge(&mut tx, &turn, points, &self.weights).await?;
         tx.commit().await?;
-        Ok(Some(Claimed { job_id, seq, items }))
+        Ok(Some(Claimed {
+            job_id,
+            client_id,
+            seq,
+            items,
+        }))
     }
 
     /// How long a claim holds a chunk without renewal.

@@ -90,7 +90,8 @@ impl Dispatcher {
             queue_url.clone(),
             settings.send_concurrency,
             metrics.send_calls.clone(),
-        );
+        )
+        .with_message_groups(settings.dispatch_message_groups);
         let backlog = Backlog::new(
             sqs,
             queue_url,
@@ -218,7 +219,7 @@ impl Dispatcher {
 
     /// Sends a claimed chunk, renewing the lease while it goes; on shutdown, hands it back.
     async fn dispatch(&self, chunk: Claimed, shutdown: &CancellationToken) -> Dispatched {
-        let (job_id, seq) = (chunk.job_id, chunk.seq);
+        let (job_id, seq, client_id) = (chunk.job_id, chunk.seq, chunk.client_id);
         let per_message = self.points_per_message;
         let unpack = move || -> Result<(usize, Vec<String>), anyhow::Error> {
             let bodies = chunk::decode(&chunk.items)?;
@@ -237,7 +238,7 @@ impl Dispatcher {
             }
         };
         let progress = AtomicU64::new(0);
-        let send = self.send_chunk(bodies, &progress);
+        let send = self.send_chunk(bodies, &client_id, &progress);
         tokio::pin!(send);
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.tick().await;
@@ -318,9 +319,10 @@ impl Dispatcher {
     async fn send_chunk(
         &self,
         bodies: Vec<String>,
+        client_id: &str,
         progress: &AtomicU64,
     ) -> Result<Sent, FanoutError> {
-        let mut sent = self.fanout.send_all(bodies, progress).await?;
+        let mut sent = self.fanout.send_all(bodies, client_id, progress).await?;
         if self.points_per_message > 1 && !sent.refused.is_empty() {
             // Every packed body, even one holding a single point (the last message of a chunk
             // whose size is not a multiple of the packing): only a v1 body names the point a dead
@@ -338,7 +340,7 @@ impl Dispatcher {
                 points = points.len(),
                 "SQS refused packed messages; sending their points one by one"
             );
-            let again = self.fanout.send_all(points, progress).await?;
+            let again = self.fanout.send_all(points, client_id, progress).await?;
             sent.sent += again.sent;
             sent.refused.extend(again.refused);
         }

@@ -24,6 +24,7 @@ mod known_members;
 mod layers;
 mod members;
 mod members_per_client;
+mod message_groups;
 mod observability;
 mod ops;
 mod outcome;

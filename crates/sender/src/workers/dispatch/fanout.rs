@@ -64,6 +64,8 @@ pub struct Fanout {
     max_in_flight: usize,
     /// Counts every SendMessageBatch call, retries included.
     calls: Counter,
+    /// Whether each message carries its client as `MessageGroupId` (SQS fair queues).
+    message_groups: bool,
 }
 
 impl Fanout {
@@ -73,19 +75,30 @@ impl Fanout {
             queue_url,
             max_in_flight: max_in_flight.max(1),
             calls,
+            message_groups: true,
         }
     }
 
-    /// Sends every body; returns how many were sent and which were refused for good. Fails only
-    /// when SQS kept failing for reasons that may pass. `progress` counts the calls SQS answered,
-    /// so a caller can tell a slow fan-out from one that makes no progress at all.
+    /// With `false`, messages carry no `MessageGroupId` (for an SQS emulator that refuses the
+    /// field on a standard queue).
+    pub fn with_message_groups(mut self, message_groups: bool) -> Self {
+        self.message_groups = message_groups;
+        self
+    }
+
+    /// Sends every body, each with `client_id` as its `MessageGroupId` (so SQS fair queues serve
+    /// a quiet client beside a busy one); returns how many were sent and which were refused for
+    /// good. Fails only when SQS kept failing for reasons that may pass. `progress` counts the
+    /// calls SQS answered, so a caller can tell a slow fan-out from one that makes no progress.
     pub async fn send_all(
         &self,
         bodies: Vec<String>,
+        client_id: &str,
         progress: &AtomicU64,
     ) -> Result<Sent, FanoutError> {
+        let group = self.message_groups.then_some(client_id);
         stream::iter(send_batches(bodies))
-            .map(|batch| self.send_batch(batch, progress))
+            .map(|batch| self.send_batch(batch, group, progress))
             .buffer_unordered(self.max_in_flight)
             .try_fold(
                 Sent::default(),
@@ -100,6 +113,7 @@ impl Fanout {
     async fn send_batch(
         &self,
         batch: Vec<String>,
+        group: Option<&str>,
         progress: &AtomicU64,
     ) -> Result<Sent, FanoutError> {
         // Entry ids are the bodies' places in the batch, so failed entries can be found again.
@@ -111,6 +125,7 @@ impl Fanout {
                 SendMessageBatchRequestEntry::builder()
                     .id(id.to_string())
                     .message_body(body.clone())
+                    .set_message_group_id(group.map(str::to_owned))
                     .build()
             });
             // Building fails only without an id or a body, which every entry has.
@@ -181,7 +196,7 @@ impl Fanout {
                     // The whole call was refused (a body too large, say): find the body at fault.
                     tracing::warn!(error = %err, entries = pending.len(), "SendMessageBatch refused; sending its entries one by one");
                     for (_, body) in pending {
-                        let one = Box::pin(self.send_batch(vec![body], progress)).await?;
+                        let one = Box::pin(self.send_batch(vec![body], group, progress)).await?;
                         done = done.absorb(one);
                     }
                     return Ok(done);

@@ -54,6 +54,13 @@ pub struct DispatchSettings {
     #[arg(long, env = "DISPATCH_CLIENT_WEIGHTS", default_value = "", value_parser = ClientWeights::parse)]
     pub dispatch_client_weights: ClientWeights,
 
+    /// Give every message its job's client as `MessageGroupId`, so Amazon SQS fair queues
+    /// (standard queues) keep a quiet client's messages from waiting behind a busy one's; `false`
+    /// for an SQS emulator that refuses the field on a standard queue (LocalStack 4.9 and fauxqs
+    /// 2.4 accept it).
+    #[arg(long, env = "DISPATCH_MESSAGE_GROUPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dispatch_message_groups: bool,
+
     /// How often idle dispatchers look for due chunks, e.g. reserved jobs coming due (e.g. 1s; at
     /// least 10ms).
     #[arg(long, env = "DISPATCH_POLL", default_value = "1s", value_parser = parse_duration)]

@@ -93,7 +93,11 @@ pub async fn compare(r: &Reconciler, job_id: Uuid, give_up: bool) -> anyhow::Res
             done.given_up += missing.len() as u64;
         } else {
             let bodies = missing.into_iter().map(|(_, body)| body).collect();
-            let sent = r.fanout.send_all(bodies, &AtomicU64::new(0)).await?;
+            let client_id = client_of(&r.pool, job_id).await?;
+            let sent = r
+                .fanout
+                .send_all(bodies, &client_id, &AtomicU64::new(0))
+                .await?;
             for refused in &sent.refused {
                 if let Some(ids) = PointIds::of(&refused.body) {
                     dead_letter_one(r, ids, &refused.body, &refused.reason).await?;
@@ -122,6 +126,14 @@ pub async fn compare(r: &Reconciler, job_id: Uuid, give_up: bool) -> anyhow::Res
         job_outcome::settle(&r.pool, job_id).await?;
     }
     Ok(done)
+}
+
+/// The job's client: its re-sent messages' `MessageGroupId`, as at dispatch.
+async fn client_of(pool: &MySqlPool, job_id: Uuid) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT client_id FROM accrual_jobs WHERE job_id = ?")
+        .bind(job_id)
+        .fetch_one(pool)
+        .await
 }
 
 /// Which of `ids` are in the ledger or the dead letters: primary-key look-ups, one statement per
