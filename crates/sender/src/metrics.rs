@@ -30,6 +30,16 @@ pub struct WebhookLabels {
     pub result: &'static str,
 }
 
+/// Labels of a client's series: its id when `ACCRUAL_API_KEYS` names it, else `other` (a job of
+/// a client whose keys were removed), so the set of series stays that of the configured clients.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub client_id: String,
+}
+
+/// The `client_id` label of a client not among the configured ones.
+pub const OTHER_CLIENT: &str = "other";
+
 /// Buckets of a job's completion time: 1 s to about 4.5 hours, doubling.
 fn completion_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(1.0, 2.0, 15)
@@ -115,6 +125,15 @@ pub struct SenderMetrics {
     /// Readiness checks this replica made (each one MySQL query, one Redis PING and one SQS
     /// `GetQueueAttributes`); `/readyz` answers between them from the last one.
     pub readiness_checks: Counter,
+    /// Each client's due points not yet dispatched, set when `/metrics` is read (every replica
+    /// reports the same, from MySQL).
+    pub client_backlog_points: Family<ClientLabels, Gauge>,
+    /// Age of each client's oldest due chunk not yet dispatched (0 when none), set likewise.
+    pub client_dispatch_lag_seconds: Family<ClientLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Points sent to SQS by this replica's dispatchers, by client: each client's dispatch share.
+    pub client_points_dispatched: Family<ClientLabels, Counter>,
+    /// The configured clients: the only `client_id` labels besides [`OTHER_CLIENT`].
+    clients: Vec<String>,
     registry: Registry,
 }
 
@@ -126,6 +145,13 @@ impl Default for SenderMetrics {
 
 impl SenderMetrics {
     pub fn new() -> Self {
+        Self::for_clients(Vec::new())
+    }
+
+    /// The metrics of a sender whose configured clients are `clients` (the per-client series).
+    pub fn for_clients(mut clients: Vec<String>) -> Self {
+        clients.sort();
+        clients.dedup();
         let mut registry = Registry::with_prefix("accrual_sender");
         let m = Self {
             requests: Family::default(),
@@ -164,8 +190,28 @@ impl SenderMetrics {
             reconciler_quiet_period_seconds: Gauge::default(),
             oldest_unfinished_job_seconds: Gauge::default(),
             readiness_checks: Counter::default(),
+            client_backlog_points: Family::default(),
+            client_dispatch_lag_seconds: Family::default(),
+            client_points_dispatched: Family::default(),
+            clients,
             registry: Registry::default(),
         };
+        registry.register(
+            "client_backlog_points",
+            "Due points not yet dispatched, by client (the same on every replica)",
+            m.client_backlog_points.clone(),
+        );
+        registry.register_with_unit(
+            "client_dispatch_lag",
+            "Age of the client's oldest due chunk not yet dispatched (0 when none)",
+            Unit::Seconds,
+            m.client_dispatch_lag_seconds.clone(),
+        );
+        registry.register(
+            "client_points_dispatched",
+            "Points sent to SQS by this replica, by client",
+            m.client_points_dispatched.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route pattern, method and status",
@@ -351,10 +397,76 @@ impl SenderMetrics {
         Self { registry, ..m }
     }
 
+    /// The `client_id` label of `client_id`: itself when configured, else [`OTHER_CLIENT`].
+    pub fn client_label(&self, client_id: &str) -> ClientLabels {
+        let known = self
+            .clients
+            .binary_search_by(|c| c.as_str().cmp(client_id))
+            .is_ok();
+        ClientLabels {
+            client_id: if known { client_id } else { OTHER_CLIENT }.to_owned(),
+        }
+    }
+
+    /// Sets the per-client backlog series from `(client_id, due points, oldest due age in
+    /// seconds)` rows: every configured client has both series, 0 without a backlog.
+    pub fn set_client_backlogs(&self, rows: &[(String, i64, f64)]) {
+        self.client_backlog_points.clear();
+        self.client_dispatch_lag_seconds.clear();
+        for client in &self.clients {
+            let label = ClientLabels {
+                client_id: client.clone(),
+            };
+            self.client_backlog_points.get_or_create(&label).set(0);
+            self.client_dispatch_lag_seconds
+                .get_or_create(&label)
+                .set(0.0);
+        }
+        for (client_id, points, lag) in rows {
+            let label = self.client_label(client_id);
+            self.client_backlog_points
+                .get_or_create(&label)
+                .inc_by(*points);
+            let oldest = self.client_dispatch_lag_seconds.get_or_create(&label);
+            if *lag > oldest.get() {
+                oldest.set(*lag);
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_series_are_the_configured_clients_and_other() {
+        let metrics = SenderMetrics::for_clients(vec!["b".into(), "a".into(), "a".into()]);
+        metrics.set_client_backlogs(&[
+            ("a".into(), 300, 12.5),
+            ("gone".into(), 20, 40.0),
+            ("removed".into(), 5, 50.0),
+        ]);
+        let text = metrics.render();
+        for line in [
+            r#"accrual_sender_client_backlog_points{client_id="a"} 300"#,
+            r#"accrual_sender_client_backlog_points{client_id="b"} 0"#,
+            r#"accrual_sender_client_backlog_points{client_id="other"} 25"#,
+            r#"accrual_sender_client_dispatch_lag_seconds{client_id="other"} 50.0"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // The next reading replaces this one: a client whose backlog drained reads 0.
+        metrics.set_client_backlogs(&[]);
+        let text = metrics.render();
+        assert!(text.contains(r#"accrual_sender_client_backlog_points{client_id="a"} 0"#));
+        assert!(!text.contains(r#"client_id="other""#), "{text}");
     }
 }

@@ -69,7 +69,7 @@ impl Application {
             .await
             .context("The background runtime failed while connecting")?
             .context("Failed to connect to MySQL for the background tasks")?;
-        let metrics = Arc::new(SenderMetrics::new());
+        let metrics = Arc::new(SenderMetrics::for_clients(api_keys.clients()));
         let rate_limiter = RateLimiter::new(
             &settings.rate,
             progress.redis(),

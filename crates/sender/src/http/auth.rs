@@ -64,6 +64,14 @@ impl std::fmt::Debug for ApiKeys {
 }
 
 impl ApiKeys {
+    /// The clients that have a key, each once, sorted.
+    pub fn clients(&self) -> Vec<String> {
+        let mut clients: Vec<String> = self.keys.iter().map(|(_, c)| c.clone()).collect();
+        clients.sort();
+        clients.dedup();
+        clients
+    }
+
     /// Parses comma-separated entries, each `client:sha256:<64 hex digits>` or (development only)
     /// `client:<key>`. A client may have several keys (for rotation).
     pub fn parse(spec: &str) -> Result<Self, String> {

@@ -57,7 +57,22 @@ async fn readyz(State(ops): State<OpsState>) -> impl IntoResponse {
     (status, Json(readiness))
 }
 
-/// Prometheus metrics, with the dispatch lag read from MySQL at scrape time.
+/// Each client's due points not yet dispatched and the age of its oldest due chunk: what waits
+/// in MySQL, which the queue's depth does not show (a reserved job counts once it is due).
+async fn client_backlogs(pool: &sqlx::MySqlPool) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT j.client_id, CAST(SUM(c.item_count) AS SIGNED), \
+                CAST(TIMESTAMPDIFF(MICROSECOND, MIN(c.due_at), NOW(6)) / 1e6 AS DOUBLE) \
+         FROM accrual_chunks c JOIN accrual_jobs j ON j.job_id = c.job_id \
+         WHERE c.dispatched_at IS NULL AND c.due_at <= NOW(6) \
+         GROUP BY j.client_id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Prometheus metrics, with the dispatch lag and the clients' backlogs read from MySQL at scrape
+/// time.
 async fn metrics_text(State(ops): State<OpsState>) -> impl IntoResponse {
     let state = ops.app;
     let lag: Result<Result<(Option<f64>, i64), sqlx::Error>, _> =
@@ -80,6 +95,12 @@ async fn metrics_text(State(ops): State<OpsState>) -> impl IntoResponse {
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "Could not read the dispatch lag"),
         Err(_) => tracing::warn!("Reading the dispatch lag timed out"),
+    }
+    let backlogs = tokio::time::timeout(LAG_TIMEOUT, client_backlogs(&state.pool)).await;
+    match backlogs {
+        Ok(Ok(rows)) => state.metrics.set_client_backlogs(&rows),
+        Ok(Err(e)) => tracing::warn!(error = %e, "Could not read the clients' backlogs"),
+        Err(_) => tracing::warn!("Reading the clients' backlogs timed out"),
     }
     (
         [(

@@ -291,6 +291,10 @@ impl Dispatcher {
                 self.metrics
                     .points_dispatched
                     .inc_by((points - refused.len()) as u64);
+                self.metrics
+                    .client_points_dispatched
+                    .get_or_create(&self.metrics.client_label(&client_id))
+                    .inc_by((points - refused.len()) as u64);
                 self.metrics.points_refused.inc_by(refused.len() as u64);
                 self.metrics.messages_dispatched.inc_by(sent as u64);
                 self.backlog.sent(sent as u64);

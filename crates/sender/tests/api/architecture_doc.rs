@@ -281,7 +281,14 @@ async fn serves(http: &reqwest::Client, base: &str, method: &str, path: &str) ->
 /// is left out of the exposition altogether (a new family needs its series here, or the page
 /// cannot name it).
 fn sender_exposition() -> String {
-    let metrics = SenderMetrics::new();
+    let metrics = SenderMetrics::for_clients(vec!["client_a".into()]);
+    // Every configured client has its backlog series, and one that sent points its share.
+    metrics.set_client_backlogs(&[]);
+    let client = metrics.client_label("client_a");
+    metrics
+        .client_points_dispatched
+        .get_or_create(&client)
+        .inc();
     let request = RequestLabels {
         route: "/healthz".into(),
         method: "GET".into(),

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accrual_sender::store::chunks::{ChunkLeases, ClientWeights};
+use accrual_testkit::eventually;
+use accrual_testkit::process::metric;
 use uuid::Uuid;
 
 use crate::helpers::{KEY_A, TestApp, item, spawn_app_with};
@@ -135,6 +137,79 @@ async fn a_clients_jobs_take_turns_and_a_new_one_does_not_wait_for_the_old() {
     // The new job starts level with the old one (not 10 chunks behind it, nor 10 ahead).
     assert_eq!(by_job[&new], 5, "{jobs:?}");
     assert_eq!(by_job[&old], 5, "{jobs:?}");
+}
+
+/// What waits in MySQL is counted per client (issue 27, point 5), the backlog the queue's depth
+/// does not show (point 3): due points only, a reserved job counting from its time.
+#[tokio::test]
+async fn each_clients_due_backlog_is_counted_where_the_queue_does_not_hold_it() {
+    let app = app().await;
+    job(&app, KEY_A, 300, "").await;
+    job(&app, KEY_B, 50, "").await;
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    job(
+        &app,
+        KEY_B,
+        20,
+        &format!("reserve_at={}", urlencoding(&tomorrow)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let metrics = app.metrics().await;
+    let backlog = |client: &str| {
+        metric(
+            &metrics,
+            &format!("accrual_sender_client_backlog_points{{client_id=\"{client}\"}}"),
+        )
+    };
+    assert_eq!(
+        (backlog("client_a"), backlog("client_b")),
+        (Some(300.0), Some(50.0))
+    );
+    let lag = metric(
+        &metrics,
+        r#"accrual_sender_client_dispatch_lag_seconds{client_id="client_a"}"#,
+    )
+    .unwrap();
+    assert!(lag > 0.0, "{lag}");
+    assert_eq!(
+        app.env.depth(&app.env.queues.main).await,
+        0,
+        "none of it in SQS"
+    );
+}
+
+/// Each client's points sent are counted: its dispatch share; its backlog goes back to 0.
+#[tokio::test]
+async fn each_clients_dispatched_points_are_counted() {
+    let app = spawn_app_with(|s| s.api.chunk_items = 10).await;
+    job(&app, KEY_A, 30, "").await;
+    job(&app, KEY_B, 20, "").await;
+    let sent = |metrics: &str, client: &str| {
+        metric(
+            metrics,
+            &format!("accrual_sender_client_points_dispatched_total{{client_id=\"{client}\"}}"),
+        )
+    };
+    eventually(
+        Duration::from_secs(30),
+        "both clients' points sent",
+        || async {
+            let metrics = app.metrics().await;
+            sent(&metrics, "client_a") == Some(30.0) && sent(&metrics, "client_b") == Some(20.0)
+        },
+    )
+    .await;
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"accrual_sender_client_backlog_points{client_id="client_a"}"#
+        ),
+        Some(0.0)
+    );
 }
 
 /// `+` and `:` of an RFC 3339 instant, escaped for a query string.
