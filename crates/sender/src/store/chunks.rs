@@ -22,8 +22,10 @@ pub use fair::ClientWeights;
 pub mod fair;
 
 /// Jobs a claim tries, in the fair order, before it waits for the next poll: each try is one
-/// primary-key range, and jobs whose chunks are all leased are skipped.
-const TURNS_PER_CLAIM: usize = 32;
+/// primary-key range, and a job is passed over only when all its due chunks are leased, which
+/// the dispatchers of every replica together (two each by default) or a dead replica's leases
+/// can do to a few jobs at a time, not to hundreds.
+const TURNS_PER_CLAIM: usize = 256;
 
 /// Retries of marking a chunk dispatched when MySQL reports a deadlock or lock wait timeout.
 const MARK_RETRIES: u32 = 5;
