@@ -14,11 +14,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::cursor::{self, percent_encode};
 use super::error::ApiError;
-use super::jobs::listing::{from_hex, percent_encode};
 use crate::http::state::AppState;
 use crate::store::member_ledger::{self, LedgerRow, PointTypeBalance};
 
@@ -26,10 +25,6 @@ use crate::store::member_ledger::{self, LedgerRow, PointTypeBalance};
 pub const DEFAULT_LIMIT: u32 = 50;
 /// Most rows on one page.
 pub const MAX_LIMIT: u32 = 500;
-
-const CURSOR_VERSION: u8 = 1;
-const TAG_BYTES: usize = 8;
-const CURSOR_BYTES: usize = 1 + 8 + TAG_BYTES;
 
 /// The query parameters of the ledger; any other is refused.
 #[derive(Debug, Default, Deserialize)]
@@ -121,34 +116,20 @@ fn limit(value: &str) -> Result<u32, ApiError> {
         })
 }
 
-/// The tag binding a position to its client, member and filter.
-fn tag(
-    position: &[u8],
-    client_id: &str,
-    member_id: &str,
-    point_type: Option<&str>,
-) -> [u8; TAG_BYTES] {
-    let mut hash = Sha256::new();
-    hash.update(b"accrual member ledger cursor\0");
-    hash.update(position);
-    // NUL ends each part (none may contain one); a missing filter is "-", which no point type is.
-    for part in [client_id, member_id, point_type.unwrap_or("-")] {
-        hash.update(part.as_bytes());
-        hash.update(b"\0");
-    }
-    let digest = hash.finalize();
-    let mut out = [0; TAG_BYTES];
-    out.copy_from_slice(&digest[..TAG_BYTES]);
-    out
+/// The name a ledger cursor is sealed with.
+const LIST: &str = "accrual member ledger cursor";
+
+/// A missing filter is "-", which no point type is.
+fn scope(client_id: &str, member_id: &str, point_type: Option<&str>) -> Vec<u8> {
+    cursor::scope_of(&[client_id, member_id, point_type.unwrap_or("-")])
 }
 
 fn encode_cursor(id: u64, client_id: &str, member_id: &str, point_type: Option<&str>) -> String {
-    let mut bytes = Vec::with_capacity(CURSOR_BYTES);
-    bytes.push(CURSOR_VERSION);
-    bytes.extend_from_slice(&id.to_be_bytes());
-    let tag = tag(&bytes, client_id, member_id, point_type);
-    bytes.extend_from_slice(&tag);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    cursor::seal(
+        LIST,
+        &id.to_be_bytes(),
+        &scope(client_id, member_id, point_type),
+    )
 }
 
 fn decode_cursor(
@@ -163,16 +144,10 @@ fn decode_cursor(
                 .into(),
         )
     };
-    let bytes = from_hex(cursor).ok_or_else(refused)?;
-    if bytes.len() != CURSOR_BYTES || bytes[0] != CURSOR_VERSION {
-        return Err(refused());
-    }
-    let (position, tag_bytes) = bytes.split_at(CURSOR_BYTES - TAG_BYTES);
-    if tag(position, client_id, member_id, point_type) != tag_bytes {
-        return Err(refused());
-    }
+    let position = cursor::open(LIST, cursor, 8, &scope(client_id, member_id, point_type))
+        .ok_or_else(refused)?;
     Ok(u64::from_be_bytes(
-        position[1..9].try_into().map_err(|_| refused())?,
+        position.try_into().map_err(|_| refused())?,
     ))
 }
 

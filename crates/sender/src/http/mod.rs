@@ -7,6 +7,7 @@ pub mod access;
 pub mod accruals;
 pub mod auth;
 pub mod client_slots;
+pub(crate) mod cursor;
 pub mod error;
 pub mod jobs;
 pub mod members;

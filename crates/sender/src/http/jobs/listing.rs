@@ -10,9 +10,9 @@ use accrual_core::domain::{Label, check_datetime6};
 use accrual_core::job_status::JobStatus;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::http::cursor::{self, percent_encode};
 use crate::http::error::ApiError;
 use crate::store::job_status::JobView;
 use crate::store::jobs::{JobFilter, JobRow, ListPosition};
@@ -23,9 +23,8 @@ pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
 
 /// Bytes of a cursor: a version, the microseconds, the job id and the tag.
-const CURSOR_BYTES: usize = 1 + 8 + 16 + TAG_BYTES;
-const CURSOR_VERSION: u8 = 1;
-const TAG_BYTES: usize = 8;
+/// A position: the job's `created_at` in microseconds, then its id.
+const POSITION_BYTES: usize = 8 + 16;
 
 /// The query parameters `GET /v1/jobs` knows; any other is refused (a typo such as `state=`
 /// would otherwise list every job as if unfiltered). All are read as text and checked here, so
@@ -163,40 +162,31 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
-/// The tag binding a position to its client and filters.
-fn tag(position_bytes: &[u8], client_id: &str, filter: &JobFilter) -> [u8; TAG_BYTES] {
-    let mut hash = Sha256::new();
-    hash.update(b"accrual job list cursor\0");
-    hash.update(position_bytes);
-    // Each part ends with a NUL (which none may contain), so parts cannot run into each other.
-    for part in [
+/// The name a job list cursor is sealed with.
+const LIST: &str = "accrual job list cursor";
+
+/// The client and the filters a cursor is bound to: an instant as its microseconds, a missing one
+/// as "-".
+fn scope(client_id: &str, filter: &JobFilter) -> Vec<u8> {
+    let mut scope = cursor::scope_of(&[
         client_id,
         filter.status.map_or("", JobStatus::as_str),
         filter.label.as_deref().unwrap_or(""),
-    ] {
-        hash.update(part.as_bytes());
-        hash.update(b"\0");
-    }
+    ]);
     for at in [filter.created_from, filter.created_to] {
         match at {
-            Some(at) => hash.update(at.timestamp_micros().to_be_bytes()),
-            None => hash.update(b"-"),
+            Some(at) => scope.extend_from_slice(&at.timestamp_micros().to_be_bytes()),
+            None => scope.extend_from_slice(b"-"),
         }
     }
-    let digest = hash.finalize();
-    let mut out = [0; TAG_BYTES];
-    out.copy_from_slice(&digest[..TAG_BYTES]);
-    out
+    scope
 }
 
 fn encode_cursor(position: &ListPosition, client_id: &str, filter: &JobFilter) -> String {
-    let mut bytes = Vec::with_capacity(CURSOR_BYTES);
-    bytes.push(CURSOR_VERSION);
+    let mut bytes = Vec::with_capacity(POSITION_BYTES);
     bytes.extend_from_slice(&position.created_at.timestamp_micros().to_be_bytes());
     bytes.extend_from_slice(position.job_id.as_bytes());
-    let tag = tag(&bytes, client_id, filter);
-    bytes.extend_from_slice(&tag);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    cursor::seal(LIST, &bytes, &scope(client_id, filter))
 }
 
 fn decode_cursor(
@@ -209,46 +199,14 @@ fn decode_cursor(
             "cursor is not one this list gave for these filters; start again without it".into(),
         )
     };
-    let bytes = from_hex(cursor).ok_or_else(refused)?;
-    if bytes.len() != CURSOR_BYTES || bytes[0] != CURSOR_VERSION {
-        return Err(refused());
-    }
-    let (position_bytes, tag_bytes) = bytes.split_at(CURSOR_BYTES - TAG_BYTES);
-    if tag(position_bytes, client_id, filter) != tag_bytes {
-        return Err(refused());
-    }
-    let micros = i64::from_be_bytes(position_bytes[1..9].try_into().map_err(|_| refused())?);
-    let job_id = Uuid::from_slice(&position_bytes[9..]).map_err(|_| refused())?;
+    let position = cursor::open(LIST, cursor, POSITION_BYTES, &scope(client_id, filter))
+        .ok_or_else(refused)?;
+    let micros = i64::from_be_bytes(position[..8].try_into().map_err(|_| refused())?);
+    let job_id = Uuid::from_slice(&position[8..]).map_err(|_| refused())?;
     let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(refused)?;
     // The tag is not a secret: a forged cursor may carry an instant DATETIME cannot hold.
     check_datetime6(created_at).map_err(|_| refused())?;
     Ok(ListPosition { created_at, job_id })
-}
-
-pub(crate) fn from_hex(text: &str) -> Option<Vec<u8>> {
-    // Lower-case digits only, so one position has one spelling (`u8::from_str_radix` would also
-    // take `+f` and `F`).
-    let digit = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-    if !text.len().is_multiple_of(2) || !text.bytes().all(digit) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-pub(crate) fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
