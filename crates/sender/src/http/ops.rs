@@ -57,11 +57,13 @@ async fn readyz(State(ops): State<OpsState>) -> impl IntoResponse {
     (status, Json(readiness))
 }
 
-/// Each client's due points not yet dispatched and the age of its oldest due chunk: what waits
+/// Per client: due chunks not yet dispatched, their points and the age of the oldest, what waits
 /// in MySQL, which the queue's depth does not show (a reserved job counts once it is due).
-async fn client_backlogs(pool: &sqlx::MySqlPool) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
+async fn due_by_client(
+    pool: &sqlx::MySqlPool,
+) -> Result<Vec<(String, i64, i64, f64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT j.client_id, CAST(SUM(c.item_count) AS SIGNED), \
+        "SELECT j.client_id, COUNT(*), CAST(SUM(c.item_count) AS SIGNED), \
                 CAST(TIMESTAMPDIFF(MICROSECOND, MIN(c.due_at), NOW(6)) / 1e6 AS DOUBLE) \
          FROM accrual_chunks c JOIN accrual_jobs j ON j.job_id = c.job_id \
          WHERE c.dispatched_at IS NULL AND c.due_at <= NOW(6) \
@@ -72,35 +74,23 @@ async fn client_backlogs(pool: &sqlx::MySqlPool) -> Result<Vec<(String, i64, f64
 }
 
 /// Prometheus metrics, with the dispatch lag and the clients' backlogs read from MySQL at scrape
-/// time.
+/// time (one query: the totals are the clients' sums).
 async fn metrics_text(State(ops): State<OpsState>) -> impl IntoResponse {
     let state = ops.app;
-    let lag: Result<Result<(Option<f64>, i64), sqlx::Error>, _> =
-        tokio::time::timeout(LAG_TIMEOUT, async {
-            sqlx::query_as(
-                "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, MIN(due_at), NOW(6)) / 1e6 AS DOUBLE), COUNT(*) \
-                 FROM accrual_chunks WHERE dispatched_at IS NULL AND due_at <= NOW(6)",
-            )
-            .fetch_one(&state.pool)
-            .await
-        })
-        .await;
-    match lag {
-        Ok(Ok((age, pending))) => {
-            state
-                .metrics
-                .dispatch_lag_seconds
-                .set(age.unwrap_or(0.0).max(0.0));
+    match tokio::time::timeout(LAG_TIMEOUT, due_by_client(&state.pool)).await {
+        Ok(Ok(rows)) => {
+            let pending = rows.iter().map(|(_, chunks, _, _)| chunks).sum();
+            let lag = rows.iter().map(|(_, _, _, lag)| *lag).fold(0.0, f64::max);
+            state.metrics.dispatch_lag_seconds.set(lag);
             state.metrics.chunks_pending.set(pending);
+            let backlogs: Vec<(String, i64, f64)> = rows
+                .into_iter()
+                .map(|(client, _, points, lag)| (client, points, lag))
+                .collect();
+            state.metrics.set_client_backlogs(&backlogs);
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "Could not read the dispatch lag"),
         Err(_) => tracing::warn!("Reading the dispatch lag timed out"),
-    }
-    let backlogs = tokio::time::timeout(LAG_TIMEOUT, client_backlogs(&state.pool)).await;
-    match backlogs {
-        Ok(Ok(rows)) => state.metrics.set_client_backlogs(&rows),
-        Ok(Err(e)) => tracing::warn!(error = %e, "Could not read the clients' backlogs"),
-        Err(_) => tracing::warn!("Reading the clients' backlogs timed out"),
     }
     (
         [(

@@ -174,6 +174,13 @@ async fn each_clients_due_backlog_is_counted_where_the_queue_does_not_hold_it() 
     )
     .unwrap();
     assert!(lag > 0.0, "{lag}");
+    // The totals are the clients' sums: 30 and 5 chunks of ten points, the oldest client_a's.
+    assert_eq!(
+        metric(&metrics, "accrual_sender_chunks_pending"),
+        Some(35.0)
+    );
+    let total_lag = metric(&metrics, "accrual_sender_dispatch_lag_seconds").unwrap();
+    assert!(total_lag >= lag, "{total_lag} < {lag}");
     assert_eq!(
         app.env.depth(&app.env.queues.main).await,
         0,
