@@ -63,6 +63,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "fair_dispatch",
         include_str!("../migrations/0011_fair_dispatch.sql"),
     ),
+    (
+        12,
+        "dispatch_horizon",
+        include_str!("../migrations/0012_dispatch_horizon.sql"),
+    ),
 ];
 
 /// MySQL error: the column exists already (an `ADD COLUMN` run a second time).

@@ -43,6 +43,27 @@ pub struct JobView {
     /// What the reconciler did to the job: `null` until it found the job quiet (every chunk sent,
     /// no progress for its quiet period) and compared it with the ledger.
     pub reconciler: Option<Reconciliation>,
+    /// Where the job stands among the points waiting for dispatch, while it has due points not
+    /// yet dispatched (left out otherwise, and in webhook bodies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueuePlace>,
+}
+
+/// A waiting job's place under fair dispatch, estimated from the listeners' measured rate
+/// assuming nothing new arrives; read again, it moves as the job does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueuePlace {
+    /// Points that go to the listeners before this job's next point: those already in the queue
+    /// and those of other jobs (of any client) dispatched before it under the fair order.
+    pub points_ahead: u64,
+    /// The same through this job's last point, its own remaining points included.
+    pub points_to_finish: u64,
+    /// When its next point should be written, to the second; `null` until a drain rate has been
+    /// measured.
+    pub estimated_start: Option<DateTime<Utc>>,
+    /// When its last point should be written; `null` like `estimated_start`.
+    pub estimated_finish: Option<DateTime<Utc>>,
 }
 
 /// What the reconciler did to a job that went quiet before all of its points were accounted for.
@@ -102,6 +123,7 @@ pub fn to_view(job: JobFields, c: Counters) -> JobView {
         reverses: job.reverses,
         reversed_by: job.reversed_by,
         reconciler: job.reconciler,
+        queue: None,
     }
 }
 

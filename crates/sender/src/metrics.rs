@@ -76,12 +76,21 @@ pub struct SenderMetrics {
     pub sse_pollers: Gauge,
     /// Due chunks not yet dispatched, set when `/metrics` is read.
     pub chunks_pending: Gauge,
-    /// Time this replica's dispatchers waited because the queue was at
-    /// `DISPATCH_MAX_QUEUE_DEPTH` (summed over the dispatchers).
+    /// Time this replica's dispatchers waited because the queue held `DISPATCH_QUEUE_HORIZON`
+    /// of work (summed over the dispatchers).
     pub dispatch_paused_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
-    /// Messages in the queue (visible and in flight) at the dispatchers' last reading; 0 without
-    /// a `DISPATCH_MAX_QUEUE_DEPTH`.
+    /// Messages in the queue (visible and in flight) at the dispatchers' last reading.
     pub dispatch_queue_depth: Gauge,
+    /// The messages the queue may hold before the dispatchers wait: `DISPATCH_QUEUE_HORIZON` of
+    /// the drain rate, at least 1,000 (0 without a horizon).
+    pub dispatch_queue_bound: Gauge,
+    /// The rate at which the listeners drain the queue, in points per second, as the dispatchers
+    /// last measured it.
+    pub drain_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The pipeline's backlog in messages: the due points not yet dispatched, as the messages they
+    /// will make, plus the queue's messages; set when `/metrics` is read. KEDA scales the
+    /// listeners on it.
+    pub pipeline_backlog_messages: Gauge,
     /// Final jobs whose stored results this replica's retention task purged.
     pub retention_jobs_purged: Counter,
     /// Stored chunks this replica's retention task deleted.
@@ -170,6 +179,9 @@ impl SenderMetrics {
             chunks_pending: Gauge::default(),
             dispatch_paused_seconds: Counter::default(),
             dispatch_queue_depth: Gauge::default(),
+            dispatch_queue_bound: Gauge::default(),
+            drain_rate: Gauge::default(),
+            pipeline_backlog_messages: Gauge::default(),
             sse_pollers: Gauge::default(),
             retention_jobs_purged: Counter::default(),
             retention_chunks_purged: Counter::default(),
@@ -281,14 +293,29 @@ impl SenderMetrics {
         );
         registry.register_with_unit(
             "dispatch_paused",
-            "Time dispatchers waited because the queue was at DISPATCH_MAX_QUEUE_DEPTH, summed over the dispatchers",
+            "Time dispatchers waited because the queue held DISPATCH_QUEUE_HORIZON of work, summed over the dispatchers",
             Unit::Seconds,
             m.dispatch_paused_seconds.clone(),
         );
         registry.register(
             "dispatch_queue_depth",
-            "Messages in the queue, visible and in flight, at the dispatchers' last reading (0 without DISPATCH_MAX_QUEUE_DEPTH)",
+            "Messages in the queue, visible and in flight, at the dispatchers' last reading",
             m.dispatch_queue_depth.clone(),
+        );
+        registry.register(
+            "dispatch_queue_bound_messages",
+            "Messages the queue may hold before dispatchers wait: DISPATCH_QUEUE_HORIZON of the drain rate, at least 1000 (0 without a horizon)",
+            m.dispatch_queue_bound.clone(),
+        );
+        registry.register(
+            "drain_rate_points_per_second",
+            "Points per second the listeners take from the queue, as the dispatchers last measured it",
+            m.drain_rate.clone(),
+        );
+        registry.register(
+            "pipeline_backlog_messages",
+            "Due points not yet dispatched, as the messages they will make, plus the queue's messages (what KEDA scales the listeners on); the same on every replica, so take max()",
+            m.pipeline_backlog_messages.clone(),
         );
         registry.register(
             "sse_pollers",

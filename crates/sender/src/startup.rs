@@ -15,6 +15,7 @@ use crate::http::state::{ApiDeps, AppState};
 use crate::http::{self, auth::ApiKeys};
 use crate::metrics::SenderMetrics;
 use crate::settings::SenderSettings;
+use crate::store::chunks::place::QueuePlaces;
 use crate::workers::Workers;
 use crate::workers::completion::Completion;
 use crate::workers::dispatch::{DeadLetterQueue, DispatchDeps, Dispatcher};
@@ -115,6 +116,12 @@ impl Application {
                 sqs: client,
                 queue_url,
                 results_retention: settings.retention.rules.results_retention,
+                placing: crate::http::place::Placing {
+                    places: QueuePlaces::new(Arc::new(
+                        settings.dispatch.dispatch_client_weights.clone(),
+                    )),
+                    backlog: dispatcher.backlog().clone(),
+                },
             },
         );
         let completion = Completion {

@@ -136,10 +136,11 @@ pub async fn cancel_job(
 
 /// The client's job, reconciled with MySQL; 404 when it has no such job.
 async fn find_view(state: &AppState, job_id: Uuid, client_id: &str) -> Result<JobView, ApiError> {
-    job_status::view(&state.pool, &state.progress, job_id, client_id)
+    let view = job_status::view(&state.pool, &state.progress, job_id, client_id)
         .await
         .map_err(ApiError::database)?
-        .ok_or(ApiError::NotFound)
+        .ok_or(ApiError::NotFound)?;
+    Ok(state.placing.place(&state.pool, view).await)
 }
 
 /// The job id of the path, or a problem+json 400 naming what is wrong with it.
@@ -176,9 +177,13 @@ pub async fn follow_job_events(
             ),
             retry_after: Duration::from_secs(5),
         })?;
-    let updates = state
-        .job_watch
-        .follow(&state.pool, &state.progress, first, &client_id);
+    let updates = state.job_watch.follow(
+        &state.pool,
+        &state.progress,
+        &state.placing,
+        first,
+        &client_id,
+    );
     let follow = Follow {
         updates,
         first: true,

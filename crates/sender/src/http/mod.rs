@@ -14,6 +14,7 @@ pub mod members;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
+pub mod place;
 pub mod rate_limit;
 pub mod readiness;
 pub mod request_id;

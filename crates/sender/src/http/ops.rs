@@ -57,35 +57,68 @@ async fn readyz(State(ops): State<OpsState>) -> impl IntoResponse {
     (status, Json(readiness))
 }
 
-/// Per client: due chunks not yet dispatched, their points and the age of the oldest, what waits
-/// in MySQL, which the queue's depth does not show (a reserved job counts once it is due).
+/// Per client: due chunks not yet dispatched, their points, the messages they will make (a
+/// chunk's points over `points_per_message`, rounded up) and the age of the oldest: what waits in
+/// MySQL, which the queue's depth does not show (a reserved job counts once it is due).
 async fn due_by_client(
     pool: &sqlx::MySqlPool,
-) -> Result<Vec<(String, i64, i64, f64)>, sqlx::Error> {
+    points_per_message: u64,
+) -> Result<Vec<(String, i64, i64, i64, f64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT j.client_id, COUNT(*), CAST(SUM(c.item_count) AS SIGNED), \
+                CAST(SUM(CEIL(c.item_count / ?)) AS SIGNED), \
                 CAST(TIMESTAMPDIFF(MICROSECOND, MIN(c.due_at), NOW(6)) / 1e6 AS DOUBLE) \
          FROM accrual_chunks c JOIN accrual_jobs j ON j.job_id = c.job_id \
          WHERE c.dispatched_at IS NULL AND c.due_at <= NOW(6) \
          GROUP BY j.client_id",
     )
+    .bind(points_per_message)
     .fetch_all(pool)
     .await
 }
 
-/// Prometheus metrics, with the dispatch lag and the clients' backlogs read from MySQL at scrape
-/// time (one query: the totals are the clients' sums).
+/// Prometheus metrics, with the dispatch lag, the clients' backlogs and the pipeline's backlog
+/// read at scrape time: one MySQL query (the totals are the clients' sums) and, beside it, the
+/// queue's depth.
 async fn metrics_text(State(ops): State<OpsState>) -> impl IntoResponse {
     let state = ops.app;
-    match tokio::time::timeout(LAG_TIMEOUT, due_by_client(&state.pool)).await {
+    let per_message = state.placing.backlog.state().points_per_message;
+    let (due, depth) = tokio::join!(
+        tokio::time::timeout(LAG_TIMEOUT, due_by_client(&state.pool, per_message)),
+        tokio::time::timeout(
+            LAG_TIMEOUT,
+            accrual_core::sqs::approximate_depth(&state.sqs, &state.queue_url)
+        ),
+    );
+    let depth = match depth {
+        Ok(Ok(depth)) => Some(depth),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Could not read the queue's depth for the pipeline backlog");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("Reading the queue's depth for the pipeline backlog timed out");
+            None
+        }
+    };
+    match due {
         Ok(Ok(rows)) => {
-            let pending = rows.iter().map(|(_, chunks, _, _)| chunks).sum();
-            let lag = rows.iter().map(|(_, _, _, lag)| *lag).fold(0.0, f64::max);
+            let pending = rows.iter().map(|(_, chunks, ..)| chunks).sum();
+            let lag = rows.iter().map(|(.., lag)| *lag).fold(0.0, f64::max);
+            let due_messages: i64 = rows.iter().map(|(_, _, _, messages, _)| messages).sum();
             state.metrics.dispatch_lag_seconds.set(lag);
             state.metrics.chunks_pending.set(pending);
+            // Without a depth the gauge keeps its last value: a backlog that drops to what MySQL
+            // holds because SQS did not answer would scale the listeners in.
+            if let Some(depth) = depth {
+                state
+                    .metrics
+                    .pipeline_backlog_messages
+                    .set(due_messages + depth as i64);
+            }
             let backlogs: Vec<(String, i64, f64)> = rows
                 .into_iter()
-                .map(|(client, _, points, lag)| (client, points, lag))
+                .map(|(client, _, points, _, lag)| (client, points, lag))
                 .collect();
             state.metrics.set_client_backlogs(&backlogs);
         }

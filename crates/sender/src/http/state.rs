@@ -79,6 +79,9 @@ pub struct ApiDeps {
     pub queue_url: String,
     /// `RESULTS_RETENTION_DAYS`.
     pub results_retention: Duration,
+    /// The queue's depth and drain rate, as the dispatchers read them, and the fair order's
+    /// reading of the waiting jobs.
+    pub placing: crate::http::place::Placing,
 }
 
 impl AppState {
@@ -106,6 +109,7 @@ impl AppState {
             queue_url: deps.queue_url,
             uploads: Uploads::new(uploads),
             results_retention: deps.results_retention,
+            placing: deps.placing,
             // Replaced by a child of the token `run_until_stopped` is given.
             shutdown: CancellationToken::new(),
         }
@@ -143,6 +147,10 @@ pub struct AppState {
     /// answer 410 once `results_purged_at` is set or it completed longer ago than this (the
     /// retention task may not have come round yet).
     pub results_retention: Duration,
+    /// A waiting job's place: the fair order's reading of the due jobs, and the queue's depth and
+    /// the listeners' drain rate as this replica's dispatchers last read them (also the pipeline
+    /// backlog metric's points per message).
+    pub placing: crate::http::place::Placing,
     /// Cancelled when the sender starts shutting down (a child of the token given to
     /// `run_until_stopped`). Responses that would otherwise never end, such as event streams, end
     /// on it, so that their connections close within the shutdown grace.

@@ -15,6 +15,7 @@ use sqlx::MySqlPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::http::place::Placing;
 use crate::store::job_status::{self, JobView};
 
 /// How often a followed job is read.
@@ -89,6 +90,7 @@ impl JobWatch {
         &self,
         pool: &MySqlPool,
         progress: &Progress,
+        placing: &Placing,
         first: JobView,
         client_id: &str,
     ) -> watch::Receiver<JobView> {
@@ -102,10 +104,10 @@ impl JobWatch {
         drop(inner);
         self.pollers.inc();
         let this = self.clone();
-        let (pool, progress) = (pool.clone(), progress.clone());
+        let (pool, progress, placing) = (pool.clone(), progress.clone(), placing.clone());
         let client_id = client_id.to_owned();
         tokio::spawn(async move {
-            this.poll(&pool, &progress, &tx, &client_id).await;
+            this.poll(&pool, &progress, &placing, &tx, &client_id).await;
             this.pollers.dec();
         });
         rx
@@ -131,6 +133,7 @@ impl JobWatch {
         &self,
         pool: &MySqlPool,
         progress: &Progress,
+        placing: &Placing,
         tx: &watch::Sender<JobView>,
         client_id: &str,
     ) {
@@ -145,6 +148,7 @@ impl JobWatch {
             let job_id = tx.borrow().job_id;
             match job_status::view(pool, progress, job_id, client_id).await {
                 Ok(Some(view)) => {
+                    let view = placing.place(pool, view).await;
                     tx.send_if_modified(|last| {
                         let changed = *last != view;
                         *last = view;

@@ -64,12 +64,16 @@ fn settings_that_would_spin_or_hang_are_refused_by_name() {
         (&["--dispatch-poll", "0ms"], "DISPATCH_POLL"),
         (&["--dispatch-poll", "1ms"], "DISPATCH_POLL"),
         (
-            &["--dispatch-max-queue-depth", "999"],
-            "DISPATCH_MAX_QUEUE_DEPTH",
+            &["--dispatch-queue-horizon", "100ms"],
+            "DISPATCH_QUEUE_HORIZON",
         ),
         (
-            &["--dispatch-max-queue-depth", "1"],
-            "DISPATCH_MAX_QUEUE_DEPTH",
+            &["--dispatch-queue-horizon", "1s", "--dispatch-poll", "1s"],
+            "DISPATCH_QUEUE_HORIZON",
+        ),
+        (
+            &["--dispatch-queue-horizon", "61m"],
+            "DISPATCH_QUEUE_HORIZON",
         ),
         (&["--send-concurrency", "0"], "SEND_CONCURRENCY"),
         (

@@ -20,6 +20,7 @@ use uuid::Uuid;
 pub use fair::ClientWeights;
 
 pub mod fair;
+pub mod place;
 
 /// Jobs a claim tries, in the fair order, before it waits for the next poll: each try is one
 /// primary-key range, and a job is passed over only when all its due chunks are leased, which

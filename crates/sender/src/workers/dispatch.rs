@@ -95,7 +95,9 @@ impl Dispatcher {
         let backlog = Backlog::new(
             sqs,
             queue_url,
-            settings.dispatch_max_queue_depth,
+            pool.clone(),
+            settings.dispatch_queue_horizon,
+            settings.points_per_message,
             settings.dispatch_poll,
             metrics.clone(),
         );
@@ -140,6 +142,11 @@ impl Dispatcher {
         self.points_per_message
     }
 
+    /// What the queue holds and how fast it drains, as this replica's dispatchers last read it.
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+
     /// The handle that tells idle tasks a job was stored.
     pub fn wake_handle(&self) -> Wake {
         self.wake.clone()
@@ -178,8 +185,8 @@ impl Dispatcher {
     async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
-            // No chunk is claimed while the queue is at DISPATCH_MAX_QUEUE_DEPTH, so none is held
-            // (and none kept from another replica) while waiting.
+            // No chunk is claimed while the queue holds DISPATCH_QUEUE_HORIZON of work, so none is
+            // held (and none kept from another replica) while waiting.
             self.backlog.wait_for_room(&shutdown).await;
             if shutdown.is_cancelled() {
                 break;

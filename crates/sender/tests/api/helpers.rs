@@ -145,9 +145,22 @@ impl TestApp {
         address
     }
 
+    /// Starts a listener with the test defaults changed by `configure`.
+    pub async fn spawn_listener_with(&self, configure: impl FnOnce(&mut ListenerSettings)) {
+        let mut settings = self.listener_settings();
+        configure(&mut settings);
+        let listener = Listener::build(settings).await.unwrap();
+        tokio::spawn(listener.run(self.shutdown.clone()));
+    }
+
     /// A listener with the test defaults on a free port, not yet running.
     async fn build_listener(&self) -> Listener {
-        let settings = ListenerSettings {
+        Listener::build(self.listener_settings()).await.unwrap()
+    }
+
+    /// The test listeners' settings.
+    fn listener_settings(&self) -> ListenerSettings {
+        ListenerSettings {
             listener_addr: "127.0.0.1:0".parse().unwrap(),
             shutdown_grace_secs: 5,
             queue_attributes_refresh: std::time::Duration::from_secs(60),
@@ -158,8 +171,7 @@ impl TestApp {
             database: self.env.database.clone(),
             sqs: self.env.sqs.clone(),
             redis: self.env.redis.clone(),
-        };
-        Listener::build(settings).await.unwrap()
+        }
     }
 
     /// `GET /v1/jobs/{job_id}` as client_a, as JSON.

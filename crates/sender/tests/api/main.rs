@@ -38,5 +38,6 @@ mod retention;
 mod reversal;
 mod reversal_limits;
 mod settlement;
+mod waiting;
 mod webhook_isolation;
 mod webhooks;

@@ -173,13 +173,15 @@ pub fn order(jobs: Vec<DueJob>, clock: f64) -> Vec<Turn> {
 
 /// Moves the tags on by a claimed chunk of `points` points of `turn`'s job: the job's finish tag
 /// by the points, its client's by the points over the client's weight, both from their start; the
-/// client's clock to the job's start, the clients' clock to the client's start.
+/// client's clock to the job's start, the clients' clock to the client's start; and counts the
+/// points among all the points ever claimed (`claimed_points`, which the drain rate is read from).
 pub async fn charge(
     tx: &mut Transaction<'static, MySql>,
     turn: &Turn,
     points: u32,
     weights: &ClientWeights,
 ) -> Result<(), sqlx::Error> {
+    let claimed = points;
     let points = f64::from(points);
     let share = points / weights.of(&turn.client_id);
     sqlx::query(
@@ -200,10 +202,14 @@ pub async fn charge(
     .bind(&turn.client_id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE dispatch_clock SET tag = GREATEST(tag, ?) WHERE id = 1")
-        .bind(turn.client_start)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE dispatch_clock SET tag = GREATEST(tag, ?), claimed_points = claimed_points + ? \
+         WHERE id = 1",
+    )
+    .bind(turn.client_start)
+    .bind(claimed)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -8,7 +8,6 @@ use accrual_core::settings::{Problems, parse_duration};
 use sqlx::MySqlPool;
 
 use super::DeadLetterQueue;
-use super::backlog;
 use crate::metrics::SenderMetrics;
 use crate::store::chunks::ClientWeights;
 
@@ -24,13 +23,13 @@ pub struct DispatchSettings {
     #[arg(long, env = "SEND_CONCURRENCY", default_value_t = 8)]
     pub send_concurrency: usize,
 
-    /// Most messages the queue may hold (visible and in flight) before this replica's dispatchers
-    /// wait for the listeners: how far dispatch may run ahead of the ledger, and so how much work
-    /// a crash can leave in flight. 0: no bound; otherwise at least 1000. Keep it above the KEDA
-    /// trigger's `queueLength` times the listeners' `maxReplicaCount`, so that the queue can still
-    /// grow deep enough to scale the listeners out fully.
-    #[arg(long, env = "DISPATCH_MAX_QUEUE_DEPTH", default_value_t = 1_000_000)]
-    pub dispatch_max_queue_depth: u64,
+    /// How much of the listeners' work the queue may hold, in time (e.g. 3s): before claiming, a
+    /// dispatcher waits while the queue holds more messages than the listeners drain in this long
+    /// at their measured rate (never fewer than 1,000). Short, so that what fairness decides at
+    /// dispatch is what the listeners see next; 0 for no bound; otherwise at least 500ms and
+    /// twice `DISPATCH_POLL`, or the queue could run dry between looks.
+    #[arg(long, env = "DISPATCH_QUEUE_HORIZON", default_value = "3s", value_parser = parse_duration)]
+    pub dispatch_queue_horizon: Duration,
 
     /// Points packed into one SQS message (`{"v":2,"points":[…]}`); 1 sends one v1 message per
     /// point. A message also stays under 256 KiB, so very large values are capped by size.
@@ -70,6 +69,11 @@ pub struct DispatchSettings {
 /// A lease is renewed every third of its length; shorter than this, renewals would be all it does.
 pub const MIN_DISPATCH_LEASE: Duration = Duration::from_secs(1);
 
+/// The shortest horizon: less is a queue the listeners empty between two readings.
+pub const MIN_QUEUE_HORIZON: Duration = Duration::from_millis(500);
+/// The longest horizon: more is no bound worth the name.
+pub const MAX_QUEUE_HORIZON: Duration = Duration::from_secs(3600);
+
 /// Idle dispatchers poll MySQL this often at most; below it they would do little else.
 pub const MIN_DISPATCH_POLL: Duration = Duration::from_millis(10);
 
@@ -94,9 +98,15 @@ impl DispatchSettings {
             "SEND_CONCURRENCY must be at least 1 (no chunk could be sent)",
         );
         problems.require(
-            self.dispatch_max_queue_depth == 0
-                || self.dispatch_max_queue_depth >= backlog::MIN_MAX_DEPTH,
-            "DISPATCH_MAX_QUEUE_DEPTH must be 0 (no bound) or at least 1000 (dispatch would stop and start all the time)",
+            self.dispatch_queue_horizon.is_zero()
+                || (self.dispatch_queue_horizon >= MIN_QUEUE_HORIZON
+                    && self.dispatch_queue_horizon >= 2 * self.dispatch_poll
+                    && self.dispatch_queue_horizon <= MAX_QUEUE_HORIZON),
+            "DISPATCH_QUEUE_HORIZON must be 0 (no bound) or 500ms-60m and at least twice DISPATCH_POLL (the queue would run dry between looks)",
+        );
+        problems.require(
+            std::env::var_os("DISPATCH_MAX_QUEUE_DEPTH").is_none(),
+            "DISPATCH_MAX_QUEUE_DEPTH is gone: the queue's bound is now a time, DISPATCH_QUEUE_HORIZON (default 3s; docs/operations.md)",
         );
         problems.require(
             (1..=10_000).contains(&self.points_per_message),
