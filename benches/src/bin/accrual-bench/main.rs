@@ -87,10 +87,11 @@ pub struct Args {
     /// health URL, fauxqs names itself in a response header); anything else is `other`.
     #[arg(long, env = "SQS_EMULATOR", value_parser = ["localstack", "fauxqs"])]
     emulator: Option<String>,
-    /// Most messages the queue may hold before the sender's dispatchers wait for the listeners
-    /// (DISPATCH_MAX_QUEUE_DEPTH, 0: no bound); left out, the sender's default (1,000,000).
-    #[arg(long, env = "DISPATCH_MAX_QUEUE_DEPTH")]
-    dispatch_max_queue_depth: Option<u64>,
+    /// How much of the listeners' work the queue may hold, in time, before the sender's
+    /// dispatchers wait (DISPATCH_QUEUE_HORIZON, e.g. 3s; 0: no bound); left out, the sender's
+    /// default (3s).
+    #[arg(long, env = "DISPATCH_QUEUE_HORIZON")]
+    dispatch_queue_horizon: Option<String>,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Where the JSON result is written.
@@ -130,8 +131,8 @@ pub struct Args {
 }
 
 const API_KEY: &str = "bench-key";
-/// The sender's default `DISPATCH_MAX_QUEUE_DEPTH`, recorded when the run leaves it unset.
-const DEFAULT_MAX_QUEUE_DEPTH: u64 = 1_000_000;
+/// The sender's default `DISPATCH_QUEUE_HORIZON`, recorded when the run leaves it unset.
+const DEFAULT_QUEUE_HORIZON: &str = "3s";
 
 impl Args {
     /// The emulator the run measured (resolved in `main`).
@@ -139,10 +140,11 @@ impl Args {
         self.emulator.as_deref().unwrap_or("other")
     }
 
-    /// The sender's `DISPATCH_MAX_QUEUE_DEPTH` in this run.
-    pub fn max_queue_depth(&self) -> u64 {
-        self.dispatch_max_queue_depth
-            .unwrap_or(DEFAULT_MAX_QUEUE_DEPTH)
+    /// The sender's `DISPATCH_QUEUE_HORIZON` in this run.
+    pub fn queue_horizon(&self) -> &str {
+        self.dispatch_queue_horizon
+            .as_deref()
+            .unwrap_or(DEFAULT_QUEUE_HORIZON)
     }
 }
 

@@ -117,8 +117,8 @@ pub(crate) async fn measure(
             args.points_per_message.to_string(),
         ),
     ]);
-    if let Some(depth) = args.dispatch_max_queue_depth {
-        sender_env.push(("DISPATCH_MAX_QUEUE_DEPTH".into(), depth.to_string()));
+    if let Some(horizon) = &args.dispatch_queue_horizon {
+        sender_env.push(("DISPATCH_QUEUE_HORIZON".into(), horizon.clone()));
     }
     let mut listeners = Vec::with_capacity(args.listeners);
     for i in 0..args.listeners.max(1) {

@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(check_health))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/backlog", get(backlog_json))
         .with_state(ops);
     super::middleware::finish(router, metrics)
 }
@@ -77,11 +78,42 @@ async fn due_by_client(
     .await
 }
 
-/// Prometheus metrics, with the dispatch lag, the clients' backlogs and the pipeline's backlog
-/// read at scrape time: one MySQL query (the totals are the clients' sums) and, beside it, the
-/// queue's depth.
-async fn metrics_text(State(ops): State<OpsState>) -> impl IntoResponse {
+/// The pipeline's backlog in messages, for KEDA's metrics-api scaler (`valueLocation:
+/// messages`): the due points not yet dispatched as the messages they will make, plus the
+/// queue's messages. Every replica reads the same MySQL and queue, so any one answers for all.
+/// 503 when either cannot be read: KEDA then counts a failure towards its `fallback`, instead of
+/// scaling the listeners in on a backlog that only looks empty.
+async fn backlog_json(State(ops): State<OpsState>) -> axum::response::Response {
     let state = ops.app;
+    match read_backlog(&state).await {
+        Backlog {
+            due_messages: Some(due),
+            queue_messages: Some(queue),
+        } => Json(serde_json::json!({
+            "messages": due + queue,
+            "due_messages": due,
+            "queue_messages": queue,
+        }))
+        .into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "MySQL or SQS did not answer; see the sender's log"})),
+        )
+            .into_response(),
+    }
+}
+
+/// What one scrape reads: the messages the due chunks will make (MySQL) and the queue's depth
+/// (SQS), each `None` when it could not be read.
+struct Backlog {
+    due_messages: Option<i64>,
+    queue_messages: Option<i64>,
+}
+
+/// Reads the due chunks and the queue's depth at once, sets the gauges read at scrape time
+/// (the dispatch lag, the chunks pending, the clients' backlogs and the pipeline backlog) and
+/// returns what it read.
+async fn read_backlog(state: &AppState) -> Backlog {
     let per_message = state.placing.backlog.state().points_per_message;
     let (due, depth) = tokio::join!(
         tokio::time::timeout(LAG_TIMEOUT, due_by_client(&state.pool, per_message)),
@@ -90,8 +122,8 @@ async fn metrics_text(State(ops): State<OpsState>) -> impl IntoResponse {
             accrual_core::sqs::approximate_depth(&state.sqs, &state.queue_url)
         ),
     );
-    let depth = match depth {
-        Ok(Ok(depth)) => Some(depth),
+    let queue_messages = match depth {
+        Ok(Ok(depth)) => Some(depth as i64),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "Could not read the queue's depth for the pipeline backlog");
             None
@@ -101,30 +133,48 @@ async fn metrics_text(State(ops): State<OpsState>) -> impl IntoResponse {
             None
         }
     };
-    match due {
-        Ok(Ok(rows)) => {
-            let pending = rows.iter().map(|(_, chunks, ..)| chunks).sum();
-            let lag = rows.iter().map(|(.., lag)| *lag).fold(0.0, f64::max);
-            let due_messages: i64 = rows.iter().map(|(_, _, _, messages, _)| messages).sum();
-            state.metrics.dispatch_lag_seconds.set(lag);
-            state.metrics.chunks_pending.set(pending);
-            // Without a depth the gauge keeps its last value: a backlog that drops to what MySQL
-            // holds because SQS did not answer would scale the listeners in.
-            if let Some(depth) = depth {
-                state
-                    .metrics
-                    .pipeline_backlog_messages
-                    .set(due_messages + depth as i64);
-            }
-            let backlogs: Vec<(String, i64, f64)> = rows
-                .into_iter()
-                .map(|(client, _, points, _, lag)| (client, points, lag))
-                .collect();
-            state.metrics.set_client_backlogs(&backlogs);
+    let rows = match due {
+        Ok(Ok(rows)) => Some(rows),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Could not read the dispatch lag");
+            None
         }
-        Ok(Err(e)) => tracing::warn!(error = %e, "Could not read the dispatch lag"),
-        Err(_) => tracing::warn!("Reading the dispatch lag timed out"),
+        Err(_) => {
+            tracing::warn!("Reading the dispatch lag timed out");
+            None
+        }
+    };
+    let due_messages = rows
+        .as_ref()
+        .map(|rows| rows.iter().map(|(_, _, _, messages, _)| messages).sum());
+    if let Some(rows) = &rows {
+        let pending = rows.iter().map(|(_, chunks, ..)| chunks).sum();
+        let lag = rows.iter().map(|(.., lag)| *lag).fold(0.0, f64::max);
+        state.metrics.dispatch_lag_seconds.set(lag);
+        state.metrics.chunks_pending.set(pending);
+        let backlogs: Vec<(String, i64, f64)> = rows
+            .iter()
+            .map(|(client, _, points, _, lag)| (client.clone(), *points, *lag))
+            .collect();
+        state.metrics.set_client_backlogs(&backlogs);
     }
+    // Either part missing keeps the gauge at its last value: a backlog that dropped to one part
+    // because the other did not answer would scale the listeners in.
+    if let (Some(due), Some(queue)) = (due_messages, queue_messages) {
+        state.metrics.pipeline_backlog_messages.set(due + queue);
+    }
+    Backlog {
+        due_messages,
+        queue_messages,
+    }
+}
+
+/// Prometheus metrics, with the dispatch lag, the clients' backlogs and the pipeline's backlog
+/// read at scrape time: one MySQL query (the totals are the clients' sums) and, beside it, the
+/// queue's depth.
+async fn metrics_text(State(ops): State<OpsState>) -> impl IntoResponse {
+    let state = ops.app;
+    read_backlog(&state).await;
     (
         [(
             header::CONTENT_TYPE,

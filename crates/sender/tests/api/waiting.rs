@@ -42,12 +42,22 @@ async fn the_pipeline_backlog_counts_due_points_the_queue_does_not_hold() {
     assert_eq!(app.env.depth(&main).await, 0);
     let metrics = app.metrics().await;
     assert_eq!(metric(&metrics, BACKLOG), Some(200.0), "{metrics}");
+    // KEDA's metrics-api scaler reads the same on the operations port.
+    let backlog = app.http.get(format!("{}/backlog", app.ops_address)).send();
+    let backlog: Value = backlog.await.unwrap().json().await.unwrap();
+    assert_eq!(
+        backlog,
+        serde_json::json!({"messages": 200, "due_messages": 200, "queue_messages": 0})
+    );
 
     // Dispatched, the same messages are in the queue and still counted.
     app.run_background_once().await;
     assert_eq!(app.env.depth(&main).await, 200);
     let metrics = app.metrics().await;
     assert_eq!(metric(&metrics, BACKLOG), Some(200.0), "{metrics}");
+    let backlog = app.http.get(format!("{}/backlog", app.ops_address)).send();
+    let backlog: Value = backlog.await.unwrap().json().await.unwrap();
+    assert_eq!(backlog["queue_messages"], 200, "{backlog}");
 
     // Written, nothing is left.
     app.spawn_listener().await;

@@ -57,7 +57,7 @@ impl Report {
                 "receive_tasks": self.args.receive_tasks,
                 "batch_max_rows": self.args.batch_max_rows,
                 "points_per_message": self.args.points_per_message,
-                "dispatch_max_queue_depth": self.args.max_queue_depth(),
+                "dispatch_queue_horizon": self.args.queue_horizon(),
                 "dispatch_poll": std::env::var("DISPATCH_POLL").unwrap_or_else(|_| "1s".into()),
                 "raw_mysql_connections": self.args.raw_mysql_connections,
             },
