@@ -11,7 +11,6 @@ locals {
     listener     = "Lets accrual-listener receive, delete and extend points on the main queue and dead-letter poison."
     init         = "Lets accrualctl init find the queues Terraform created and write the main queue's redrive policy."
     dlq_operator = "Lets accrualctl dlq list and dlq redrive read the dead-letter queue and move letters back."
-    keda         = "Lets KEDA's aws-sqs-queue scaler read the main queue's depth."
   }
 
   policy_documents = {
@@ -19,7 +18,6 @@ locals {
     listener     = data.aws_iam_policy_document.listener.json
     init         = data.aws_iam_policy_document.init.json
     dlq_operator = data.aws_iam_policy_document.dlq_operator.json
-    keda         = data.aws_iam_policy_document.keda.json
   }
 
   role_names = {
@@ -27,12 +25,12 @@ locals {
     listener     = var.listener_role_name
     init         = var.init_role_name
     dlq_operator = var.dlq_operator_role_name
-    keda         = var.keda_role_name
   }
 }
 
 # accrual-sender (crates/sender): GetQueueUrl of both queues at start-up; SendMessageBatch to the
-# main queue (the dispatcher); GetQueueAttributes of the main queue (/readyz asks for its depth);
+# main queue (the dispatcher); GetQueueAttributes of the main queue (its depth: the dispatchers'
+# bound, /readyz, /metrics and /backlog, which KEDA scales the listeners on, and the reconciler);
 # SendMessage to the DLQ (a point SQS refuses for good is dead-lettered by the dispatcher).
 data "aws_iam_policy_document" "sender" {
   statement {
@@ -120,16 +118,8 @@ data "aws_iam_policy_document" "dlq_operator" {
   }
 }
 
-# KEDA's aws-sqs-queue scaler (not our code) reads ApproximateNumberOfMessages and
-# ApproximateNumberOfMessagesNotVisible of the queue URL it is given (the queue_url output): only
-# GetQueueAttributes, only on the main queue.
-data "aws_iam_policy_document" "keda" {
-  statement {
-    sid       = "MainQueueDepth"
-    actions   = ["sqs:GetQueueAttributes"]
-    resources = [aws_sqs_queue.main.arn]
-  }
-}
+# No KEDA policy: KEDA scales the listeners on the senders' GET /backlog (infra/k8s), inside the
+# cluster, and never calls SQS. The senders read the queue's depth for it under their own policy.
 
 resource "aws_iam_policy" "component" {
   for_each = local.policies

@@ -1,5 +1,5 @@
-# What the deployment needs from here: the queue names for ACCRUAL_QUEUE / ACCRUAL_DLQ, the main
-# queue's URL for KEDA's scaler, and the policy ARNs for whoever manages the roles.
+# What the deployment needs from here: the queue names for ACCRUAL_QUEUE / ACCRUAL_DLQ, and the
+# policy ARNs for whoever manages the roles; the URLs are for the console and the CLI.
 
 output "queue_name" {
   description = "Main queue name: ACCRUAL_QUEUE of every binary."
@@ -12,7 +12,7 @@ output "dlq_name" {
 }
 
 output "queue_url" {
-  description = "Main queue URL: queueURL of the listener's KEDA ScaledObject (the binaries look it up by name)."
+  description = "Main queue URL, for the console and the CLI (the binaries look it up by name)."
   value       = aws_sqs_queue.main.url
 }
 
@@ -42,6 +42,6 @@ output "visibility_timeout_secs" {
 }
 
 output "policy_arns" {
-  description = "ARN of each component's IAM policy: sender, listener, init, dlq_operator, keda."
+  description = "ARN of each component's IAM policy: sender, listener, init, dlq_operator."
   value       = { for component, policy in aws_iam_policy.component : component => policy.arn }
 }

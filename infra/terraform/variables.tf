@@ -109,9 +109,3 @@ variable "dlq_operator_role_name" {
   type        = string
   default     = null
 }
-
-variable "keda_role_name" {
-  description = "IAM role KEDA's aws-sqs-queue scaler uses (the KEDA operator's, or the one named in its TriggerAuthentication) to attach the KEDA policy to (null: attach nothing)."
-  type        = string
-  default     = null
-}

@@ -7,8 +7,12 @@
 //      field (`minReplicas`, `authenticatonRef`) fails here as `kubectl apply` would fail on the
 //      CRD's structural schema;
 //   3. what neither model can see: trigger metadata is a map of strings that KEDA reads by name,
-//      so an aws-sqs-queue trigger may only use the parameters KEDA's scaler documents, and the
-//      names an object refers to (scale target, TriggerAuthentication) must be in the same render.
+//      so a metrics-api trigger may only use the parameters KEDA's scaler documents, with a url,
+//      a valueLocation and a targetValue that is a positive number; a fallback has a
+//      failureThreshold and replicas of at least 1, replicas within the replica counts, and only
+//      triggers it applies to (AverageValue metrics); and the names an object refers to (scale
+//      target, TriggerAuthentication, the Service a metrics-api url names) must be in the same
+//      render.
 //
 // Usage: node validate-keda.mjs NPM_DIR NAME=RENDERED.yaml...
 //   NPM_DIR: where package-lock.json was installed (scripts/infra/check-k8s does it).
@@ -36,19 +40,35 @@ const KINDS = {
   ClusterTriggerAuthentication: "IClusterTriggerAuthentication",
 };
 
-// Parameters of KEDA's aws-sqs-queue scaler (keda.sh/docs/latest/scalers/aws-sqs/), the only
-// trigger type used here. KEDA ignores a metadata key it does not know: a typo of queueLength
-// would silently scale on the default of 5 messages.
-const AWS_SQS_METADATA = new Set([
-  "queueURL", "queueURLFromEnv", "queueLength", "activationQueueLength", "awsRegion",
-  "awsEndpoint", "scaleOnInFlight", "scaleOnDelayed", "identityOwner",
-  "awsAccessKeyIDFromEnv", "awsSecretAccessKeyFromEnv", "awsSessionTokenFromEnv", "awsRoleArn",
-]);
+// Trigger metadata parameters of KEDA's metrics-api scaler (keda.sh/docs/2.17/scalers/metrics-api/,
+// the keda:"name=…,order=triggerMetadata" fields of pkg/scalers/metrics_api_scaler.go and of the
+// authentication config it embeds), the only trigger type used here. KEDA ignores a metadata key
+// it does not know: a typo of targetValue would leave the trigger without one, and a typo of an
+// optional key would silently keep its default. `format` is KEDA 2.14's (2.13 reads JSON only and
+// ignores the key). Secrets (apiKey, token, username, password, ca, cert, key) belong in a
+// TriggerAuthentication, not here.
+const TRIGGER_METADATA = {
+  "metrics-api": new Set([
+    "url", "format", "valueLocation", "targetValue", "activationTargetValue", "unsafeSsl",
+    "aggregateFromKubeServiceEndpoints", "aggregationType", "authMode", "method", "keyParamName",
+  ]),
+};
+const METRICS_API_ENUMS = {
+  format: ["json", "xml", "yaml", "prometheus"],
+  aggregationType: ["average", "sum", "max", "min"],
+  unsafeSsl: ["true", "false"],
+  aggregateFromKubeServiceEndpoints: ["true", "false"],
+  method: ["header", "query"],
+};
+// A decimal number, as KEDA's float parsing of targetValue takes it (no units, no exponent).
+const NUMBER = /^[0-9]+(\.[0-9]+)?$/;
+// Triggers whose metric is never an AverageValue: KEDA ignores a fallback for them.
+const NO_FALLBACK_TYPES = new Set(["cpu", "memory"]);
 
 const ORIGIN = "config.kubernetes.io/origin";
 const problems = [];
 const objects = []; // { render, kind, name, namespace, body }
-const byRender = {}; // render -> [{ kind, name, namespace }] of every object (for references)
+const byRender = {}; // render -> [{ kind, name, namespace, source, ports }] of every object (for references)
 
 for (const arg of renders) {
   const eq = arg.indexOf("=");
@@ -69,14 +89,48 @@ for (const arg of renders) {
     const from = origin.path ?? origin.configuredIn;
     const source = from ? normalize(join(render, from)) : undefined;
     const ref = { kind: body.kind, name: body.metadata?.name, namespace: body.metadata?.namespace, source };
+    if (body.kind === "Service") ref.ports = (body.spec?.ports ?? []).map((p) => p.port);
     byRender[render].push(ref);
     if (String(body.apiVersion).startsWith("keda.sh/")) objects.push({ render, ...ref, body });
   }
 }
 
 const label = (o) => `${o.render}: ${o.kind}/${o.name}${o.source ? ` (${o.source})` : ""}`;
-const has = (render, kind, name, namespace) =>
-  byRender[render].some((r) => r.kind === kind && r.name === name && r.namespace === namespace);
+const find = (render, kind, name, namespace) =>
+  byRender[render].find((r) => r.kind === kind && r.name === name && r.namespace === namespace);
+const has = (render, kind, name, namespace) => find(render, kind, name, namespace) !== undefined;
+const isWholeNumber = (v) => Number.isInteger(v);
+
+// A metrics-api url that names a cluster Service (`name.namespace`, `name.namespace.svc`,
+// `name.namespace.svc.<cluster domain>`) must name one in this render, on one of its ports. KEDA's
+// operator runs in its own namespace (keda), so a bare `name` would be looked up there.
+function serviceUrlProblems(o, i, raw) {
+  let url;
+  try {
+    url = new URL(raw);
+  } catch {
+    return [`triggers[${i}].metadata.url ${JSON.stringify(raw)} is not a URL`];
+  }
+  if (!["http:", "https:"].includes(url.protocol)) return [`triggers[${i}].metadata.url must be http or https`];
+  const labels = url.hostname.split(".");
+  if (labels.length === 1 && !/^[0-9]/.test(url.hostname)) {
+    return [
+      `triggers[${i}].metadata.url host ${url.hostname} has no namespace: KEDA's operator would resolve it in its own namespace, not ${o.namespace}`,
+    ];
+  }
+  if (labels.length === 2 || labels[2] === "svc") {
+    const [name, namespace] = labels;
+    const service = find(o.render, "Service", name, namespace);
+    if (!service) {
+      return [`triggers[${i}].metadata.url names Service/${name} in namespace ${namespace}, which is not in this render`];
+    }
+    const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
+    if (!service.ports.includes(port)) {
+      return [`triggers[${i}].metadata.url asks port ${port}, which Service/${name} does not expose (${service.ports.join(", ")})`];
+    }
+  }
+  return [];
+}
 
 // 1. The models' JSON schemas.
 for (const o of objects) {
@@ -162,23 +216,57 @@ for (const o of objects) {
         problems.push(`${label(o)}: triggers[${i}].authenticationRef names ${kind}/${ref.name}, which is not in this render`);
       }
     }
-    if (trigger.type !== "aws-sqs-queue") continue;
+    const allowed = TRIGGER_METADATA[trigger.type];
+    if (!allowed) {
+      problems.push(`${label(o)}: triggers[${i}] is of type ${trigger.type}, whose parameters this check does not know: add them to TRIGGER_METADATA`);
+      continue;
+    }
     const meta = trigger.metadata ?? {};
     for (const key of Object.keys(meta)) {
-      if (!AWS_SQS_METADATA.has(key)) {
-        problems.push(`${label(o)}: triggers[${i}].metadata.${key} is not a parameter of KEDA's aws-sqs-queue scaler`);
+      if (!allowed.has(key)) {
+        problems.push(`${label(o)}: triggers[${i}].metadata.${key} is not a parameter of KEDA's ${trigger.type} scaler`);
       }
     }
-    if (!meta.queueURL && !meta.queueURLFromEnv) problems.push(`${label(o)}: triggers[${i}] has no queueURL`);
-    if (!meta.awsRegion) problems.push(`${label(o)}: triggers[${i}] has no awsRegion`);
-    for (const key of ["queueLength", "activationQueueLength"]) {
-      if (key in meta && !/^[0-9]+$/.test(meta[key])) {
-        problems.push(`${label(o)}: triggers[${i}].metadata.${key} must be a whole number, not ${JSON.stringify(meta[key])}`);
+    if (trigger.type === "metrics-api") {
+      if (!meta.url) problems.push(`${label(o)}: triggers[${i}] has no url`);
+      else for (const p of serviceUrlProblems(o, i, meta.url)) problems.push(`${label(o)}: ${p}`);
+      if (!meta.valueLocation) problems.push(`${label(o)}: triggers[${i}] has no valueLocation`);
+      // KEDA refuses a metrics-api trigger whose targetValue is missing or 0.
+      if (!("targetValue" in meta)) problems.push(`${label(o)}: triggers[${i}] has no targetValue`);
+      for (const key of ["targetValue", "activationTargetValue"]) {
+        if (key in meta && !NUMBER.test(meta[key])) {
+          problems.push(`${label(o)}: triggers[${i}].metadata.${key} must be a number, not ${JSON.stringify(meta[key])}`);
+        }
+      }
+      if (NUMBER.test(meta.targetValue ?? "") && Number(meta.targetValue) <= 0) {
+        problems.push(`${label(o)}: triggers[${i}].metadata.targetValue must be above 0`);
+      }
+      for (const [key, values] of Object.entries(METRICS_API_ENUMS)) {
+        if (key in meta && !values.includes(meta[key])) {
+          problems.push(`${label(o)}: triggers[${i}].metadata.${key} must be one of ${values.join(", ")}, not ${JSON.stringify(meta[key])}`);
+        }
       }
     }
-    for (const key of ["scaleOnInFlight", "scaleOnDelayed"]) {
-      if (key in meta && !["true", "false"].includes(meta[key])) {
-        problems.push(`${label(o)}: triggers[${i}].metadata.${key} must be "true" or "false"`);
+  }
+  // A fallback: KEDA reports targetValue x replicas to the HPA once a trigger has failed
+  // failureThreshold times in a row, which holds `replicas` only for AverageValue metrics.
+  const fallback = spec.fallback;
+  if (o.kind === "ScaledObject" && fallback) {
+    if (!isWholeNumber(fallback.failureThreshold) || fallback.failureThreshold < 1) {
+      problems.push(`${label(o)}: fallback.failureThreshold must be a whole number of at least 1, not ${JSON.stringify(fallback.failureThreshold)}`);
+    }
+    if (!isWholeNumber(fallback.replicas) || fallback.replicas < 1) {
+      problems.push(`${label(o)}: fallback.replicas must be a whole number of at least 1, not ${JSON.stringify(fallback.replicas)}`);
+    } else {
+      const min = spec.minReplicaCount ?? 0;
+      const max = spec.maxReplicaCount ?? 100;
+      if (fallback.replicas < min || fallback.replicas > max) {
+        problems.push(`${label(o)}: fallback.replicas ${fallback.replicas} is outside minReplicaCount ${min} and maxReplicaCount ${max} (the HPA would clamp it)`);
+      }
+    }
+    for (const [i, trigger] of (spec.triggers ?? []).entries()) {
+      if (NO_FALLBACK_TYPES.has(trigger.type) || (trigger.metricType ?? "AverageValue") !== "AverageValue") {
+        problems.push(`${label(o)}: triggers[${i}] (${trigger.type}, ${trigger.metricType ?? "its default metric type"}) is not an AverageValue metric: KEDA applies no fallback to it`);
       }
     }
   }

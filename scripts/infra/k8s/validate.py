@@ -6,12 +6,17 @@ field validation makes it), then the promises infra/k8s makes in its comments:
 - terminationGracePeriodSeconds is above SHUTDOWN_GRACE_SECS plus the preStop pause;
 - DATABASE_URL never sits in a ConfigMap;
 - where the binaries talk to real AWS (AWS_ENDPOINT_URL empty) there are no static AWS keys in
-  any env, ConfigMap or Secret, and KEDA authenticates with pod identity;
+  any env, ConfigMap or Secret, and a KEDA TriggerAuthentication, if any, uses pod identity;
 - in the render of a directory named `aws`, AWS_ENDPOINT_URL is empty and every pod's
   ServiceAccount names its IAM role (IRSA);
 - the sender's container ports are those of SENDER_ADDR and SENDER_OPS_ADDR; its readiness probe
-  asks /readyz on the ops port and every probe goes there; no Service exposes the ops port, and no
-  NetworkPolicy opens it to every source (it serves /metrics and /readyz, not the API).
+  asks /readyz on the ops port and every probe goes there; a Service that routes to the ops port is
+  a ClusterIP Service routing to nothing else (never the API's Service, never a load balancer or a
+  node port), and no NetworkPolicy opens the ops port to every source (it serves /metrics, /readyz
+  and /backlog, not the API);
+- a KEDA ScaledObject's metrics-api trigger that calls a Service of the render reaches pods that
+  some NetworkPolicy opens to KEDA's operator (namespace `keda`) on that port: the namespace
+  denies all ingress by default, so without one the trigger fails and KEDA falls back.
 
 KEDA's kinds are left to validate-keda.mjs (KEDA's own models); any other kind without a
 Kubernetes schema is an error.
@@ -24,6 +29,7 @@ import argparse
 import os
 import re
 import sys
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import yaml
@@ -34,6 +40,9 @@ ORIGIN = "config.kubernetes.io/origin"
 CONFIG_MAP = "accrual-config"
 # Seconds of margin wanted between the app's own shutdown and the kubelet's SIGKILL.
 SHUTDOWN_MARGIN_SECS = 1
+# Where KEDA's operator runs (its Helm chart's namespace in docs/deploying.md): the source of a
+# metrics-api trigger's requests.
+KEDA_NAMESPACE = "keda"
 
 
 def load(path, render):
@@ -148,9 +157,14 @@ def sender_port_problems(objs, config):
         spec, kind = o.get("spec", {}), o.get("kind")
         selects = set((spec.get("selector") or {}).items()) if kind == "Service" else set()
         if kind == "Service" and selects and selects <= labels:
-            for p in spec.get("ports", []):
-                if p.get("targetPort") in ("ops", ops):
-                    out.append((name_of(o), "exposes the sender's ops port (/metrics, /readyz) to clients"))
+            ports = spec.get("ports", [])
+            to_ops = [p for p in ports if p.get("targetPort") in ("ops", ops)]
+            if to_ops and len(to_ops) < len(ports):
+                out.append((name_of(o), "routes to the sender's ops port (/metrics, /readyz, /backlog) beside other ports: clients of those would reach it; give it a Service of its own"))
+            if to_ops and spec.get("type", "ClusterIP") != "ClusterIP":
+                out.append((name_of(o), f"exposes the sender's ops port (/metrics, /readyz, /backlog) as a {spec['type']} Service: only ClusterIP keeps it inside the cluster"))
+            if to_ops and spec.get("externalIPs"):
+                out.append((name_of(o), "exposes the sender's ops port (/metrics, /readyz, /backlog) on external IPs"))
         if kind == "NetworkPolicy":
             selected = set((spec.get("podSelector", {}).get("matchLabels") or {}).items())
             if selected and not selected <= labels:
@@ -159,6 +173,87 @@ def sender_port_problems(objs, config):
                 opens = not rule.get("ports") or any(p.get("port") in ("ops", ops) for p in rule["ports"])
                 if opens and not rule.get("from"):
                     out.append((name_of(o), "opens the sender's ops port (/metrics, /readyz) to every source"))
+    return out
+
+
+def _matches(selector, labels):
+    """Whether a label selector (matchLabels and matchExpressions) selects these labels."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def keda_reach_problems(objs):
+    """A ScaledObject's metrics-api trigger whose url names a Service of this render (host
+    `name.namespace[.svc…]`) must reach that Service's pods: some NetworkPolicy selecting them must
+    admit namespace `keda` on the target port (the namespace denies all ingress by default)."""
+    out = []
+    services = {
+        (o["metadata"]["name"], o["metadata"].get("namespace")): o for o in objs if o.get("kind") == "Service"
+    }
+    for so in (o for o in objs if o.get("kind") == "ScaledObject"):
+        for i, trigger in enumerate(so.get("spec", {}).get("triggers", [])):
+            url = (trigger.get("metadata") or {}).get("url")
+            if trigger.get("type") != "metrics-api" or not url:
+                continue
+            parts = urlsplit(url)
+            host = (parts.hostname or "").split(".")
+            if len(host) < 2 or (len(host) > 2 and host[2] != "svc"):
+                continue  # not a Service's name; validate-keda.mjs says what is wrong with it
+            service = services.get((host[0], host[1]))
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            sport = next((p for p in (service or {}).get("spec", {}).get("ports", []) if p.get("port") == port), None)
+            if service is None or sport is None:
+                continue  # validate-keda.mjs reports the dangling reference
+            target = sport.get("targetPort", port)
+            selector = service["spec"].get("selector") or {}
+            pods = []
+            for o in objs:
+                spec = pod_spec(o)
+                template = o.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+                if spec is not None and o["metadata"].get("namespace") == host[1] and selector and all(
+                    template.get(k) == v for k, v in selector.items()
+                ):
+                    names = {p.get("name"): p.get("containerPort") for c in spec.get("containers", []) for p in c.get("ports", [])}
+                    number = names.get(target, target)
+                    pods.append((o, template, {target, number} | {n for n, num in names.items() if num == number}))
+            if not pods:
+                out.append((name_of(so), f"triggers[{i}] calls Service/{host[0]}, which selects no pod of this render"))
+            for o, template, port_names in pods:
+                admitted = False
+                for np in objs:
+                    if np.get("kind") != "NetworkPolicy" or np["metadata"].get("namespace") != host[1]:
+                        continue
+                    if not _matches(np.get("spec", {}).get("podSelector"), template):
+                        continue
+                    for rule in np["spec"].get("ingress", []):
+                        ports_ok = not rule.get("ports") or any(p.get("port") in port_names for p in rule["ports"])
+                        peers = rule.get("from")
+                        from_keda = not peers or any(
+                            "namespaceSelector" in peer
+                            and _matches(peer["namespaceSelector"], {"kubernetes.io/metadata.name": KEDA_NAMESPACE})
+                            and _matches(peer.get("podSelector"), {})
+                            and "ipBlock" not in peer
+                            for peer in peers
+                        )
+                        admitted = admitted or (ports_ok and from_keda)
+                if not admitted:
+                    out.append((
+                        name_of(so),
+                        f"triggers[{i}] calls {url}, but no NetworkPolicy lets namespace {KEDA_NAMESPACE} reach"
+                        f" {name_of(o)} on port {target}",
+                    ))
     return out
 
 
@@ -176,6 +271,7 @@ def policy_problems(render, objs):
     if aws and not real_aws:
         out.append((f"ConfigMap/{CONFIG_MAP}", "AWS_ENDPOINT_URL must be set empty for real AWS"))
     out.extend(sender_port_problems(objs, config))
+    out.extend(keda_reach_problems(objs))
     scaled = scaled_deployments(objs)
     accounts = {o["metadata"]["name"]: o for o in objs if o.get("kind") == "ServiceAccount"}
 
@@ -188,7 +284,7 @@ def policy_problems(render, objs):
             for key in sorted(AWS_KEY_NAMES & keys):
                 out.append((name, f"static AWS key {key}: use IRSA (pod identity) instead"))
         if real_aws and kind == "TriggerAuthentication" and "podIdentity" not in o.get("spec", {}):
-            out.append((name, "KEDA must read the queue with pod identity, not keys"))
+            out.append((name, "KEDA must reach AWS with pod identity, not keys"))
         if kind == "Deployment" and o["metadata"]["name"] in scaled and "replicas" in o.get("spec", {}):
             out.append((name, "has spec.replicas, but an autoscaler owns the count (each apply would reset it)"))
 

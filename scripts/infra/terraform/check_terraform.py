@@ -14,7 +14,7 @@ import tf_config
 from rust_sqs import DLQ, MAIN, SDK_ACTIONS, ScanError, Scanner
 
 # What a policy grants beyond our code's calls, or leaves out of them, and why. Each entry must
-# still match the code (a need of that role's code, or of KEDA), or the check says it is stale.
+# still match the code (a need of that role's code), or the check says it is stale.
 NOT_GRANTED = {
     (
         "init",
@@ -32,9 +32,6 @@ NOT_GRANTED = {
         "sqs:SetQueueAttributes",
     ): "ensure_queues gives the DLQ no attributes, and ensure_queue sets none then",
 }
-# KEDA's aws-sqs-queue scaler is not our code: it reads ApproximateNumberOfMessages(NotVisible)
-# of the queue URL it is given, and nothing else.
-KEDA_NEEDS = {MAIN: {"sqs:GetQueueAttributes": ["KEDA's aws-sqs-queue scaler"]}}
 IAM_ACTIONS = {a.lower(): a for a in SDK_ACTIONS.values()}
 QUEUE_WORDS = {MAIN: "main queue", DLQ: "DLQ"}
 
@@ -252,7 +249,6 @@ def compare(needs: dict, grants: dict, problems: list[str]) -> list[str]:
     """Problems where a role's grants differ from its code's needs; returns the notes on what is
     deliberately not granted."""
     notes = []
-    needs = dict(needs) | {"keda": KEDA_NEEDS}
     for role in sorted(set(needs) - set(grants)):
         problems.append(f"{role}: no aws_iam_policy for it (its code calls {describe(needs[role])})")
     for role in sorted(set(grants) - set(needs)):
