@@ -79,7 +79,8 @@ pub struct SenderMetrics {
     /// Time this replica's dispatchers waited because the queue held `DISPATCH_QUEUE_HORIZON`
     /// of work (summed over the dispatchers).
     pub dispatch_paused_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
-    /// Messages in the queue (visible and in flight) at the dispatchers' last reading.
+    /// Messages in the queue (visible and in flight) at the dispatchers' last reading, plus what
+    /// they sent since.
     pub dispatch_queue_depth: Gauge,
     /// The messages the queue may hold before the dispatchers wait: `DISPATCH_QUEUE_HORIZON` of
     /// the drain rate, at least 1,000 (0 without a horizon).
@@ -299,7 +300,7 @@ impl SenderMetrics {
         );
         registry.register(
             "dispatch_queue_depth",
-            "Messages in the queue, visible and in flight, at the dispatchers' last reading",
+            "Messages in the queue, visible and in flight, at the dispatchers' last reading plus what they sent since",
             m.dispatch_queue_depth.clone(),
         );
         registry.register(

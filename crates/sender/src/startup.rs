@@ -111,7 +111,7 @@ impl Application {
                 api_keys,
                 wake: dispatcher.wake_handle(),
                 progress,
-                metrics,
+                metrics: metrics.clone(),
                 rate_limiter,
                 sqs: client,
                 queue_url,
@@ -120,7 +120,8 @@ impl Application {
                     places: QueuePlaces::new(Arc::new(
                         settings.dispatch.dispatch_client_weights.clone(),
                     )),
-                    backlog: dispatcher.backlog().clone(),
+                    points_per_message: u64::from(settings.dispatch.points_per_message),
+                    metrics,
                 },
             },
         );

@@ -114,7 +114,7 @@ struct Backlog {
 /// (the dispatch lag, the chunks pending, the clients' backlogs and the pipeline backlog) and
 /// returns what it read.
 async fn read_backlog(state: &AppState) -> Backlog {
-    let per_message = state.placing.backlog.state().points_per_message;
+    let per_message = state.placing.points_per_message;
     let (due, depth) = tokio::join!(
         tokio::time::timeout(LAG_TIMEOUT, due_by_client(&state.pool, per_message)),
         tokio::time::timeout(

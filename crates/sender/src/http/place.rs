@@ -1,18 +1,23 @@
 //! A waiting job's place in its view (`GET /v1/jobs/{job_id}` and each event): the points ahead
 //! of it under fair dispatch ([`crate::store::chunks::place`]) and the estimates from the drain
-//! rate this replica's dispatchers measure.
+//! rate this replica's dispatchers measure, read from their gauges
+//! (`accrual_sender_dispatch_queue_depth`, `accrual_sender_drain_rate_points_per_second`).
+
+use std::sync::Arc;
 
 use sqlx::MySqlPool;
 
+use crate::metrics::SenderMetrics;
 use crate::store::chunks::place::{Drain, QueuePlaces};
 use crate::store::job_status::JobView;
-use crate::workers::dispatch::backlog::Backlog;
 
 /// What a view's place is read with; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Placing {
     pub places: QueuePlaces,
-    pub backlog: Backlog,
+    /// `ACCRUAL_POINTS_PER_MESSAGE`: the queue's messages hold up to this many points.
+    pub points_per_message: u64,
+    pub metrics: Arc<SenderMetrics>,
 }
 
 impl Placing {
@@ -22,10 +27,12 @@ impl Placing {
         if view.is_final() || view.enqueued >= view.total {
             return view;
         }
-        let queue = self.backlog.state();
+        let depth = self.metrics.dispatch_queue_depth.get().max(0) as u64;
+        let rate = self.metrics.drain_rate.get();
         let drain = Drain {
-            queued_points: queue.points().unwrap_or(0),
-            points_per_second: queue.points_per_second,
+            queued_points: depth * self.points_per_message,
+            // 0 until the dispatchers have measured a rate (or while nothing drains).
+            points_per_second: (rate > 0.0).then_some(rate),
         };
         match self.places.place(pool, view.job_id, drain).await {
             Ok(place) => view.queue = place,

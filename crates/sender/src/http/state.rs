@@ -79,8 +79,8 @@ pub struct ApiDeps {
     pub queue_url: String,
     /// `RESULTS_RETENTION_DAYS`.
     pub results_retention: Duration,
-    /// The queue's depth and drain rate, as the dispatchers read them, and the fair order's
-    /// reading of the waiting jobs.
+    /// A waiting job's place (the fair order's reading of the waiting jobs, the dispatchers'
+    /// gauges).
     pub placing: crate::http::place::Placing,
 }
 
@@ -148,8 +148,8 @@ pub struct AppState {
     /// retention task may not have come round yet).
     pub results_retention: Duration,
     /// A waiting job's place: the fair order's reading of the due jobs, and the queue's depth and
-    /// the listeners' drain rate as this replica's dispatchers last read them (also the pipeline
-    /// backlog metric's points per message).
+    /// the listeners' drain rate as this replica's dispatchers last read them (their points per
+    /// message also turn due points into messages for the pipeline backlog).
     pub placing: crate::http::place::Placing,
     /// Cancelled when the sender starts shutting down (a child of the token given to
     /// `run_until_stopped`). Responses that would otherwise never end, such as event streams, end

@@ -142,11 +142,6 @@ impl Dispatcher {
         self.points_per_message
     }
 
-    /// What the queue holds and how fast it drains, as this replica's dispatchers last read it.
-    pub fn backlog(&self) -> &Backlog {
-        &self.backlog
-    }
-
     /// The handle that tells idle tasks a job was stored.
     pub fn wake_handle(&self) -> Wake {
         self.wake.clone()

@@ -24,6 +24,8 @@ use super::fair::ClientWeights;
 
 /// How long one reading of the due jobs serves every view (the event streams poll twice a second).
 const FRESH_FOR: Duration = Duration::from_secs(1);
+/// How old a reading must be before a job missing from it makes a new one.
+const RECHECK_AFTER: Duration = Duration::from_millis(100);
 
 /// A job with due points not yet dispatched, with the tags the fair order serves it by.
 #[derive(Debug, Clone)]
@@ -53,8 +55,7 @@ struct Reading {
     jobs: Arc<Vec<Waiting>>,
 }
 
-/// What the queue ahead holds and how fast it drains (`workers::dispatch::backlog::QueueState`,
-/// in points).
+/// What the queue ahead holds and how fast it drains, in points (from the dispatchers' gauges).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Drain {
     /// Points already in SQS, ahead of every chunk not yet dispatched.
@@ -80,7 +81,14 @@ impl QueuePlaces {
     ) -> Result<Option<QueuePlace>, sqlx::Error> {
         let (clock, jobs) = {
             let mut reading = self.reading.lock().await;
-            if reading.as_ref().is_none_or(|r| r.at.elapsed() >= FRESH_FOR) {
+            // A job missing from a reading may have been posted since: it is read again, unless
+            // the reading is brand new.
+            let stale = |r: &Reading| {
+                r.at.elapsed() >= FRESH_FOR
+                    || (r.at.elapsed() >= RECHECK_AFTER
+                        && !r.jobs.iter().any(|j| j.job_id == job_id))
+            };
+            if reading.as_ref().is_none_or(stale) {
                 let (clock, jobs) = waiting(pool).await?;
                 *reading = Some(Reading {
                     at: Instant::now(),

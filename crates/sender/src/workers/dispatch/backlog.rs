@@ -14,7 +14,7 @@
 //! replica has claimed in all (`dispatch_clock.claimed_points`, moved on by each claim), and what
 //! went in less what the queue grew by is what the listeners took ([`DrainRate`]). Readings while
 //! nothing moves keep the last rate, so a campaign after a quiet night starts at yesterday's. The
-//! same rate gives a waiting job its estimated start and finish (`store::queue_place`).
+//! same rate gives a waiting job its estimated start and finish (`store::chunks::place`).
 //!
 //! A depth that cannot be read does not stop dispatch (SQS being down shows up in the sends).
 
@@ -37,7 +37,8 @@ pub const MIN_QUEUE_MESSAGES: u64 = 1_000;
 /// How quickly the measured rate follows a change: a reading counts for `1 - e^(-dt/τ)`.
 const RATE_TIME_CONSTANT: Duration = Duration::from_secs(5);
 
-/// Cheap to clone; a replica's dispatchers (and its job views) share one.
+/// Cheap to clone; a replica's dispatchers share one. What it reads is in their gauges
+/// (`dispatch_queue_depth`, `drain_rate`), which the job views read too.
 #[derive(Clone, Debug)]
 pub struct Backlog {
     inner: Arc<Inner>,
@@ -71,25 +72,6 @@ struct State {
     rate: DrainRate,
 }
 
-/// What the queue holds and how fast it drains, as last read.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct QueueState {
-    /// Messages in the queue, visible and in flight (the last reading and what this replica sent
-    /// since); `None` when not known.
-    pub depth: Option<u64>,
-    /// Points per second the listeners drain; `None` before anything has moved.
-    pub points_per_second: Option<f64>,
-    /// Points one message carries at most (`ACCRUAL_POINTS_PER_MESSAGE`).
-    pub points_per_message: u64,
-}
-
-impl QueueState {
-    /// The points in the queue (full messages assumed: a chunk's last one may hold fewer).
-    pub fn points(&self) -> Option<u64> {
-        self.depth.map(|d| d * self.points_per_message)
-    }
-}
-
 impl Backlog {
     /// `horizon` zero means no bound (the depth and rate are still read, for the metrics and the
     /// job views); `interval` is `DISPATCH_POLL`.
@@ -117,20 +99,13 @@ impl Backlog {
         }
     }
 
-    /// Counts messages sent, until the next reading includes them.
+    /// Counts messages sent, until the next reading includes them (the depth gauge too).
     pub fn sent(&self, messages: u64) {
         self.inner.sent_since.fetch_add(messages, Ordering::Relaxed);
-    }
-
-    /// The last reading plus the messages sent since, without starting a reading.
-    pub fn state(&self) -> QueueState {
-        let state = self.inner.lock();
-        let sent_since = self.inner.sent_since.load(Ordering::Relaxed);
-        QueueState {
-            depth: state.depth.map(|depth| depth + sent_since),
-            points_per_second: state.rate.points_per_second(),
-            points_per_message: self.inner.points_per_message,
-        }
+        self.inner
+            .metrics
+            .dispatch_queue_depth
+            .inc_by(messages as i64);
     }
 
     /// Returns once the queue holds less than the horizon's work (at once without a horizon, or
