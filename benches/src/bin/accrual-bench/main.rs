@@ -6,6 +6,7 @@
 
 mod accept_latency;
 mod measure;
+mod noisy;
 mod pipeline;
 mod raw;
 mod report;
@@ -128,6 +129,8 @@ pub struct Args {
     /// written (the ledger is then not checked).
     #[arg(long)]
     no_drain: bool,
+    #[command(flatten)]
+    noisy: noisy::NoisyArgs,
 }
 
 const API_KEY: &str = "bench-key";
@@ -192,6 +195,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.accept_latency {
         args = accept_latency::prepare(args)?;
+    }
+    if args.noisy.noisy_neighbor {
+        args = noisy::prepare(args)?;
     }
     if args.points == 0 {
         bail!("--points must be at least 1");

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::pipeline::Service;
 use crate::raw::SqsShape;
-use crate::{API_KEY, Args, Scratch, accept_latency, pipeline, raw, report, results};
+use crate::{API_KEY, Args, Scratch, accept_latency, noisy, pipeline, raw, report, results};
 
 pub(crate) async fn measure(
     args: &Args,
@@ -143,6 +143,9 @@ pub(crate) async fn measure(
             .await?,
         );
     }
+    if args.noisy.noisy_neighbor {
+        sender_env.extend(noisy::sender_env(args));
+    }
     let mut sender = Service::start(
         "sender",
         &bin_dir.join("accrual-sender"),
@@ -153,6 +156,19 @@ pub(crate) async fn measure(
     )
     .await?;
     sender.metrics_port = sender_ops_port;
+    if args.noisy.noisy_neighbor {
+        let run = noisy::Run {
+            args,
+            http: &http,
+            pool,
+            client,
+            queues,
+            logs: &logs,
+            id: &scratch.id,
+            sender_env: &sender_env,
+        };
+        return noisy::run(run, sender, listeners, workload).await;
+    }
 
     let largest_body = workload.largest_body();
     let requests = workload.bodies.len();
@@ -178,6 +194,7 @@ pub(crate) async fn measure(
                 0
             },
             drain: !(args.accept_latency && args.no_drain),
+            others: None,
         },
     )
     .await
@@ -252,6 +269,7 @@ pub(crate) async fn measure(
         raw_mysql,
         results,
         accept_latency,
+        noisy: None,
     })
 }
 

@@ -4,6 +4,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use accrual_benches::proc_stats::{self, ProcStats};
@@ -213,11 +215,38 @@ pub struct Load {
     pub measured: usize,
     /// Follow the points until all are written; without it the run ends with the last 202.
     pub drain: bool,
+    /// Another client's points dispatched and written while this run goes on (the noisy-neighbor
+    /// mode's client B), counted by whoever follows them and left out of this run's counts.
+    pub others: Option<Arc<Others>>,
+}
+
+/// Points of other jobs than the run's own, as their follower has seen them so far.
+#[derive(Debug, Default)]
+pub struct Others {
+    enqueued: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Others {
+    pub fn add(&self, enqueued: u64, written: u64) {
+        self.enqueued.fetch_add(enqueued, Ordering::Relaxed);
+        self.written.fetch_add(written, Ordering::Relaxed);
+    }
+
+    fn enqueued(&self) -> f64 {
+        self.enqueued.load(Ordering::Relaxed) as f64
+    }
+
+    fn written(&self) -> f64 {
+        self.written.load(Ordering::Relaxed) as f64
+    }
 }
 
 /// Posts the bodies (at most `concurrency` requests at once, the last `measured` one by one after
 /// the rest) and follows the points until the listeners have written `points` of them (or, without
-/// `drain`, until the last 202), sampling the processes twice a second.
+/// `drain`, until the last 202), sampling the processes twice a second. The sender's and the
+/// listeners' counts start from what they held when the run began, less `Load::others`; the SQS
+/// calls and duplicates are the processes' totals.
 pub async fn run(
     http: &reqwest::Client,
     sender: &mut Service,
@@ -232,7 +261,18 @@ pub async fn run(
         timeout,
         measured,
         drain,
+        others,
     } = load;
+    let others = others.unwrap_or_default();
+    let dispatched_before = sender
+        .metric(http, "accrual_sender_points_dispatched_total")
+        .await?;
+    let mut written_before = 0.0;
+    for listener in listeners.iter() {
+        written_before += listener
+            .metric(http, "accrual_listener_points_written_total")
+            .await?;
+    }
     let url = format!("http://127.0.0.1:{}/v1/accruals", sender.port);
     let requests = bodies.len();
     let started = Instant::now();
@@ -271,7 +311,9 @@ pub async fn run(
         sender.sample()?;
         let dispatched = sender
             .metric(http, "accrual_sender_points_dispatched_total")
-            .await?;
+            .await?
+            - dispatched_before
+            - others.enqueued();
         if enqueued_at.is_none() && dispatched as usize >= points {
             enqueued_at = Some(started.elapsed());
         }
@@ -283,7 +325,7 @@ pub async fn run(
                 .metric(http, "accrual_listener_points_written_total")
                 .await?;
         }
-        let written = written as u64;
+        let written = (written - written_before - others.written()).max(0.0) as u64;
         let accepted_requests = if accepted.is_some() { requests } else { 0 };
         let extra = format!(
             " | accepted {accepted_requests}/{requests} requests, enqueued {dispatched:.0}"
@@ -340,9 +382,10 @@ pub async fn run(
 }
 
 /// A request's latency until its 202, and the job it made with its number of items.
-type Accepted = (Duration, (String, u64));
+pub type Accepted = (Duration, (String, u64));
 
-async fn post(
+/// Posts one body with `key`; an answer other than `202` is an error.
+pub async fn post(
     http: &reqwest::Client,
     url: &str,
     key: &str,

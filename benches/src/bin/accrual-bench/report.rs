@@ -26,6 +26,8 @@ pub struct Report {
     pub results: Option<ResultsOutcome>,
     /// The accept-latency mode's measured requests (`--accept-latency`).
     pub accept_latency: Option<crate::accept_latency::AcceptLatency>,
+    /// The noisy-neighbor mode's phases (`--noisy-neighbor`): its table and JSON replace these.
+    pub noisy: Option<crate::noisy::NoisyNeighbor>,
 }
 
 /// One of the targets and whether this run met it.
@@ -146,6 +148,9 @@ impl Report {
     }
 
     pub fn table(&self) -> String {
+        if let Some(noisy) = &self.noisy {
+            return noisy.table(self);
+        }
         let p = &self.pipeline;
         let mut t = String::new();
         let mut row = |k: &str, v: String| {

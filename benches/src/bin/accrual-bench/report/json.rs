@@ -13,6 +13,9 @@ use crate::raw::RawOutcome;
 
 impl Report {
     pub fn to_json(&self) -> Value {
+        if let Some(noisy) = &self.noisy {
+            return noisy.json(self);
+        }
         let p = &self.pipeline;
         let process = |u: &ProcessUse| {
             json!({
