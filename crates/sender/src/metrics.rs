@@ -83,7 +83,7 @@ pub struct SenderMetrics {
     /// they sent since.
     pub dispatch_queue_depth: Gauge,
     /// The messages the queue may hold before the dispatchers wait: `DISPATCH_QUEUE_HORIZON` of
-    /// the drain rate, at least 1,000 (0 without a horizon).
+    /// the drain rate, at least 100 (0 without a horizon).
     pub dispatch_queue_bound: Gauge,
     /// The rate at which the listeners drain the queue, in points per second, as the dispatchers
     /// last measured it.
@@ -305,7 +305,7 @@ impl SenderMetrics {
         );
         registry.register(
             "dispatch_queue_bound_messages",
-            "Messages the queue may hold before dispatchers wait: DISPATCH_QUEUE_HORIZON of the drain rate, at least 1000 (0 without a horizon)",
+            "Messages the queue may hold before dispatchers wait: DISPATCH_QUEUE_HORIZON of the drain rate, at least 100 (0 without a horizon)",
             m.dispatch_queue_bound.clone(),
         );
         registry.register(

@@ -90,7 +90,7 @@ pub struct Args {
     emulator: Option<String>,
     /// How much of the listeners' work the queue may hold, in time, before the sender's
     /// dispatchers wait (DISPATCH_QUEUE_HORIZON, e.g. 3s; 0: no bound); left out, the sender's
-    /// default (3s).
+    /// default (2s).
     #[arg(long, env = "DISPATCH_QUEUE_HORIZON")]
     dispatch_queue_horizon: Option<String>,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
@@ -135,7 +135,7 @@ pub struct Args {
 
 const API_KEY: &str = "bench-key";
 /// The sender's default `DISPATCH_QUEUE_HORIZON`, recorded when the run leaves it unset.
-const DEFAULT_QUEUE_HORIZON: &str = "3s";
+const DEFAULT_QUEUE_HORIZON: &str = "2s";
 
 impl Args {
     /// The emulator the run measured (resolved in `main`).

@@ -82,7 +82,7 @@ async fn a_waiting_job_shows_the_points_ahead_of_it_and_when_it_should_start_and
     eventually(
         Duration::from_secs(60),
         "the queue at its floor",
-        || async { app.env.depth(&main).await >= 1_000 },
+        || async { app.env.depth(&main).await >= 100 },
     )
     .await;
     let queued = app.env.depth(&main).await;

@@ -33,7 +33,7 @@ use crate::metrics::SenderMetrics;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The smallest bound: below a few chunks' worth of messages dispatch would stop and start
 /// all the time, and an unknown rate (no reading yet) must not stop dispatch.
-pub const MIN_QUEUE_MESSAGES: u64 = 1_000;
+pub const MIN_QUEUE_MESSAGES: u64 = 100;
 /// How quickly the measured rate follows a change: a reading counts for `1 - e^(-dt/τ)`.
 const RATE_TIME_CONSTANT: Duration = Duration::from_secs(5);
 
@@ -350,6 +350,6 @@ mod tests {
         assert_eq!(bound(horizon, None, 1), MIN_QUEUE_MESSAGES);
         assert_eq!(bound(horizon, Some(2_000.0), 1), 6_000);
         assert_eq!(bound(horizon, Some(200_000.0), 100), 6_000);
-        assert_eq!(bound(horizon, Some(100.0), 1), MIN_QUEUE_MESSAGES);
+        assert_eq!(bound(horizon, Some(10.0), 1), MIN_QUEUE_MESSAGES);
     }
 }

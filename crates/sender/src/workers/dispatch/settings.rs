@@ -23,12 +23,12 @@ pub struct DispatchSettings {
     #[arg(long, env = "SEND_CONCURRENCY", default_value_t = 8)]
     pub send_concurrency: usize,
 
-    /// How much of the listeners' work the queue may hold, in time (e.g. 3s): before claiming, a
+    /// How much of the listeners' work the queue may hold, in time (e.g. 2s): before claiming, a
     /// dispatcher waits while the queue holds more messages than the listeners drain in this long
-    /// at their measured rate (never fewer than 1,000). Short, so that what fairness decides at
+    /// at their measured rate (never fewer than 100 messages). Short, so that what fairness decides at
     /// dispatch is what the listeners see next; 0 for no bound; otherwise at least 500ms and
     /// twice `DISPATCH_POLL`, or the queue could run dry between looks.
-    #[arg(long, env = "DISPATCH_QUEUE_HORIZON", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "DISPATCH_QUEUE_HORIZON", default_value = "2s", value_parser = parse_duration)]
     pub dispatch_queue_horizon: Duration,
 
     /// Points packed into one SQS message (`{"v":2,"points":[…]}`); 1 sends one v1 message per
@@ -106,7 +106,7 @@ impl DispatchSettings {
         );
         problems.require(
             std::env::var_os("DISPATCH_MAX_QUEUE_DEPTH").is_none(),
-            "DISPATCH_MAX_QUEUE_DEPTH is gone: the queue's bound is now a time, DISPATCH_QUEUE_HORIZON (default 3s; docs/operations.md)",
+            "DISPATCH_MAX_QUEUE_DEPTH is gone: the queue's bound is now a time, DISPATCH_QUEUE_HORIZON (default 2s; docs/operations.md)",
         );
         problems.require(
             (1..=10_000).contains(&self.points_per_message),
