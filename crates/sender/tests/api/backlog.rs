@@ -54,9 +54,11 @@ async fn with_no_listener_dispatch_waits_at_the_floor_and_resumes_as_the_listene
     let depth = metric(&metrics, "accrual_sender_dispatch_queue_depth").unwrap();
     assert!(depth >= FLOOR as f64, "depth gauge {depth}");
     let bound = metric(&metrics, "accrual_sender_dispatch_queue_bound_messages").unwrap();
-    assert_eq!(
-        bound, FLOOR as f64,
-        "nothing drains, so the bound is the floor"
+    // Nothing drains, so the bound stays at the floor, give or take a chunk claimed just before a
+    // reading and sent just after it (which looks like a drain for one reading).
+    assert!(
+        bound <= (FLOOR + u64::from(CHUNK)) as f64,
+        "nothing drains, yet the bound is {bound}"
     );
 
     // A listener drains the queue; dispatch resumes and every point is written once.

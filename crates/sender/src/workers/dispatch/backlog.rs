@@ -288,15 +288,16 @@ impl DrainRate {
         // and the next too low, which the smoothing evens out.
         let sample = (went_in - grew) / dt;
         let weight = 1.0 - (-dt / RATE_TIME_CONSTANT.as_secs_f64()).exp();
-        let rate = match self.points_per_second {
+        // Smoothed unclamped, so that a negative sample cancels the positive one before it; only
+        // what is shown is clamped.
+        self.points_per_second = Some(match self.points_per_second {
             None => sample,
             Some(rate) => rate + weight * (sample - rate),
-        };
-        self.points_per_second = Some(rate.max(0.0));
+        });
     }
 
     pub fn points_per_second(&self) -> Option<f64> {
-        self.points_per_second
+        self.points_per_second.map(|rate| rate.max(0.0))
     }
 }
 
