@@ -24,7 +24,10 @@ impl Placing {
     /// `view` with its place while it has due points not yet dispatched. A place that cannot be
     /// read leaves the view without one: it is an estimate, and the counts are what matter.
     pub async fn place(&self, pool: &MySqlPool, mut view: JobView) -> JobView {
-        if view.is_final() || view.enqueued >= view.total {
+        // A reserved job before its time has no due points: it would only make every view of it
+        // read the due jobs again (a job missing from a reading is read again after 100 ms).
+        let not_due = view.reserve_at.is_some_and(|at| at > chrono::Utc::now());
+        if view.is_final() || view.enqueued >= view.total || not_due {
             return view;
         }
         let depth = self.metrics.dispatch_queue_depth.get().max(0) as u64;
